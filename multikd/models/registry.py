@@ -1,0 +1,58 @@
+"""Model registry: one decorator to add an architecture, one function to build it.
+
+Every registered builder takes ``num_classes`` (and optional keyword arguments) and returns
+an ``nn.Module`` whose ``forward(x)`` returns logits only. Zoo models also carry
+``feature_names`` (module names of the stage outputs, in order) and ``pooled_feature_name``
+(module whose output is the pre-classifier vector), so features are tapped by name.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable
+
+from torch import nn
+
+from multikd.errors import ModelError
+
+ModelBuilder = Callable[..., nn.Module]
+
+_BUILDERS: dict[str, ModelBuilder] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_model(name: str, *aliases: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Register ``builder(num_classes=..., **kw)`` under ``name`` (and lower-case aliases)."""
+
+    def decorate(builder: ModelBuilder) -> ModelBuilder:
+        if name in _BUILDERS:
+            raise ValueError(f"model {name!r} is registered twice")
+        _BUILDERS[name] = builder
+        for alias in {name.lower(), *(a.lower() for a in aliases)} - {name}:
+            _ALIASES[alias] = name
+        return builder
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    """Canonical names of the zoo architectures (``timm:<name>`` works in addition)."""
+    return sorted(_BUILDERS, key=str.lower)
+
+
+def canonical_name(name: str) -> str:
+    """The registered name for ``name`` or an alias; a clear error listing valid names."""
+    if name in _BUILDERS:
+        return name
+    if name.lower() in _ALIASES:
+        return _ALIASES[name.lower()]
+    close = difflib.get_close_matches(name, list(_BUILDERS) + list(_ALIASES), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ModelError(
+        f"unknown model {name!r}.{hint} Valid names: {', '.join(list_models())}, "
+        "or 'timm:<name>' for any timm architecture."
+    )
+
+
+def build_registered(name: str, num_classes: int, **kwargs) -> nn.Module:
+    return _BUILDERS[canonical_name(name)](num_classes=num_classes, **kwargs)
