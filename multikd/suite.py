@@ -1,0 +1,524 @@
+"""Benchmark suites: one YAML file describes a whole matrix of runs.
+
+A suite names the dataset, the training recipe, the teachers (trained by the suite or taken
+from published checkpoints), which teacher set is distilled into which students, the
+strategies compared, and the seeds. :func:`expand` turns it into plain
+:class:`~multikd.config.RunConfig` objects, one per run, each with its own run directory::
+
+    OUT/teachers/<teacher id>/                      one teacher (train-teacher layout)
+    OUT/runs/<set>/<student>/student_s<seed>/       the student alone (kind: student)
+    OUT/runs/<set>/<student>/<label>_s<seed>/       logits only
+    OUT/runs/<set>/<student>/<label>+feat_s<seed>/  logits + features
+
+Runs of one teacher set and one seed form a *lockstep group*: they share the data stream
+and, when trained in lockstep, one teacher forward pass per batch.
+The file format is documented in ``experiments/README.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from multikd.config import RunConfig, TeacherConfig, load_yaml, parse_assignment, resolve, set_value
+from multikd.errors import ConfigError, MultikdError
+
+VARIANTS = ("logits", "logits+feat")
+"""Distillation variants: logits only (feature loss off), logits + features."""
+
+_SUITE_KEYS = {
+    "name": "suite name (used in logs)",
+    "description": "free text",
+    "data": "data section of every run (dataset, data_root, val_size, synthetic, workers)",
+    "recipe": "config sections shared by every run (optim, loss, runtime, output)",
+    "teacher_recipe": "config sections for training teachers (default: recipe's optim/runtime)",
+    "features": "loss keys of the logits+feat variant (gamma, student_feature, ...)",
+    "teachers": "teacher id -> {arch, seed, published, expected_acc, recipe}",
+    "teacher_sets": "set name -> list of teacher ids",
+    "pairs": "list of {teachers: SET, students: [ARCH, ...]}",
+    "strategies": "list of strategy names or {name, params, label}",
+    "variants": f"subset of {list(VARIANTS)} (default: both)",
+    "baseline": "also train each student alone (default: true)",
+    "seeds": "list of seeds (default: [0])",
+    "acc_tolerance": "allowed gap, in accuracy points, between a teacher's measured and "
+    "expected test accuracy (default 1.0)",
+}
+_TEACHER_KEYS = ("arch", "seed", "published", "expected_acc", "recipe")
+_STRATEGY_KEYS = ("name", "params", "label")
+_RESERVED = ("kind", "model", "teachers", "strategy", "runtime.seed", "output.run_dir")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+@dataclass
+class TeacherSpec:
+    """One teacher: trained by the suite (``arch``, ``seed``, ``recipe``) or published."""
+
+    id: str
+    arch: str
+    seed: int = 0
+    published: str | None = None
+    expected_acc: float | None = None
+    recipe: dict = field(default_factory=dict)
+
+
+@dataclass
+class StrategySpec:
+    label: str
+    name: str
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class Suite:
+    name: str
+    source: str
+    data: dict
+    recipe: dict
+    teacher_recipe: dict
+    features: dict
+    teachers: dict[str, TeacherSpec]
+    teacher_sets: dict[str, list[str]]
+    pairs: list[tuple[str, list[str]]]
+    strategies: list[StrategySpec]
+    variants: list[str]
+    baseline: bool
+    seeds: list[int]
+    acc_tolerance: float = 1.0
+    description: str = ""
+
+
+@dataclass
+class TeacherJob:
+    """A teacher the suite needs: its training config, or the published file to use."""
+
+    spec: TeacherSpec
+    config: RunConfig
+    checkpoint: str
+    published: bool
+
+
+@dataclass
+class StudentRun:
+    """One student run of the matrix and the coordinates it fills in the table."""
+
+    config: RunConfig
+    teacher_set: str
+    student: str
+    label: str
+    seed: int
+
+
+@dataclass
+class LockstepGroup:
+    """Runs of one teacher set and seed: same data stream, shared teacher pass."""
+
+    teacher_set: str
+    seed: int
+    teacher_ids: list[str]
+    runs: list[StudentRun]
+
+
+@dataclass
+class Plan:
+    suite: Suite
+    out: Path
+    teachers: dict[str, TeacherJob]
+    groups: list[LockstepGroup]
+
+    @property
+    def runs(self) -> list[StudentRun]:
+        return [run for group in self.groups for run in group.runs]
+
+
+# --------------------------------------------------------------------------- loading
+def preset_path(name: str) -> Path:
+    """The packaged suite file of preset ``name`` (``multikd/presets/<name>.yaml``)."""
+    folder = resources.files("multikd") / "presets"
+    available = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    if name not in available:
+        raise ConfigError(f"unknown preset {name!r}; available presets: {', '.join(available)}")
+    return Path(str(folder / f"{name}.yaml"))
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite file; every problem is a ConfigError naming the key."""
+    path = Path(path)
+    return parse_suite(load_yaml(path), source=str(path))
+
+
+def parse_suite(raw: dict, source: str = "suite") -> Suite:
+    """Validate the mapping of a suite file (see ``experiments/README.md``)."""
+    where = f"suite {source}"
+    unknown = [k for k in raw if k not in _SUITE_KEYS]
+    if unknown:
+        valid = "\n  ".join(f"{k}: {v}" for k, v in _SUITE_KEYS.items())
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}. Valid keys:\n  {valid}")
+    for key in ("teachers", "teacher_sets", "pairs", "strategies"):
+        if not raw.get(key):
+            raise ConfigError(f"{where}: {key!r} is required and must not be empty ({_SUITE_KEYS[key]})")
+
+    data = _mapping(raw.get("data", {}), f"{where}: 'data'")
+    recipe = _recipe(raw.get("recipe", {}), f"{where}: 'recipe'")
+    teacher_recipe = _recipe(raw.get("teacher_recipe", {}), f"{where}: 'teacher_recipe'")
+    features = _mapping(raw.get("features", {}), f"{where}: 'features'")
+    _check_config({"data": data}, f"{where}: 'data'")
+    _check_config({"loss": features}, f"{where}: 'features'")
+
+    teachers = _teachers(raw["teachers"], where)
+    sets = _teacher_sets(raw["teacher_sets"], teachers, where)
+    pairs = _pairs(raw["pairs"], sets, where)
+    strategies = _strategies(raw["strategies"], where)
+    variants = raw.get("variants", list(VARIANTS))
+    if not isinstance(variants, list) or not variants or any(v not in VARIANTS for v in variants):
+        raise ConfigError(f"{where}: 'variants' must be a non-empty list from {list(VARIANTS)}, got {variants!r}")
+    seeds = raw.get("seeds", [0])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or any(not isinstance(s, int) or isinstance(s, bool) for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ConfigError(f"{where}: 'seeds' must be a non-empty list of distinct integers, got {seeds!r}")
+    baseline = raw.get("baseline", True)
+    if not isinstance(baseline, bool):
+        raise ConfigError(f"{where}: 'baseline' must be true or false, got {baseline!r}")
+    tolerance = raw.get("acc_tolerance", 1.0)
+    if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or tolerance < 0:
+        raise ConfigError(f"{where}: 'acc_tolerance' must be a number >= 0, got {tolerance!r}")
+    return Suite(
+        name=str(raw.get("name", Path(source).stem)),
+        source=source,
+        description=str(raw.get("description", "")),
+        data=data,
+        recipe=recipe,
+        teacher_recipe=teacher_recipe,
+        features=features,
+        teachers=teachers,
+        teacher_sets=sets,
+        pairs=pairs,
+        strategies=strategies,
+        variants=list(variants),
+        baseline=baseline,
+        seeds=list(seeds),
+        acc_tolerance=float(tolerance),
+    )
+
+
+def _mapping(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping, got {value!r}")
+    return value
+
+
+def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}`` (dicts under leaf keys kept)."""
+    flat = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted not in ("data.synthetic", "strategy.params"):
+            flat.update(_flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _check_config(sections: dict, where: str) -> None:
+    """Apply ``sections`` to a default RunConfig so unknown keys and bad types fail now."""
+    config = RunConfig()
+    for key, value in _flatten(sections).items():
+        try:
+            set_value(config, key, value)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+
+
+def _recipe(value, where: str) -> dict:
+    recipe = _mapping(value, where)
+    for key in _flatten(recipe):
+        if any(key == r or key.startswith(f"{r}.") for r in _RESERVED):
+            raise ConfigError(
+                f"{where}: {key!r} is set by the suite itself (teachers, students, strategies, "
+                "seeds and run directories have their own keys); remove it from the recipe"
+            )
+        if key.startswith("data."):
+            raise ConfigError(f"{where}: {key!r} belongs in the suite's top-level 'data' section")
+    _check_config(recipe, where)
+    return recipe
+
+
+def _check_name(name, what: str, where: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigError(
+            f"{where}: {what} {name!r} must be a non-empty name of letters, digits and _ . + - "
+            "(it becomes a folder name)"
+        )
+    return name
+
+
+def _arch(name, where: str) -> str:
+    """Canonical zoo name (or ``timm:<name>`` as given); unknown names fail with the list."""
+    from multikd.models import TIMM_PREFIX, canonical_name
+
+    name = str(name)
+    if name.startswith(TIMM_PREFIX):
+        return name
+    try:
+        return canonical_name(name)
+    except MultikdError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _teachers(raw, where: str) -> dict[str, TeacherSpec]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: 'teachers' must map teacher ids to {{arch, seed, ...}}, got {raw!r}")
+    teachers = {}
+    for tid, spec in raw.items():
+        at = f"{where}: teachers.{tid}"
+        _check_name(tid, "teacher id", where)
+        spec = _mapping(spec, at)
+        unknown = [k for k in spec if k not in _TEACHER_KEYS]
+        if unknown:
+            raise ConfigError(f"{at}: unknown key(s) {unknown}; valid: {', '.join(_TEACHER_KEYS)}")
+        if "arch" not in spec:
+            raise ConfigError(f"{at}: 'arch' is required (a zoo architecture or timm:<name>)")
+        arch = _arch(spec["arch"], at)
+        seed = spec.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError(f"{at}: 'seed' must be an integer, got {seed!r}")
+        expected = spec.get("expected_acc")
+        if expected is not None and (not isinstance(expected, (int, float)) or not 0 <= expected <= 100):
+            raise ConfigError(f"{at}: 'expected_acc' must be a test accuracy in percent, got {expected!r}")
+        published = spec.get("published")
+        if published is not None and not isinstance(published, str):
+            raise ConfigError(f"{at}: 'published' must be a file path relative to --teachers-dir")
+        recipe = _recipe(spec.get("recipe", {}), f"{at}.recipe")
+        teachers[tid] = TeacherSpec(tid, arch, seed, published, expected, recipe)
+    return teachers
+
+
+def _teacher_sets(raw, teachers: dict, where: str) -> dict[str, list[str]]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: 'teacher_sets' must map set names to lists of teacher ids")
+    sets = {}
+    for name, ids in raw.items():
+        _check_name(name, "teacher set", where)
+        if not isinstance(ids, list) or not ids:
+            raise ConfigError(f"{where}: teacher_sets.{name} must be a non-empty list of teacher ids")
+        missing = [t for t in ids if t not in teachers]
+        if missing:
+            raise ConfigError(
+                f"{where}: teacher_sets.{name} names unknown teacher(s) {missing}; "
+                f"defined in 'teachers': {', '.join(teachers)}"
+            )
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"{where}: teacher_sets.{name} lists a teacher twice: {ids}")
+        sets[name] = list(ids)
+    return sets
+
+
+def _pairs(raw, sets: dict, where: str) -> list[tuple[str, list[str]]]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: 'pairs' must be a list of {{teachers: SET, students: [ARCH, ...]}}")
+    pairs, seen = [], set()
+    for i, pair in enumerate(raw):
+        at = f"{where}: pairs[{i}]"
+        pair = _mapping(pair, at)
+        if set(pair) != {"teachers", "students"}:
+            raise ConfigError(f"{at} must have exactly the keys 'teachers' and 'students', got {sorted(pair)}")
+        if pair["teachers"] not in sets:
+            raise ConfigError(
+                f"{at}: unknown teacher set {pair['teachers']!r}; defined in 'teacher_sets': {', '.join(sets)}"
+            )
+        students = pair["students"]
+        if not isinstance(students, list) or not students:
+            raise ConfigError(f"{at}: 'students' must be a non-empty list of architectures")
+        names = []
+        for arch in students:
+            arch = _arch(arch, at)
+            key = (pair["teachers"], arch)
+            if key in seen:
+                raise ConfigError(f"{at}: student {arch} is distilled from set {pair['teachers']!r} twice")
+            seen.add(key)
+            names.append(arch)
+        pairs.append((pair["teachers"], names))
+    return pairs
+
+
+def _strategies(raw, where: str) -> list[StrategySpec]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: 'strategies' must be a list of names or {{name, params, label}}")
+    specs = []
+    for i, entry in enumerate(raw):
+        at = f"{where}: strategies[{i}]"
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        entry = _mapping(entry, at)
+        unknown = [k for k in entry if k not in _STRATEGY_KEYS]
+        if unknown or "name" not in entry:
+            raise ConfigError(f"{at} must be a name or a mapping with keys {', '.join(_STRATEGY_KEYS)} ('name' required)")
+        params = _mapping(entry.get("params", {}), f"{at}.params")
+        label = _check_name(entry.get("label", entry["name"]), "strategy label", at)
+        if label == "student":
+            raise ConfigError(f"{at}: the label 'student' is reserved for the student-alone baseline")
+        specs.append(StrategySpec(label, str(entry["name"]), dict(params)))
+    labels = [s.label for s in specs]
+    dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if dupes:
+        raise ConfigError(
+            f"{where}: strategy label(s) {dupes} appear twice; give each entry a distinct 'label'"
+        )
+    return specs
+
+
+def check_strategies(suite: Suite) -> None:
+    """Build every strategy once so unknown names and bad parameters fail before training."""
+    from multikd.strategies import create_strategy
+
+    for spec in suite.strategies:
+        try:
+            create_strategy(spec.name, **spec.params)
+        except MultikdError as err:
+            raise ConfigError(f"suite {suite.source}: strategy {spec.label!r}: {err}") from None
+
+
+# --------------------------------------------------------------------------- expansion
+def _apply(config: RunConfig, values: dict, sets: list[str]) -> RunConfig:
+    for key, value in _flatten(values).items():
+        set_value(config, key, copy.deepcopy(value))
+    for text in sets:
+        key, value = parse_assignment(text)
+        set_value(config, key, value, from_text=True)
+    return config
+
+
+def _teacher_recipe(suite: Suite, spec: TeacherSpec) -> dict:
+    """Teacher training recipe: the suite recipe's optim/runtime <- teacher_recipe <- spec."""
+    base = {k: v for k, v in suite.recipe.items() if k in ("optim", "runtime", "output")}
+    merged = _merge(base, suite.teacher_recipe)
+    return _merge(merged, spec.recipe)
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for key, value in b.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "synthetic":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def teacher_config(suite: Suite, spec: TeacherSpec, out: Path, sets: list[str] = ()) -> RunConfig:
+    """The ``train-teacher`` config of a teacher the suite trains itself."""
+    config = RunConfig(kind="teacher")
+    _apply(config, {"data": suite.data, **_teacher_recipe(suite, spec)}, [])
+    config.model.arch = spec.arch
+    config.runtime.seed = spec.seed
+    config.output.run_dir = str(out / "teachers" / spec.id)
+    _apply(config, {}, sets)
+    return resolve(config)
+
+
+def expand(
+    suite: Suite,
+    out: str | Path,
+    teachers_dir: str | Path | None = None,
+    sets: list[str] = (),
+) -> Plan:
+    """Every run of the matrix as a resolved RunConfig, grouped for lockstep training.
+
+    ``sets``: ``section.key=value`` overrides applied to every run (teachers and students).
+    ``teachers_dir``: folder of published checkpoints; a teacher with ``published: FILE``
+    then uses ``teachers_dir/FILE`` (an error if it is missing) instead of being trained.
+    """
+    out = Path(out)
+    sets = list(sets)
+    jobs: dict[str, TeacherJob] = {}
+    missing = []
+    for tid, spec in suite.teachers.items():
+        config = teacher_config(suite, spec, out, sets)
+        if teachers_dir is not None and spec.published:
+            path = Path(teachers_dir) / spec.published
+            if not path.is_file():
+                missing.append(str(path))
+            jobs[tid] = TeacherJob(spec, config, str(path), published=True)
+        else:
+            jobs[tid] = TeacherJob(spec, config, str(Path(config.output.run_dir) / "checkpoint.pt"), False)
+    if missing:
+        raise ConfigError(
+            f"--teachers-dir {teachers_dir}: published checkpoint(s) not found: {', '.join(missing)}. "
+            "Put the files there (RepDistiller/mdistiller layout), or leave out --teachers-dir "
+            "to train the teachers instead."
+        )
+
+    used = {tid for name, _ in suite.pairs for tid in suite.teacher_sets[name]}
+    jobs = {tid: job for tid, job in jobs.items() if tid in used}
+    groups = []
+    for set_name in dict.fromkeys(name for name, _ in suite.pairs):
+        students = [s for name, students in suite.pairs if name == set_name for s in students]
+        ids = suite.teacher_sets[set_name]
+        for seed in suite.seeds:
+            runs = [
+                _student_run(suite, out, set_name, ids, jobs, student, seed, strategy, variant, sets)
+                for student in students
+                for strategy, variant in _labels(suite)
+            ]
+            groups.append(LockstepGroup(set_name, seed, list(ids), runs))
+    return Plan(suite, out, jobs, groups)
+
+
+def _labels(suite: Suite) -> list[tuple[StrategySpec | None, str]]:
+    cells: list[tuple[StrategySpec | None, str]] = [(None, "logits")] if suite.baseline else []
+    return cells + [(s, v) for s in suite.strategies for v in suite.variants]
+
+
+def run_label(strategy: StrategySpec | None, variant: str) -> str:
+    """Table column of a run: ``student``, ``<label>`` or ``<label>+feat``."""
+    if strategy is None:
+        return "student"
+    return strategy.label + ("+feat" if variant == "logits+feat" else "")
+
+
+def _student_run(suite, out, set_name, ids, jobs, student, seed, strategy, variant, sets) -> StudentRun:
+    label = run_label(strategy, variant)
+    config = RunConfig(kind="student" if strategy is None else "distill")
+    _apply(config, {"data": suite.data, **suite.recipe}, [])
+    config.model.arch = student
+    config.runtime.seed = seed
+    arch_dir = student.replace(":", "-").replace("/", "-")
+    config.output.run_dir = str(out / "runs" / set_name / arch_dir / f"{label}_s{seed}")
+    if strategy is None:
+        config.loss = type(config.loss)()
+    else:
+        config.teachers = [TeacherConfig(arch=jobs[t].spec.arch, checkpoint=jobs[t].checkpoint, name=t) for t in ids]
+        config.strategy.name = strategy.name
+        config.strategy.params = copy.deepcopy(strategy.params)
+        if variant == "logits+feat":
+            _apply(config, {"loss": suite.features}, [])
+            if config.loss.gamma <= 0:
+                raise ConfigError(
+                    f"suite {suite.source}: the logits+feat variant needs 'features: {{gamma: >0}}' "
+                    f"(gamma is {config.loss.gamma}); set the feature-loss weight there"
+                )
+        else:
+            config.loss.gamma = 0.0
+    _apply(config, {}, sets)
+    return StudentRun(resolve(config), set_name, student, label, seed)
+
+
+def describe(plan: Plan) -> str:
+    """A few lines on what the plan holds (for the CLI and logs)."""
+    runs = plan.runs
+    trained = [t for t, j in plan.teachers.items() if not j.published]
+    published = [t for t, j in plan.teachers.items() if j.published]
+    lines = [
+        f"suite {plan.suite.name}: {len(runs)} student runs in {len(plan.groups)} lockstep groups "
+        f"({len(plan.suite.seeds)} seeds), {len(plan.teachers)} teachers",
+        f"  teachers trained here: {', '.join(trained) or 'none'}",
+        f"  published teachers: {', '.join(published) or 'none'}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""Suite files: parsing, validation errors, expansion into run configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from multikd.errors import ConfigError
+from multikd.suite import expand, load_suite, parse_suite, preset_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _suite(**changes) -> dict:
+    raw = {
+        "name": "mini",
+        "data": {"dataset": "synthetic", "synthetic": {"num_classes": 4, "train_size": 64}},
+        "recipe": {"optim": {"epochs": 2, "batch_size": 16}},
+        "features": {"gamma": 5.0},
+        "teachers": {
+            "big": {"arch": "resnet20", "seed": 0, "recipe": {"optim": {"epochs": 3}}},
+            "small": {"arch": "resnet8", "seed": 1, "published": "small.pth"},
+        },
+        "teacher_sets": {"pair": ["big", "small"]},
+        "pairs": [{"teachers": "pair", "students": ["resnet8", "wrn_16_1"]}],
+        "strategies": ["uniform", {"name": "fixed", "params": {"weights": [0.7, 0.3]}}],
+        "seeds": [0, 1],
+    }
+    raw.update(changes)
+    return raw
+
+
+def test_expansion_covers_the_matrix(tmp_path):
+    plan = expand(parse_suite(_suite()), tmp_path)
+    # 2 seeds -> 2 lockstep groups; each: 2 students x (alone + 2 strategies x 2 variants)
+    assert [(g.teacher_set, g.seed) for g in plan.groups] == [("pair", 0), ("pair", 1)]
+    assert [len(g.runs) for g in plan.groups] == [10, 10]
+    labels = sorted({r.label for r in plan.runs})
+    assert labels == ["fixed", "fixed+feat", "student", "uniform", "uniform+feat"]
+    dirs = [r.config.output.run_dir for r in plan.runs]
+    assert len(set(dirs)) == len(dirs) == 20
+    run = next(r for r in plan.runs if r.label == "fixed+feat" and r.student == "wrn_16_1" and r.seed == 1)
+    cfg = run.config
+    assert cfg.output.run_dir == str(tmp_path / "runs" / "pair" / "wrn_16_1" / "fixed+feat_s1")
+    assert cfg.kind == "distill" and cfg.runtime.seed == 1 and cfg.loss.gamma == 5.0
+    assert cfg.strategy.params == {"weights": [0.7, 0.3]}
+    assert [(t.name, t.arch) for t in cfg.teachers] == [("big", "resnet20"), ("small", "resnet8")]
+    assert cfg.teachers[0].checkpoint == str(tmp_path / "teachers" / "big" / "checkpoint.pt")
+    assert cfg.optim.epochs == 2 and cfg.optim.batch_size == 16
+    assert cfg.data.synthetic == {"num_classes": 4, "train_size": 64}
+    logits = next(r for r in plan.runs if r.label == "fixed" and r.student == "wrn_16_1" and r.seed == 1)
+    assert logits.config.loss.gamma == 0.0
+    alone = next(r for r in plan.runs if r.label == "student")
+    assert alone.config.kind == "student" and alone.config.teachers == []
+    # every run of a group shares what makes the data stream
+    for group in plan.groups:
+        keys = {(r.config.runtime.seed, r.config.optim.batch_size, str(r.config.data)) for r in group.runs}
+        assert len(keys) == 1
+
+
+def test_teachers_are_trained_or_published(tmp_path):
+    suite = parse_suite(_suite())
+    plan = expand(suite, tmp_path)
+    big, small = plan.teachers["big"], plan.teachers["small"]
+    assert not big.published and not small.published
+    assert big.config.kind == "teacher" and big.config.optim.epochs == 3  # its own recipe
+    assert small.config.optim.epochs == 2 and small.config.runtime.seed == 1
+    assert big.config.output.run_dir == str(tmp_path / "teachers" / "big")
+
+    with pytest.raises(ConfigError, match=r"small\.pth"):
+        expand(suite, tmp_path, teachers_dir=tmp_path / "pub")
+    (tmp_path / "pub").mkdir()
+    (tmp_path / "pub" / "small.pth").write_bytes(b"x")
+    plan = expand(suite, tmp_path, teachers_dir=tmp_path / "pub")
+    assert plan.teachers["small"].published
+    assert plan.runs[-1].config.teachers[1].checkpoint == str(tmp_path / "pub" / "small.pth")
+
+
+def test_overrides_reach_every_run(tmp_path):
+    plan = expand(parse_suite(_suite()), tmp_path, sets=["optim.epochs=1", "data.val_size=8"])
+    configs = [r.config for r in plan.runs] + [t.config for t in plan.teachers.values()]
+    assert {(c.optim.epochs, c.data.val_size) for c in configs} == {(1, 8)}
+    with pytest.raises(ConfigError, match="lr"):
+        expand(parse_suite(_suite()), tmp_path, sets=["optim.lrr=1"])
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"teachrs": {}}, r"unknown key\(s\) 'teachrs'.*teachers:"),
+        ({"pairs": []}, r"'pairs' is required"),
+        ({"teacher_sets": {"pair": ["big", "nobody"]}}, r"unknown teacher\(s\) \['nobody'\].*big, small"),
+        ({"pairs": [{"teachers": "trio", "students": ["resnet8"]}]}, r"unknown teacher set 'trio'"),
+        ({"pairs": [{"teachers": "pair", "students": ["resnet9"]}]}, r"pairs\[0\].*unknown model 'resnet9'"),
+        ({"teachers": {"big": {"arch": "vgg99"}}}, r"teachers.big.*unknown model 'vgg99'"),
+        ({"teachers": {"big": {"seed": 0}}}, r"'arch' is required"),
+        ({"strategies": ["uniform", "uniform"]}, r"label\(s\) \['uniform'\] appear twice"),
+        ({"strategies": [{"name": "uniform", "label": "student"}]}, r"reserved"),
+        ({"recipe": {"optim": {"lrr": 0.1}}}, r"'recipe'.*unknown config key.*lr"),
+        ({"recipe": {"optim": {"epochs": "ten"}}}, r"optim.epochs expects a int"),
+        ({"recipe": {"runtime": {"seed": 3}}}, r"'runtime.seed' is set by the suite"),
+        ({"recipe": {"strategy": {"name": "uniform"}}}, r"'strategy.name' is set by the suite"),
+        ({"features": {}}, r"logits\+feat variant needs"),
+        ({"seeds": [0, 0]}, r"distinct integers"),
+        ({"variants": ["features"]}, r"'variants' must be"),
+        ({"teachers": {"b/g": {"arch": "resnet8"}}}, r"teacher id 'b/g'"),
+    ],
+)
+def test_bad_suites_say_what_is_wrong(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        expand(parse_suite(_suite(**changes), source="bad.yaml"), tmp_path)
+
+
+def test_suite_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_suite(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teachers: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_suite(bad)
+    with pytest.raises(ConfigError, match="unknown preset 'smok'.*smoke"):
+        preset_path("smok")
+
+
+@pytest.mark.parametrize(
+    "path, runs, teachers",
+    [
+        (REPO / "experiments" / "cifar100" / "gu2023.yaml", 4 * 17 * 3, 3),
+        (REPO / "experiments" / "cifar100" / "same-arch.yaml", 4 * 17 * 3, 9),
+        (None, 17 * 2, 3),
+    ],
+)
+def test_shipped_suites_expand(tmp_path, path, runs, teachers):
+    suite = load_suite(path or preset_path("smoke"))
+    plan = expand(suite, tmp_path)
+    assert len(plan.runs) == runs and len(plan.teachers) == teachers
+    assert all(len(g.runs) == runs // len(plan.groups) for g in plan.groups)
+    if path is not None:
+        assert {r.config.data.dataset for r in plan.runs} == {"cifar100"}
+        assert {r.config.optim.epochs for r in plan.runs} == {240}
+        raw = yaml.safe_load(path.read_text())
+        published = [t for t in raw["teachers"].values() if "published" in t]
+        assert all("expected_acc" in t for t in published)
+
+
+def test_bench_cli_reports_bad_suite(tmp_path, capsys):
+    from multikd.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_suite(teacher_sets={"pair": ["ghost"]})))
+    assert main(["bench", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("multikd: error: ") and "ghost" in err and "Traceback" not in err
