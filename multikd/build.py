@@ -1,0 +1,126 @@
+"""From a resolved :class:`~multikd.config.RunConfig` to the objects a run trains.
+
+The model being trained is built right after seeding and before anything else draws random
+numbers, so with the same seed the student starts from the same weights in the student-alone
+baseline and under every strategy: comparisons differ only in the teachers' guidance.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from multikd.config import RunConfig
+from multikd.distiller import SupervisedLearner
+from multikd.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Learner:
+    """What the engine trains: ``module`` (the learner contract of multikd.distiller), the
+    trained ``model`` inside it, and for distillation the frozen ``ensemble`` and the
+    ``strategy`` (whose state, if any, is checkpointed)."""
+
+    module: nn.Module
+    model: nn.Module
+    ensemble: nn.Module | None = None
+    strategy: object | None = None
+    teacher_names: tuple[str, ...] = ()
+
+
+def build_data(cfg: RunConfig, seed: int):
+    """The data splits of ``cfg.data`` (``multikd.data.DataSplits``)."""
+    from multikd import data
+
+    d = cfg.data
+    if d.synthetic and d.dataset != "synthetic":
+        raise ConfigError(
+            f"data.synthetic options were given but data.dataset is {d.dataset!r}; "
+            "they apply to --dataset synthetic only"
+        )
+    return data.build_datasets(
+        d.dataset,
+        data_root=d.data_root,
+        val_size=d.val_size,
+        seed=seed,
+        synthetic=(d.synthetic or None) if d.dataset == "synthetic" else None,
+    )
+
+
+def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
+    """The trained model (+ teachers, strategy and distiller for ``distill``)."""
+    from multikd.models import create_model
+
+    model = create_model(cfg.model.arch, num_classes=num_classes, checkpoint=cfg.model.checkpoint)
+    if cfg.kind != "distill":
+        return Learner(SupervisedLearner(model), model)
+
+    from multikd.distiller import MultiTeacherDistiller
+    from multikd.ensemble import TeacherEnsemble
+    from multikd.strategies import create_strategy
+
+    strategy = create_strategy(cfg.strategy.name, **cfg.strategy.params)
+    teachers = []
+    for t in cfg.teachers:
+        if t.checkpoint is None:
+            log.warning("teacher %s has no checkpoint: it keeps its random initialization", t.name)
+        teachers.append(create_model(t.arch, num_classes=num_classes, checkpoint=t.checkpoint))
+    names = [t.name for t in cfg.teachers]
+    loss = cfg.loss
+    use_features = loss.gamma > 0
+    ensemble = TeacherEnsemble(
+        teachers,
+        names=names,
+        feature_names=_teacher_feature_names(cfg, teachers) if use_features else None,
+    )
+    distiller = MultiTeacherDistiller(
+        model,
+        ensemble,
+        strategy,
+        alpha=loss.alpha,
+        beta=loss.beta,
+        gamma=loss.gamma,
+        temperature=loss.temperature,
+        logit_loss=loss.logit_loss,
+        student_feature=(loss.student_feature or _last_feature(model, cfg.model.arch))
+        if use_features
+        else None,
+    )
+    return Learner(distiller, model, ensemble, strategy, tuple(names))
+
+
+def _last_feature(model: nn.Module, arch: str) -> str:
+    names = getattr(model, "feature_names", None)
+    if not names:
+        raise ConfigError(
+            f"{arch} does not list its stage features (model.feature_names); name the module "
+            "to tap with --set loss.student_feature=MODULE (and loss.teacher_features)"
+        )
+    return names[-1]
+
+
+def _teacher_feature_names(cfg: RunConfig, teachers: list[nn.Module]) -> list[str]:
+    if cfg.loss.teacher_features is not None:
+        return list(cfg.loss.teacher_features)
+    return [_last_feature(m, t.arch) for m, t in zip(teachers, cfg.teachers)]
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: the process's CUDA device when CUDA is available, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"runtime.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("runtime.device asks for CUDA but no CUDA device is available; use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device

@@ -1,0 +1,439 @@
+"""Run configuration: typed dataclasses, YAML files, ``--set section.key=value`` overrides.
+
+A run is described by one :class:`RunConfig`. It is built from the defaults below (the
+field's CIFAR recipe, see DESIGN.md), then a YAML file (``--config FILE``), then overrides
+(``--set optim.lr=0.1``, or the CLI's sugar flags such as ``--lr 0.1``), and finally
+:func:`resolve`\\ d: every value the run depends on is made explicit (learning rate, LR
+milestones, teacher names, run directory). The resolved config is what a run saves as
+``config.yaml``; loading that file gives back an equal ``RunConfig``.
+
+Override values are typed by the dataclass field they set: the text is read with
+``yaml.safe_load`` (so ``[1, 2]`` is a list, ``true`` a bool, ``{a: 1}`` a dict) and checked
+against the field's type; ``str`` fields take the text verbatim. An unknown key or a value of
+the wrong type is a :class:`~multikd.errors.ConfigError` that lists what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from multikd.errors import ConfigError
+
+KINDS = ("teacher", "student", "distill")
+SMALL_LR_ARCHS = ("mobilenetv2", "shufflev1", "shufflev2")
+"""Students trained with lr 0.01 instead of 0.05 by the field's convention (CRD, mdistiller)."""
+
+
+def _choice(default, choices: tuple, doc: str):
+    return field(default=default, metadata={"choices": choices, "doc": doc})
+
+
+def _doc(default, doc: str):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _doc("synthetic", "cifar100, cifar10 or synthetic (no files needed)")
+    data_root: Optional[str] = _doc(None, "dataset folder (default: $MULTIKD_DATA, else ./data)")
+    val_size: int = _doc(0, "validation images carved from the training set (0: none)")
+    synthetic: dict = _doc({}, "options of the synthetic dataset (num_classes, train_size, ...)")
+    workers: int = _doc(0, "DataLoader worker processes")
+
+
+@dataclass
+class ModelConfig:
+    """The model being trained: the student of ``distill``, the model of ``train-teacher``."""
+
+    arch: str = _doc("resnet8x4", "zoo architecture or timm:<name>")
+    checkpoint: Optional[str] = _doc(None, "initial weights (a checkpoint with key 'model')")
+
+
+@dataclass
+class TeacherConfig:
+    arch: str = _doc("resnet32x4", "zoo architecture or timm:<name>")
+    checkpoint: Optional[str] = _doc(None, "trained weights (e.g. RUN_DIR/checkpoint.pt)")
+    name: Optional[str] = _doc(None, "label in logs and tables (default: the architecture)")
+
+
+@dataclass
+class StrategyConfig:
+    name: str = _doc("ce-filter", "teacher selection/weighting strategy")
+    params: dict = _doc({}, "keyword parameters of the strategy")
+
+
+@dataclass
+class LossConfig:
+    alpha: float = _doc(1.0, "weight of the hard-label cross-entropy")
+    beta: float = _doc(1.0, "weight of the weighted multi-teacher logit loss")
+    gamma: float = _doc(0.0, "weight of the feature loss (0: logits only)")
+    temperature: float = _doc(4.0, "softmax temperature T of the KD term")
+    logit_loss: str = _choice("kl", ("kl", "mse"), "T^2 KL (Hinton) or logit MSE (Caruana)")
+    student_feature: Optional[str] = _doc(None, "student module tapped for the feature loss")
+    teacher_features: Optional[list[str]] = _doc(None, "teacher module per teacher")
+
+
+@dataclass
+class OptimConfig:
+    lr: Optional[float] = _doc(None, "learning rate (default 0.05; 0.01 for MobileNetV2/ShuffleNet)")
+    momentum: float = _doc(0.9, "SGD momentum")
+    weight_decay: float = _doc(5e-4, "SGD weight decay")
+    nesterov: bool = _doc(False, "Nesterov momentum")
+    batch_size: int = _doc(64, "global batch size (split across processes under torchrun)")
+    epochs: int = _doc(240, "training epochs")
+    schedule: str = _choice("multistep", ("multistep", "cosine"), "learning-rate schedule")
+    milestones: Optional[list[int]] = _doc(
+        None, "multistep epochs (default 62.5/75/87.5% of epochs: 150,180,210 of 240)"
+    )
+    lr_decay: float = _doc(0.1, "multistep factor applied at each milestone")
+    warmup_epochs: int = _doc(0, "linear warmup from 0 over this many epochs (per step)")
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = _doc("auto", "auto (cuda when available), cpu, cuda, cuda:N")
+    amp: bool = _doc(False, "mixed precision: bf16 autocast on CPU, fp16 + GradScaler on CUDA")
+    channels_last: bool = _doc(False, "channels_last memory format")
+    compile: bool = _doc(False, "torch.compile the models")
+    seed: int = _doc(0, "seed of initialization, data order and augmentation")
+    deterministic: bool = _doc(False, "deterministic algorithms (slower on CUDA)")
+
+
+@dataclass
+class OutputConfig:
+    run_dir: Optional[str] = _doc(None, "run directory (default runs/<kind>_<arch>[_<strategy>]_s<seed>)")
+    quiet: bool = _doc(False, "no progress bar, warnings only")
+    log_interval: int = _doc(50, "steps between progress-bar updates (each costs one host sync)")
+
+
+@dataclass
+class RunConfig:
+    kind: str = _choice("teacher", KINDS, "teacher or student (train-teacher), distill")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teachers: list[TeacherConfig] = field(default_factory=list)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "config") -> "RunConfig":
+        return _build(cls, data, where)
+
+
+# --------------------------------------------------------------------------- typing
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if tp is type(None):
+        return "null"
+    if origin is list:
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict or tp is dict:
+        return "mapping"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value, tp, where: str):
+    """``value`` checked against type ``tp`` (ints are accepted for floats)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, where)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, dict):
+            return _build(tp, value, where)
+    elif origin is list:
+        if isinstance(value, list):
+            return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    elif tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return {str(k): v for k, v in value.items()}
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"unsupported config field type {tp!r}")
+    raise ConfigError(
+        f"{where} expects a {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+    )
+
+
+def _check_choice(f: dataclasses.Field, value, where: str) -> None:
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{where} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    ordered = close + [v for v in valid if v not in close]
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    return ConfigError(
+        f"unknown config key {where}{key!r}.{hint} Valid keys: {', '.join(ordered)}"
+    )
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping of keys to values, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = _hints(cls)
+    prefix = "" if where == "config" else f"{where}."
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown_key(str(key), list(fields), "" if where == "config" else prefix)
+        value = _coerce(value, hints[key], f"{prefix}{key}")
+        _check_choice(fields[key], value, f"{prefix}{key}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- building
+def load_yaml(path: str | Path) -> dict:
+    """The mapping in a YAML config file; a clear error when unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """A :class:`RunConfig` from a YAML file (keys not given keep their defaults)."""
+    return RunConfig.from_dict(load_yaml(path), where="config")
+
+
+def _parse_text(text: str, tp) -> Any:
+    """Typed value of override text for a field of type ``tp``."""
+    accepts_str = tp is str or (
+        typing.get_origin(tp) in (Union, types.UnionType) and str in typing.get_args(tp)
+    )
+    if accepts_str:
+        return None if text in ("null", "~") else text
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-3" as a string
+        except ValueError:
+            return value
+    return value
+
+
+def set_value(config: RunConfig, key: str, value: Any, from_text: bool = False) -> None:
+    """Set ``section.key`` (or a top-level key such as ``kind``/``teachers``) in place.
+
+    ``from_text``: ``value`` is override text, parsed by the field's type.
+    """
+    parts = key.split(".")
+    target = config
+    where = ""
+    for depth, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(target)}
+        if part not in fields:
+            raise _unknown_key(part, list(fields), where)
+        tp = _hints(type(target))[part]
+        last = depth == len(parts) - 1
+        if not last:
+            if not dataclasses.is_dataclass(tp):
+                raise ConfigError(
+                    f"config key {where}{part!r} is a value, not a section; "
+                    f"set it as {where}{part}=VALUE"
+                )
+            target = getattr(target, part)
+            where = f"{where}{part}."
+            continue
+        if dataclasses.is_dataclass(tp) and from_text:
+            valid = ", ".join(f"{where}{part}.{f.name}" for f in dataclasses.fields(tp))
+            raise ConfigError(f"{where}{part!r} is a section; set one of its keys: {valid}")
+        parsed = _parse_text(value, tp) if from_text and isinstance(value, str) else value
+        parsed = _coerce(parsed, tp, f"{where}{part}")
+        _check_choice(fields[part], parsed, f"{where}{part}")
+        setattr(target, part, parsed)
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    """``"a.b=c"`` -> ``("a.b", "c")``; a clear error without ``=``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    return key.strip(), value.strip()
+
+
+def build_config(
+    config_file: str | Path | None = None,
+    sets: list[str] = (),
+    values: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults <- ``config_file`` <- ``values`` (typed, from CLI flags) <- ``sets`` (text)."""
+    config = load_config(config_file) if config_file else RunConfig()
+    for key, value in (values or {}).items():
+        set_value(config, key, value)
+    for text in sets:
+        key, value = parse_assignment(text)
+        set_value(config, key, value, from_text=True)
+    return config
+
+
+# --------------------------------------------------------------------------- resolving
+def default_milestones(epochs: int) -> list[int]:
+    """150, 180, 210 of 240 epochs, scaled: 62.5%, 75% and 87.5% of the run."""
+    return sorted({max(1, round(epochs * f)) for f in (0.625, 0.75, 0.875)})
+
+
+def default_lr(arch: str) -> float:
+    """0.05, or 0.01 for MobileNetV2/ShuffleV1/ShuffleV2 (the CIFAR KD recipe)."""
+    return 0.01 if arch.lower() in SMALL_LR_ARCHS else 0.05
+
+
+def _canonical_arch(arch: str) -> str:
+    from multikd.models import TIMM_PREFIX, canonical_name
+
+    if arch.startswith(TIMM_PREFIX):
+        return arch
+    return canonical_name(arch)
+
+
+def resolve(config: RunConfig) -> RunConfig:
+    """A copy with every implicit choice made explicit, validated."""
+    cfg = RunConfig.from_dict(config.to_dict())
+    cfg.model.arch = _canonical_arch(cfg.model.arch)
+    for teacher in cfg.teachers:
+        teacher.arch = _canonical_arch(teacher.arch)
+    o = cfg.optim
+    if o.lr is None:
+        o.lr = default_lr(cfg.model.arch)
+    if o.milestones is None:
+        o.milestones = default_milestones(o.epochs)
+    _validate(cfg)
+    if cfg.kind == "distill":
+        _name_teachers(cfg.teachers)
+    if cfg.output.run_dir is None:
+        tag = f"_{cfg.strategy.name}" if cfg.kind == "distill" else ""
+        arch = cfg.model.arch.replace(":", "-").replace("/", "-")
+        cfg.output.run_dir = f"runs/{cfg.kind}_{arch}{tag}_s{cfg.runtime.seed}"
+    return cfg
+
+
+def _validate(cfg: RunConfig) -> None:
+    o = cfg.optim
+    positive = {
+        "optim.epochs": o.epochs,
+        "optim.batch_size": o.batch_size,
+        "optim.lr": o.lr,
+        "loss.temperature": cfg.loss.temperature,
+        "output.log_interval": cfg.output.log_interval,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    non_negative = {
+        "optim.warmup_epochs": o.warmup_epochs,
+        "optim.weight_decay": o.weight_decay,
+        "optim.momentum": o.momentum,
+        "loss.alpha": cfg.loss.alpha,
+        "loss.beta": cfg.loss.beta,
+        "loss.gamma": cfg.loss.gamma,
+        "data.val_size": cfg.data.val_size,
+        "data.workers": cfg.data.workers,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    if o.warmup_epochs >= o.epochs and o.warmup_epochs > 0:
+        raise ConfigError(
+            f"optim.warmup_epochs ({o.warmup_epochs}) must be smaller than optim.epochs ({o.epochs})"
+        )
+    if o.nesterov and o.momentum == 0:
+        raise ConfigError("optim.nesterov needs optim.momentum > 0")
+    if cfg.kind == "distill" and not cfg.teachers:
+        raise ConfigError(
+            "distill needs at least one teacher: pass --teacher ARCH=CHECKPOINT (repeatable) "
+            "or --teachers-from RUN_DIR ..."
+        )
+    if cfg.kind != "distill" and cfg.teachers:
+        raise ConfigError(
+            f"teachers are only used by distill; a {cfg.kind} run trains one model alone "
+            "(remove the teachers or use `multikd distill`)"
+        )
+    feats = cfg.loss.teacher_features
+    if feats is not None and len(feats) != len(cfg.teachers):
+        raise ConfigError(
+            f"loss.teacher_features names {len(feats)} modules for {len(cfg.teachers)} teachers; "
+            "give one per teacher, or leave it null to use each teacher's last stage"
+        )
+
+
+def _name_teachers(teachers: list[TeacherConfig]) -> None:
+    """Fill missing names with the architecture; make every name unique (``arch_2``...)."""
+    used: set[str] = set()
+    for teacher in teachers:
+        base = teacher.name or teacher.arch
+        name, n = base, 1
+        while name in used:
+            n += 1
+            name = f"{base}_{n}"
+        teacher.name = name
+        used.add(name)
+
+
+# --------------------------------------------------------------------------- saving
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+def config_hash(config: RunConfig) -> str:
+    """12 hex digits identifying the experiment: everything but the ``output`` section."""
+    data = config.to_dict()
+    data.pop("output")
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+

@@ -1,0 +1,154 @@
+"""Run directory: the four files a run writes, each written atomically, and the run's state.
+
+::
+
+    RUN_DIR/config.yaml     resolved RunConfig (loads back to an equal config)
+    RUN_DIR/metrics.csv     one row per finished epoch
+    RUN_DIR/checkpoint.pt   last epoch: model (+arch, num_classes) and all training state
+    RUN_DIR/summary.json    written when the run finishes (status "finished")
+
+Every file is written to a temporary file in the same folder and moved into place with
+``os.replace``, so a reader (or a resumed run) never sees a half-written file, whenever the
+writer is killed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from multikd.config import RunConfig, load_config, to_yaml
+from multikd.errors import CheckpointError, TrainingError
+
+CONFIG = "config.yaml"
+METRICS = "metrics.csv"
+CHECKPOINT = "checkpoint.pt"
+SUMMARY = "summary.json"
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, SUMMARY)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder + ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj, path: str | Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def metrics_csv_text(rows: list[dict]) -> str:
+    """CSV of ``rows``; columns in order of first appearance, floats at full precision."""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
+    return out.getvalue()
+
+
+class RunDir:
+    """One run's folder: its files, its state, and safe ways to write them."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def summary(self) -> dict | None:
+        path = self.file(SUMMARY)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise TrainingError(f"{path} is unreadable ({err}); remove it or use --overwrite") from None
+
+    def state(self) -> str:
+        """``"empty"``, ``"finished"`` (summary says so) or ``"unfinished"`` (anything else)."""
+        summary = self.summary()
+        if summary is not None and summary.get("status") == "finished":
+            return "finished"
+        if any(self.file(name).exists() for name in RUN_FILES):
+            return "unfinished"
+        return "empty"
+
+    def prepare_new(self, overwrite: bool) -> None:
+        """Refuse to start over an existing run unless ``overwrite``; then clear its files."""
+        state = self.state()
+        if state != "empty" and not overwrite:
+            if state == "finished":
+                raise TrainingError(
+                    f"{self.path} already holds a finished run. Use --resume {self.path} to "
+                    "see it, a new --out directory, or --overwrite to replace it"
+                )
+            raise TrainingError(
+                f"{self.path} holds an unfinished run. Continue it with --resume {self.path}, "
+                "or use a new --out directory, or --overwrite to start again"
+            )
+
+    def clear(self) -> None:
+        """Remove the run files (and only those) so a fresh run starts clean."""
+        for name in RUN_FILES:
+            self.file(name).unlink(missing_ok=True)
+
+    def write_config(self, config: RunConfig) -> None:
+        atomic_write_text(self.file(CONFIG), to_yaml(config))
+
+    def read_config(self) -> RunConfig:
+        if not self.file(CONFIG).is_file():
+            raise TrainingError(
+                f"{self.path} holds no {CONFIG}; it is not a multikd run directory "
+                "(check the path given to --resume)"
+            )
+        return load_config(self.file(CONFIG))
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        atomic_write_text(self.file(METRICS), metrics_csv_text(rows))
+
+    def write_summary(self, summary: dict) -> None:
+        atomic_write_text(self.file(SUMMARY), json.dumps(summary, indent=2) + "\n")
+
+    def save_checkpoint(self, state: dict) -> None:
+        atomic_torch_save(state, self.file(CHECKPOINT))
+
+    def has_checkpoint(self) -> bool:
+        return self.file(CHECKPOINT).is_file()
+
+    def load_checkpoint(self, map_location="cpu") -> dict:
+        path = self.file(CHECKPOINT)
+        if not path.is_file():
+            raise CheckpointError(f"no checkpoint at {path}")
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as err:
+            raise CheckpointError(
+                f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); it is "
+                "corrupt or not a multikd checkpoint. Start again with --overwrite"
+            ) from None
