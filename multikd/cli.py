@@ -111,4 +111,262 @@ def _cmd_data_synth(args) -> int:
     return 0
 
 
-_COMMAND_GROUPS = [_add_data]
+# --------------------------------------------------------------------------- bench
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="run a benchmark suite (teachers, every strategy, seeds), then table + plots",
+        description="Run a suite's matrix of runs under --out: trains the teachers it lacks, "
+        "verifies their test accuracy, trains every student (in lockstep by default), skips "
+        "finished runs and resumes unfinished ones, then writes the table and plots.",
+    )
+    p.add_argument("suite", nargs="?", help="suite file (e.g. experiments/cifar100/gu2023.yaml)")
+    p.add_argument("--preset", help="a suite packaged with multikd instead of a file (smoke)")
+    p.add_argument("--out", required=True, help="output folder (the same folder continues a sweep)")
+    _add_data_root(p)
+    p.add_argument(
+        "--teachers-dir",
+        help="folder of published teacher checkpoints (files named by the suite's 'published')",
+    )
+    p.add_argument(
+        "--lockstep",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train the runs of one teacher set and seed together on one batch stream with "
+        "one shared teacher pass (default; same results as separate runs)",
+    )
+    p.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        help="config override for every run, e.g. --set optim.epochs=2 (repeatable)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="list the planned runs and exit")
+    p.add_argument("--quiet", action="store_true", help="warnings only")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args) -> int:
+    from multikd import bench, suite
+
+    if (args.suite is None) == (args.preset is None):
+        raise MultikdError("give either a suite file or --preset NAME (e.g. --preset smoke)")
+    path = suite.preset_path(args.preset) if args.preset else args.suite
+    if args.dry_run:
+        plan = bench.make_plan(path, args.out, args.data_root, args.teachers_dir, args.sets)
+        print(suite.describe(plan))
+        for run in plan.runs:
+            print(run.config.output.run_dir)
+        return 0
+    report = bench.run_bench(
+        path, args.out, data_root=args.data_root, teachers_dir=args.teachers_dir,
+        lockstep=args.lockstep, sets=args.sets,
+    )
+    print(report.text())
+    return 0
+
+
+# --------------------------------------------------------------------------- train / distill / eval
+_RESUME_KEEPS = {"runtime.device", "output.quiet"}
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by train-teacher and distill: sugar over config keys (see config.py)."""
+    p.add_argument("--config", metavar="FILE", help="YAML config file (keys not given keep defaults)")
+    p.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        help="override any config key, e.g. --set optim.schedule=cosine (repeatable)",
+    )
+    p.add_argument("--dataset", help="synthetic (default), cifar100 or cifar10")
+    _add_data_root(p)
+    p.add_argument("--val-size", type=int, help="validation images carved from train")
+    p.add_argument("--epochs", type=int, help="training epochs (default 240)")
+    p.add_argument("--batch-size", type=int, help="global batch size (default 64)")
+    p.add_argument("--lr", type=float, help="learning rate (default 0.05; 0.01 for MobileNetV2/ShuffleNet)")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument("--out", "--run-dir", dest="out", metavar="DIR", help="run directory")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--amp", action="store_true", default=None, help="mixed precision")
+    p.add_argument("--quiet", action="store_true", default=None, help="no progress bar, warnings only")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    p.add_argument(
+        "--show-config", action="store_true", help="print the resolved config.yaml and exit"
+    )
+
+
+_RUN_FLAGS = {
+    "dataset": "data.dataset",
+    "data_root": "data.data_root",
+    "val_size": "data.val_size",
+    "epochs": "optim.epochs",
+    "batch_size": "optim.batch_size",
+    "lr": "optim.lr",
+    "seed": "runtime.seed",
+    "out": "output.run_dir",
+    "device": "runtime.device",
+    "amp": "runtime.amp",
+    "quiet": "output.quiet",
+    "arch": "model.arch",
+    "kind": "kind",
+    "strategy": "strategy.name",
+    "alpha": "loss.alpha",
+    "beta": "loss.beta",
+    "gamma": "loss.gamma",
+    "temperature": "loss.temperature",
+}
+
+
+def _add_train_teacher(sub) -> None:
+    p = sub.add_parser(
+        "train-teacher",
+        help="train one model from scratch with cross-entropy (a teacher, or the student alone)",
+    )
+    p.add_argument("--arch", "--student", dest="arch", help="zoo architecture or timm:<name>")
+    p.add_argument(
+        "--kind", choices=("teacher", "student"),
+        help="record the run as a teacher (default) or as the student-alone baseline",
+    )
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_train, command_kind="teacher")
+
+
+def _add_distill(sub) -> None:
+    p = sub.add_parser("distill", help="distill a student from a pool of frozen teachers")
+    p.add_argument("--student", "--arch", dest="arch", help="student architecture")
+    p.add_argument(
+        "--teacher", dest="teacher_specs", action="append", default=[], metavar="ARCH[=CKPT]",
+        help="a teacher and its checkpoint (repeatable)",
+    )
+    p.add_argument(
+        "--teachers-from", nargs="+", default=[], metavar="RUN_DIR",
+        help="teachers from finished train-teacher runs (their checkpoint.pt)",
+    )
+    p.add_argument("--strategy", help="teacher selection/weighting strategy (default ce-filter)")
+    p.add_argument(
+        "--strategy-param", dest="strategy_params", action="append", default=[],
+        metavar="KEY=VALUE", help="a strategy parameter (repeatable)",
+    )
+    p.add_argument("--alpha", type=float, help="weight of the hard-label CE")
+    p.add_argument("--beta", type=float, help="weight of the logit distillation loss")
+    p.add_argument("--gamma", type=float, help="weight of the feature loss (0: logits only)")
+    p.add_argument("--temperature", type=float, help="KD temperature T (default 4)")
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_train, command_kind="distill")
+
+
+def _run_config(args):
+    """The RunConfig that the flags of train-teacher/distill describe (not yet resolved)."""
+    import yaml
+
+    from multikd.config import build_config, parse_assignment, parse_teacher
+    from multikd.runio import teachers_from_runs
+
+    values = {key: getattr(args, flag) for flag, key in _RUN_FLAGS.items()
+              if getattr(args, flag, None) is not None}
+    if args.command_kind == "distill":
+        values["kind"] = "distill"
+        teachers = [parse_teacher(t) for t in args.teacher_specs]
+        teachers += teachers_from_runs(args.teachers_from)
+        if teachers:
+            values["teachers"] = teachers
+    config = build_config(args.config, args.sets, values)
+    for text in getattr(args, "strategy_params", []):
+        key, value = parse_assignment(text)
+        config.strategy.params[key] = yaml.safe_load(value) if value else None
+    return config
+
+
+def _cmd_train(args) -> int:
+    from multikd import engine
+    from multikd.config import resolve, to_yaml
+    from multikd.errors import ConfigError
+
+    if args.resume:
+        given = {key for flag, key in _RUN_FLAGS.items() if getattr(args, flag, None) is not None}
+        extra = sorted(given - _RESUME_KEEPS) + (["--config"] if args.config else [])
+        extra += ["--set"] * bool(args.sets) + ["--teacher"] * bool(getattr(args, "teacher_specs", []))
+        if extra or args.overwrite:
+            raise ConfigError(
+                f"--resume continues {args.resume} with its own config.yaml; only --device and "
+                f"--quiet may be given with it (got {', '.join(extra or ['--overwrite'])})"
+            )
+        summary = engine.resume(args.resume, device=args.device, quiet=args.quiet)
+    else:
+        config = _run_config(args)
+        if args.show_config:
+            print(to_yaml(resolve(config)), end="")
+            return 0
+        summary = engine.train(config, overwrite=args.overwrite)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    from multikd.distributed import detect
+
+    if not detect().is_main:
+        return
+    val = summary.get("val_selected_test_acc")
+    val_text = f", val-selected {val:.2f}%" if val is not None else ""
+    print(
+        f"{summary['kind']} {summary['student_arch']}: test acc {summary['last_test_acc']:.2f}% "
+        f"(best {summary['best_test_acc']:.2f}% at epoch {summary['best_epoch']}{val_text}) "
+        f"in {summary['wall_time_s']:.0f} s -> {summary['run_dir']}"
+    )
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="test accuracy of a saved model")
+    p.add_argument("--run", metavar="RUN_DIR", help="evaluate a run's checkpoint on its own data")
+    p.add_argument("--arch", help="architecture of the checkpoint")
+    p.add_argument("--checkpoint", metavar="FILE", help="checkpoint (weights under key 'model')")
+    p.add_argument("--dataset", default=None, help="cifar100 (default), cifar10 or synthetic")
+    _add_data_root(p)
+    p.add_argument("--val-size", type=int, default=None, help="also report this validation split")
+    p.add_argument(
+        "--synthetic", dest="synthetic", action="append", default=[], metavar="KEY=VALUE",
+        help="synthetic dataset option, e.g. num_classes=10 (repeatable)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed of the train/val split")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args) -> int:
+    import yaml
+
+    from multikd import engine
+    from multikd.config import parse_assignment
+    from multikd.errors import ConfigError
+    from multikd.runio import CHECKPOINT, RunDir
+
+    synthetic = {}
+    for text in args.synthetic:
+        key, value = parse_assignment(text)
+        synthetic[key] = yaml.safe_load(value)
+    if args.run:
+        config = RunDir(args.run).read_config()
+        arch = args.arch or config.model.arch
+        checkpoint = args.checkpoint or str(RunDir(args.run).file(CHECKPOINT))
+        dataset = args.dataset or config.data.dataset
+        data_root = args.data_root or config.data.data_root
+        synthetic = synthetic or config.data.synthetic
+        val_size = config.data.val_size if args.val_size is None else args.val_size
+        seed = config.runtime.seed if args.seed is None else args.seed
+    else:
+        if not (args.arch and args.checkpoint):
+            raise ConfigError("eval needs --arch and --checkpoint (or --run RUN_DIR)")
+        arch, checkpoint, data_root = args.arch, args.checkpoint, args.data_root
+        dataset = args.dataset or "cifar100"
+        val_size, seed = args.val_size or 0, args.seed or 0
+    result = engine.evaluate_checkpoint(
+        arch, checkpoint, dataset, data_root=data_root, val_size=val_size,
+        synthetic=synthetic or None, seed=seed, batch_size=args.batch_size, device=args.device,
+    )
+    for split in ("val", "test"):
+        if f"{split}_acc" in result:
+            print(f"{split} accuracy: {result[f'{split}_acc']:.2f}%  (mean CE {result[f'{split}_loss']:.4f})")
+    return 0
+
+
+_COMMAND_GROUPS = [_add_data, _add_bench, _add_train_teacher, _add_distill, _add_eval]

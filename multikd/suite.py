@@ -128,6 +128,7 @@ class Plan:
     out: Path
     teachers: dict[str, TeacherJob]
     groups: list[LockstepGroup]
+    sets: list[str] = field(default_factory=list)
 
     @property
     def runs(self) -> list[StudentRun]:
@@ -468,7 +469,7 @@ def expand(
                 for strategy, variant in _labels(suite)
             ]
             groups.append(LockstepGroup(set_name, seed, list(ids), runs))
-    return Plan(suite, out, jobs, groups)
+    return Plan(suite, out, jobs, groups, sets)
 
 
 def _labels(suite: Suite) -> list[tuple[StrategySpec | None, str]]:
