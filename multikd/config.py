@@ -204,10 +204,20 @@ def _check_choice(f: dataclasses.Field, value, where: str) -> None:
 
 def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    if not where:
+        leaves = {
+            f"{f.name}.{g.name}": g.name
+            for f in dataclasses.fields(RunConfig)
+            if dataclasses.is_dataclass(_hints(RunConfig)[f.name])
+            for g in dataclasses.fields(_hints(RunConfig)[f.name])
+        }
+        near = difflib.get_close_matches(key, list(leaves.values()), n=3, cutoff=0.75)
+        close = [dotted for dotted, leaf in leaves.items() if leaf in near] + close
     ordered = close + [v for v in valid if v not in close]
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    section = f" in section {where.rstrip('.')!r}" if where else ""
     return ConfigError(
-        f"unknown config key {where}{key!r}.{hint} Valid keys: {', '.join(ordered)}"
+        f"unknown config key {where + key!r}.{hint} Valid keys{section}: {', '.join(ordered)}"
     )
 
 
@@ -285,7 +295,7 @@ def set_value(config: RunConfig, key: str, value: Any, from_text: bool = False) 
         if not last:
             if not dataclasses.is_dataclass(tp):
                 raise ConfigError(
-                    f"config key {where}{part!r} is a value, not a section; "
+                    f"config key {where + part!r} is a value, not a section; "
                     f"set it as {where}{part}=VALUE"
                 )
             target = getattr(target, part)
@@ -437,3 +447,11 @@ def config_hash(config: RunConfig) -> str:
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
+
+
+def parse_teacher(text: str) -> TeacherConfig:
+    """``"ARCH"`` or ``"ARCH=CHECKPOINT"`` (the CLI's ``--teacher``) as a TeacherConfig."""
+    arch, sep, checkpoint = text.partition("=")
+    if not arch.strip() or (sep and not checkpoint.strip()):
+        raise ConfigError(f"--teacher {text!r} must look like ARCH or ARCH=CHECKPOINT")
+    return TeacherConfig(arch=arch.strip(), checkpoint=checkpoint.strip() or None)

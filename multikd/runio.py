@@ -152,3 +152,29 @@ class RunDir:
                 f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); it is "
                 "corrupt or not a multikd checkpoint. Start again with --overwrite"
             ) from None
+
+
+def teachers_from_runs(run_dirs: list[str]) -> list:
+    """One TeacherConfig per finished run directory: its architecture, its checkpoint.pt,
+    and the directory's name as the teacher's name."""
+    from multikd.config import TeacherConfig
+
+    teachers = []
+    for path in run_dirs:
+        run = RunDir(path)
+        if run.state() != "finished":
+            raise TrainingError(
+                f"--teachers-from {path}: no finished run there (summary.json with status "
+                f"finished). Finish it with --resume {path}, or pass --teacher ARCH=CHECKPOINT"
+            )
+        if not run.has_checkpoint():
+            raise CheckpointError(f"--teachers-from {path}: {run.file(CHECKPOINT)} is missing")
+        config = run.read_config()
+        teachers.append(
+            TeacherConfig(
+                arch=config.model.arch,
+                checkpoint=str(run.file(CHECKPOINT)),
+                name=run.path.resolve().name,
+            )
+        )
+    return teachers
