@@ -1,0 +1,159 @@
+"""Plots of a runs folder (matplotlib, Agg backend, PNG), one set per table row.
+
+For every (dataset, student, teacher set, epochs) row of :func:`multikd.results.strategy_table`:
+
+- ``<row>_acc.png``: test accuracy per epoch, mean over seeds, one line per method (the
+  student alone in black, each strategy in its own colour, solid for logits only and dashed
+  for logits + features);
+- ``<row>_weights.png``: a grid with one panel per distillation method, one line per
+  teacher: the teacher's weight per epoch (the ``w_<teacher>`` column of metrics.csv,
+  the epoch mean of the strategy's weights), averaged over seeds.
+
+``<row>`` is ``<dataset>_<student>_<teacher+teacher+...>`` with ``_<N>ep`` appended when one
+student and teacher set was trained for several lengths; characters outside
+``[A-Za-z0-9_.+-]`` become ``-``. Each file is written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import pandas as pd  # noqa: E402
+
+from multikd.results import (  # noqa: E402
+    ALONE, FEAT_SUFFIX, ROW_KEYS, ResultsError, method_labels, collect_runs, read_metrics, row_label,
+)
+from multikd.runio import atomic_write_bytes  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]")
+
+
+def plot_runs(root: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write the accuracy and teacher-weight plots of the finished runs under ``root``."""
+    return plot_collected(collect_runs(root), out_dir)
+
+
+def plot_collected(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Plots of the runs in ``df`` (from :func:`multikd.results.collect_runs`); the paths written."""
+    if df.empty or "kind" not in df:
+        raise ResultsError(f"no finished runs under {df.attrs.get('root', 'the runs folder')} to plot")
+    runs = df[df["kind"].isin(["student", "distill"])].copy()
+    if runs.empty:
+        raise ResultsError("no student or distill runs to plot; the plots compare students")
+    runs["method"] = method_labels(runs)
+    runs["teachers"] = runs["teacher_names"].map("+".join)
+    if "epochs" not in runs:
+        runs["epochs"] = math.nan
+    out_dir = Path(out_dir)
+    several_lengths = runs.groupby(["dataset", "student", "teachers"])["epochs"].nunique().gt(1).any()
+    written = []
+    distill = runs[runs["kind"] == "distill"]
+    for key, group in distill.groupby(list(ROW_KEYS), sort=True):
+        dataset, student, teachers, epochs = key
+        alone = runs[(runs["kind"] == "student") & (runs["dataset"] == dataset)
+                     & (runs["student"] == student) & (runs["epochs"] == epochs)]
+        curves = _mean_curves(pd.concat([alone, group]))
+        if not curves:
+            continue
+        stem = _UNSAFE.sub("-", f"{dataset}_{student}_{teachers}")
+        if several_lengths:
+            stem += f"_{epochs}ep"
+        title = f"{row_label(student, teachers)} ({dataset}, {epochs} epochs)"
+        names = list(group["teacher_names"].iloc[0])
+        written.append(_save(_accuracy_figure(curves, title), out_dir / f"{stem}_acc.png"))
+        weights = {m: c for m, c in curves.items() if m != ALONE and any(f"w_{t}" in c for t in names)}
+        if weights:
+            written.append(_save(_weights_figure(weights, names, title), out_dir / f"{stem}_weights.png"))
+    if not written:
+        raise ResultsError("no distill run with a readable metrics.csv to plot")
+    return written
+
+
+def _mean_curves(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per method: the numeric metrics.csv columns averaged over its runs, indexed by epoch."""
+    frames: dict[str, list[pd.DataFrame]] = {}
+    for _, run in runs.iterrows():
+        metrics = read_metrics(run["path"])
+        if metrics is None or "epoch" not in metrics or "test_acc" not in metrics:
+            continue
+        frames.setdefault(run["method"], []).append(
+            metrics.set_index("epoch").apply(pd.to_numeric, errors="coerce")
+        )
+    return {m: pd.concat(fs).groupby(level=0).mean() for m, fs in frames.items()}
+
+
+def _method_styles(methods: list[str]) -> dict[str, dict]:
+    bases = sorted({m.removesuffix(FEAT_SUFFIX) for m in methods if m != ALONE})
+    cmap = plt.get_cmap("tab10" if len(bases) <= 10 else "tab20")
+    colour = {b: cmap(i % cmap.N) for i, b in enumerate(bases)}
+    styles = {}
+    for m in methods:
+        if m == ALONE:
+            styles[m] = {"color": "black", "linestyle": ":", "linewidth": 2}
+        else:
+            styles[m] = {"color": colour[m.removesuffix(FEAT_SUFFIX)],
+                         "linestyle": "--" if m.endswith(FEAT_SUFFIX) else "-"}
+    return styles
+
+
+def _accuracy_figure(curves: dict[str, pd.DataFrame], title: str):
+    methods = sorted(curves, key=lambda m: (m != ALONE, m))
+    styles = _method_styles(methods)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for method in methods:
+        curve = curves[method]["test_acc"]
+        ax.plot(curve.index, curve.values, label=method, **styles[method])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%), mean over seeds")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", ncol=2 if len(methods) > 8 else 1, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def _weights_figure(curves: dict[str, pd.DataFrame], teachers: list[str], title: str):
+    methods = sorted(curves)
+    cols = min(4, len(methods))
+    rows = math.ceil(len(methods) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), sharex=True,
+                             sharey=True, squeeze=False)
+    for ax, method in zip(axes.flat, methods):
+        for teacher in teachers:
+            column = f"w_{teacher}"
+            if column in curves[method]:
+                curve = curves[method][column]
+                ax.plot(curve.index, curve.values, label=teacher)
+        ax.set_title(method, fontsize="medium")
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(methods):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mean weight")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", title="teacher")
+    fig.suptitle(f"teacher weights per epoch — {title}")
+    fig.tight_layout(rect=(0, 0, 0.88, 0.95))
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    log.debug("wrote %s", path)
+    return path

@@ -1,0 +1,477 @@
+"""Run directories → pandas tables: mean ± sample std over seeds, last vs best vs val-selected.
+
+A run directory is any folder under ``RUNS_DIR`` holding ``summary.json`` (see
+:mod:`multikd.runio`). Only *finished* runs (``status == "finished"``) enter a table; any
+other run is listed in a warning and in ``collect_runs(root).attrs["skipped"]``.
+
+The comparison table (:func:`strategy_table`) has one row per student architecture and
+teacher set (and dataset, and training length), and one column per method:
+
+- ``student alone``: runs of kind ``student`` with the same architecture, dataset and epochs;
+- ``<strategy>`` (logits only) and ``<strategy> +feat`` (logits + features, ``gamma > 0``);
+- ``<teacher> (teacher)``: each teacher's test accuracy as measured by the distill runs
+  before use (``teacher_test_acc``), else the last-epoch accuracy of a teacher run whose
+  folder name or architecture equals the teacher's name (the last checkpoint is the one
+  distillation loads).
+
+Every method cell aggregates over seeds: ``mean``, sample ``std`` (ddof=1; NaN when n=1,
+printed as ``—``) and ``n``. A teacher is one fixed model, so when every run records the
+same accuracy for it, its cell is that value with n=1; differing values (teachers retrained
+per seed) are aggregated over seeds like the other cells.
+
+Metrics (accuracies in %, as the engine writes them):
+
+- ``last``: ``last_test_acc``, the test accuracy after the final epoch (the honest default);
+- ``best``: ``best_test_acc``, the best test accuracy over epochs: optimistic, since the
+  epoch is selected on the test set itself;
+- ``val``: ``val_selected_test_acc``, test accuracy at the epoch of best validation accuracy
+  (needs runs trained with a validation split).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from multikd.errors import MultikdError
+from multikd.runio import METRICS, SUMMARY, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = {"last": "last_test_acc", "best": "best_test_acc", "val": "val_selected_test_acc"}
+CAPTIONS = {
+    "last": "last-epoch test accuracy (%)",
+    "best": "best-epoch test accuracy (%) — optimistic, selected on test",
+    "val": "val-selected test accuracy (%)",
+}
+FORMATS = ("md", "csv", "tex")
+ALONE = "student alone"
+FEAT_SUFFIX = " +feat"
+TEACHER_SUFFIX = " (teacher)"
+ROW_KEYS = ("dataset", "student", "teachers", "epochs")
+STATS = ("mean", "std", "n")
+
+# The engine's summary keys, with the spellings of the run-directory format note as fallbacks.
+_ALIASES = {
+    "student": ("student_arch", "student"),
+    "teacher_names": ("teacher_names", "teachers"),
+    "features": ("features_used", "features"),
+}
+
+
+class ResultsError(MultikdError):
+    """No usable runs, or a table that cannot be made from the runs found."""
+
+
+# --------------------------------------------------------------------------- collecting
+def collect_runs(root: str | Path) -> pd.DataFrame:
+    """One row per finished run under ``root`` (searched recursively).
+
+    Columns: every summary field, nested dicts flattened with dots (``versions.torch``),
+    ``path`` (the run folder), and normalized ``student``, ``teacher_names`` (tuple),
+    ``features`` (bool) whichever spelling the summary used. Unfinished or unreadable runs
+    are skipped with a warning and listed in ``df.attrs["skipped"]`` as ``(path, reason)``.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise ResultsError(f"runs folder {root} does not exist; pass the folder the runs were written to")
+    if not root.is_dir():
+        raise ResultsError(f"{root} is not a folder; pass the folder the runs were written to")
+    records, skipped = [], []
+    for summary_path in sorted(root.rglob(SUMMARY)):
+        run = summary_path.parent
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            skipped.append((str(run), f"unreadable {SUMMARY}: {err}"))
+            continue
+        if not isinstance(summary, dict) or summary.get("status") != "finished":
+            status = summary.get("status") if isinstance(summary, dict) else None
+            skipped.append((str(run), f"status is {status!r}, not 'finished'"))
+            continue
+        records.append(_flatten(summary) | _normalized(summary) | {"path": str(run)})
+    for run, reason in skipped:
+        log.warning("skipping run %s: %s", run, reason)
+    if skipped:
+        log.warning("%d unfinished or unreadable run(s) left out of the results", len(skipped))
+    df = pd.DataFrame.from_records(records)
+    df.attrs["skipped"] = skipped
+    df.attrs["root"] = str(root)
+    return df
+
+
+def _flatten(summary: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in summary.items():
+        if isinstance(value, dict) and key != "teacher_test_acc" and key != "strategy_params":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _normalized(summary: dict) -> dict:
+    out = {}
+    for name, keys in _ALIASES.items():
+        out[name] = next((summary[k] for k in keys if summary.get(k) is not None), None)
+    out["teacher_names"] = tuple(out["teacher_names"] or ())
+    out["features"] = bool(out["features"])
+    return out
+
+
+# --------------------------------------------------------------------------- the table
+def load_table(root: str | Path, metric: str = "last") -> pd.DataFrame:
+    """:func:`strategy_table` of the finished runs under ``root``."""
+    return strategy_table(collect_runs(root), metric=metric)
+
+
+def strategy_table(df: pd.DataFrame, metric: str = "last") -> pd.DataFrame:
+    """The comparison table of the runs in ``df`` (from :func:`collect_runs`).
+
+    Index: (dataset, student, teachers, epochs), ``teachers`` joined with ``+``. Columns: a
+    MultiIndex (method, stat) with stat in mean/std/n, methods ordered student alone, each
+    strategy then its ``+feat`` variant (alphabetical), then the teachers.
+    ``table.attrs``: ``metric``, ``caption``, ``methods`` (student methods, compared for
+    bold), ``teacher_columns``.
+    """
+    if metric not in METRIC_COLUMNS:
+        raise ResultsError(f"unknown metric {metric!r}; expected one of {', '.join(METRIC_COLUMNS)}")
+    column = METRIC_COLUMNS[metric]
+    if df.empty or "kind" not in df:
+        raise ResultsError(_no_runs_message(df))
+    students = df[df["kind"].isin(["student", "distill"])].copy()
+    if students.empty:
+        raise ResultsError(
+            f"{_no_runs_message(df)}: found only runs of kind "
+            f"{sorted(set(df['kind'].dropna()))}; the table compares student and distill runs"
+        )
+    values = pd.to_numeric(students.get(column), errors="coerce") if column in students else None
+    if values is None or values.isna().all():
+        hint = (" These runs were trained without a validation split (data.val_size 0); use "
+                "--metric last or best, or train with a validation split") if metric == "val" else ""
+        raise ResultsError(f"no run under {df.attrs.get('root', 'the runs folder')} records {column}.{hint}")
+    students["value"] = values
+    missing = students[students["value"].isna()]
+    for path in missing["path"]:
+        log.warning("run %s has no %s; left out of the %s table", path, column, metric)
+    students = students.dropna(subset=["value"])
+    students["method"] = method_labels(students)
+    students["teachers"] = students["teacher_names"].map("+".join)
+    if "epochs" not in students:
+        students["epochs"] = math.nan
+
+    distill = students[students["kind"] == "distill"]
+    alone = students[students["kind"] == "student"]
+    row_keys = sorted(
+        set(map(tuple, distill[list(ROW_KEYS)].astype(str).values))
+        | {(d, s, "", e) for d, s, _, e in map(tuple, alone[list(ROW_KEYS)].astype(str).values)
+           if not _has_distill_row(distill, d, s, e)},
+    )
+    methods = _ordered_methods(distill)
+    teacher_columns = []
+    rows = []
+    for key in row_keys:
+        dataset, student, teachers, epochs = key
+        same = (students["dataset"].astype(str) == dataset) & (students["student"].astype(str) == student)
+        same &= students["epochs"].astype(str) == epochs
+        cells = {ALONE: students[same & (students["kind"] == "student")]}
+        in_row = students[same & (students["kind"] == "distill") & (students["teachers"] == teachers)]
+        cells.update({m: in_row[in_row["method"] == m] for m in methods})
+        row = {}
+        for method, runs in cells.items():
+            _warn_duplicate_seeds(runs, key, method)
+            row.update({(method, stat): v for stat, v in zip(STATS, _aggregate(runs["value"]))})
+        for name in teachers.split("+") if teachers else ():
+            label = name + TEACHER_SUFFIX
+            if label not in teacher_columns:
+                teacher_columns.append(label)
+            acc = _teacher_accuracy(df, in_row, name, dataset)
+            row.update({(label, stat): v for stat, v in zip(STATS, acc)})
+        rows.append(row)
+    columns = pd.MultiIndex.from_tuples(
+        [(m, s) for m in [ALONE, *methods, *teacher_columns] for s in STATS], names=["method", "stat"]
+    )
+    index = pd.MultiIndex.from_tuples(
+        [(d, s, t, _epochs_value(e)) for d, s, t, e in row_keys], names=list(ROW_KEYS)
+    )
+    table = pd.DataFrame(rows, index=index).reindex(columns=columns)
+    for method in [ALONE, *methods, *teacher_columns]:
+        table[(method, "n")] = table[(method, "n")].fillna(0).astype(int)
+    table.attrs.update(
+        metric=metric, caption=CAPTIONS[metric], methods=[ALONE, *methods],
+        teacher_columns=teacher_columns,
+    )
+    return table
+
+
+def _no_runs_message(df: pd.DataFrame) -> str:
+    root = df.attrs.get("root", "the runs folder")
+    skipped = df.attrs.get("skipped", [])
+    extra = f" ({len(skipped)} unfinished or unreadable run(s) skipped)" if skipped else ""
+    return (f"no finished runs under {root}{extra}; pass the folder that holds the run "
+            f"directories (each with {SUMMARY})")
+
+
+def _has_distill_row(distill: pd.DataFrame, dataset: str, student: str, epochs: str) -> bool:
+    keys = distill[["dataset", "student", "epochs"]].astype(str)
+    return bool(((keys["dataset"] == dataset) & (keys["student"] == student) & (keys["epochs"] == epochs)).any())
+
+
+def _epochs_value(text: str):
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if number.is_integer() else number
+
+
+def _strategy_base(row) -> str:
+    label = row.get("strategy_label")
+    return str(label if isinstance(label, str) and label else row.get("strategy"))
+
+
+def _params_key(params) -> str:
+    return json.dumps(params if isinstance(params, dict) else {}, sort_keys=True)
+
+
+def method_labels(runs: pd.DataFrame) -> pd.Series:
+    """Column label of each run: ``student alone``, ``<strategy>`` or ``<strategy> +feat``.
+
+    The strategy part is the summary's ``strategy_label`` if any, else the strategy name;
+    when one name was run with different ``strategy_params``, the parameters are appended
+    so that different experiments never share a column.
+    """
+    bases = runs.apply(_strategy_base, axis=1)
+    params = runs.get("strategy_params", pd.Series([None] * len(runs), index=runs.index)).map(_params_key)
+    distill = runs["kind"] == "distill"
+    ambiguous = {
+        b for b in set(bases[distill]) if params[distill & (bases == b)].nunique() > 1
+    }
+    labels = []
+    for i in runs.index:
+        if runs.at[i, "kind"] != "distill":
+            labels.append(ALONE)
+            continue
+        base = bases[i]
+        if base in ambiguous:
+            shown = ",".join(f"{k}={v}" for k, v in json.loads(params[i]).items())
+            base = f"{base} [{shown}]"
+        labels.append(base + (FEAT_SUFFIX if runs.at[i, "features"] else ""))
+    return pd.Series(labels, index=runs.index)
+
+
+def _ordered_methods(distill: pd.DataFrame) -> list[str]:
+    present = set(distill["method"])
+    bases = sorted({m.removesuffix(FEAT_SUFFIX) for m in present})
+    return [m for b in bases for m in (b, b + FEAT_SUFFIX) if m in present]
+
+
+def _aggregate(values: pd.Series) -> tuple[float, float, int]:
+    """(mean, sample std with ddof=1 — NaN for a single value —, n) of ``values``."""
+    n = int(values.count())
+    if n == 0:
+        return math.nan, math.nan, 0
+    std = float(values.std(ddof=1)) if n > 1 else math.nan
+    return float(values.mean()), std, n
+
+
+def _warn_duplicate_seeds(runs: pd.DataFrame, key: tuple, method: str) -> None:
+    if runs.empty or "seed" not in runs:
+        return
+    counts = runs["seed"].value_counts()
+    for seed in counts[counts > 1].index:
+        paths = ", ".join(runs.loc[runs["seed"] == seed, "path"])
+        log.warning(
+            "%s / %s: %d runs with seed %s are all averaged (%s); are they copies or "
+            "different experiments?", "|".join(key), method, counts[seed], seed, paths,
+        )
+
+
+def _recorded_teacher_acc(run: pd.Series, name: str) -> float | None:
+    recorded = run.get("teacher_test_acc")
+    if isinstance(recorded, dict):
+        value = recorded.get(name)
+    elif isinstance(recorded, (list, tuple)) and len(recorded) == len(run["teacher_names"]):
+        value = recorded[list(run["teacher_names"]).index(name)]
+    else:
+        value = None
+    return None if value is None else float(value)
+
+
+def _teacher_accuracy(df: pd.DataFrame, distill_runs: pd.DataFrame, name: str, dataset: str):
+    """(mean, std, n) of one teacher's test accuracy; see the module docstring."""
+    per_seed = {}
+    for _, run in distill_runs.iterrows():
+        value = _recorded_teacher_acc(run, name)
+        if value is not None:
+            per_seed.setdefault(run.get("seed"), value)
+    if per_seed:
+        values = pd.Series(list(per_seed.values()), dtype=float)
+        if values.nunique() == 1:
+            return float(values.iloc[0]), math.nan, 1
+        return _aggregate(values)
+    teachers = df[(df["kind"] == "teacher") & (df["dataset"].astype(str) == dataset)]
+    match = teachers["path"].map(lambda p: Path(p).name == name) | (teachers["student"] == name)
+    return _aggregate(pd.to_numeric(teachers.loc[match, "last_test_acc"], errors="coerce").dropna())
+
+
+# --------------------------------------------------------------------------- formatting
+def row_label(student: str, teachers: str) -> str:
+    """``resnet8x4 ← vgg13+resnet32x4+wrn_40_2`` (the student alone when no teachers)."""
+    return f"{student} ← {teachers}" if teachers else student
+
+
+def format_table(table: pd.DataFrame, fmt: str = "md") -> str:
+    """The table as Markdown, CSV or LaTeX text.
+
+    md/tex: a caption naming the metric, cells ``mean ± std (n)`` with 2 decimals (``—`` for
+    the std of a single run, empty when a method has no run), the best student mean of each
+    row in bold (ties at 2 decimals all bold; teacher columns are not compared).
+    csv: one line per row with ``metric``, the row keys, and ``<method> mean``, ``<method> std``,
+    ``<method> n`` columns at full precision (empty std when n=1).
+    """
+    if fmt not in FORMATS:
+        raise ResultsError(f"unknown table format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt == "csv":
+        return _format_csv(table)
+    rows = _text_rows(table, tex=(fmt == "tex"))
+    return _format_tex(table, rows) if fmt == "tex" else _format_md(table, rows)
+
+
+def _methods(table: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(table.columns.get_level_values(0)))
+
+
+def _best_methods(table: pd.DataFrame, index) -> set[str]:
+    compared = table.attrs.get("methods", _methods(table))
+    means = {m: round(table.at[index, (m, "mean")], 2) for m in compared
+             if table.at[index, (m, "n")] > 0}
+    if not means:
+        return set()
+    top = max(means.values())
+    return {m for m, v in means.items() if v == top}
+
+
+def _cell(mean: float, std: float, n: int, tex: bool) -> str:
+    if n == 0:
+        return ""
+    pm, dash = (r"$\pm$", "---") if tex else ("±", "—")
+    spread = dash if math.isnan(std) else f"{std:.2f}"
+    return f"{mean:.2f} {pm} {spread} ({n})"
+
+
+def _leading_keys(table: pd.DataFrame) -> list[str]:
+    """Row keys shown as their own columns: dataset/epochs only when they vary."""
+    return [k for k in ("dataset", "epochs") if table.index.get_level_values(k).nunique() > 1]
+
+
+def _caption(table: pd.DataFrame) -> str:
+    parts = [table.attrs.get("caption", "test accuracy (%)")]
+    for key in ("dataset", "epochs"):
+        values = table.index.get_level_values(key).unique()
+        if len(values) == 1:
+            parts.append(f"{key} {values[0]}")
+    return "; ".join(parts) + "; mean ± sample std (n seeds)"
+
+
+def _text_rows(table: pd.DataFrame, tex: bool) -> list[list[str]]:
+    leading = _leading_keys(table)
+    out = []
+    for index in table.index:
+        keys = dict(zip(table.index.names, index))
+        row = [str(keys[k]) for k in leading] + [row_label(keys["student"], keys["teachers"])]
+        best = _best_methods(table, index)
+        for method in _methods(table):
+            text = _cell(table.at[index, (method, "mean")], table.at[index, (method, "std")],
+                         table.at[index, (method, "n")], tex)
+            if method in best:
+                text = rf"\textbf{{{text}}}" if tex else f"**{text}**"
+            row.append(text)
+        out.append(row)
+    return out
+
+
+def _format_md(table: pd.DataFrame, rows: list[list[str]]) -> str:
+    header = _leading_keys(table) + ["student ← teachers"] + _methods(table)
+    lines = [
+        f"**{_caption(table)}**",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join([":--"] * (len(header) - len(_methods(table))) + ["--:"] * len(_methods(table))) + "|",
+    ]
+    lines += ["| " + " | ".join(cell.replace("|", r"\|") for cell in row) + " |" for row in rows]
+    lines += ["", "Best student method of each row in bold; — : one run, std undefined."]
+    return "\n".join(lines) + "\n"
+
+
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
+                "←": r"$\leftarrow$", "±": r"$\pm$", "—": "---"}
+
+
+def tex_escape(text: str) -> str:
+    """``text`` with LaTeX special characters escaped (``wrn_40_2`` → ``wrn\\_40\\_2``)."""
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+def _format_tex(table: pd.DataFrame, rows: list[list[str]]) -> str:
+    n_methods = len(_methods(table))
+    leading = _leading_keys(table)
+    n_text = len(leading) + 1
+    header = [tex_escape(h) for h in leading + ["student ← teachers"] + _methods(table)]
+    body = [
+        " & ".join([tex_escape(c) for c in row[:n_text]] + row[n_text:]) + r" \\" for row in rows
+    ]
+    lines = [
+        "% needs \\usepackage{booktabs}",
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{tex_escape(_caption(table))}}}",
+        r"\begin{tabular}{" + "l" * n_text + "r" * n_methods + "}",
+        r"\toprule",
+        " & ".join(header) + r" \\",
+        r"\midrule",
+        *body,
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\end{table}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _format_csv(table: pd.DataFrame) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    methods = _methods(table)
+    writer.writerow(["metric", *ROW_KEYS, *(f"{m} {s}" for m in methods for s in STATS)])
+    for index in table.index:
+        row = [table.attrs.get("caption", ""), *index]
+        for method in methods:
+            n = int(table.at[index, (method, "n")])
+            mean, std = table.at[index, (method, "mean")], table.at[index, (method, "std")]
+            row += ["" if n == 0 else repr(float(mean)), "" if math.isnan(std) else repr(float(std)), n]
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def write_table(table: pd.DataFrame, path: str | Path, fmt: str = "md") -> Path:
+    """Write :func:`format_table` text to ``path`` atomically; the path."""
+    path = Path(path)
+    atomic_write_text(path, format_table(table, fmt))
+    return path
+
+
+def read_metrics(run_path: str | Path) -> pd.DataFrame | None:
+    """A run's ``metrics.csv`` (one row per epoch), or None with a warning if unreadable."""
+    path = Path(run_path) / METRICS
+    try:
+        return pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        log.warning("cannot read %s (%s); run left out of the plots", path, err)
+        return None
