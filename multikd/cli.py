@@ -369,4 +369,57 @@ def _cmd_eval(args) -> int:
     return 0
 
 
-_COMMAND_GROUPS = [_add_data, _add_bench, _add_train_teacher, _add_distill, _add_eval]
+# --------------------------------------------------------------------------- table / plot
+def _add_results(sub) -> None:
+    p = sub.add_parser(
+        "table",
+        help="runs folder -> comparison table (mean ± std over seeds, best in bold)",
+        description="One row per student and teacher set, one column per method (student "
+        "alone, each strategy with logits only and with + features, each teacher); cells "
+        "'mean ± sample std (n seeds)'. Unfinished runs are skipped with a warning.",
+    )
+    p.add_argument("runs_dir", metavar="RUNS_DIR", help="folder searched recursively for runs")
+    p.add_argument(
+        "--metric", choices=["last", "best", "val"], default="last",
+        help="last-epoch test accuracy (default), best-epoch (optimistic: selected on test), "
+        "or test accuracy at the best validation epoch (runs with a validation split)",
+    )
+    p.add_argument("--format", dest="fmt", choices=["md", "csv", "tex"], default="md")
+    p.add_argument("--out", metavar="FILE", help="write the table here (default: print it)")
+    p.add_argument("--quiet", action="store_true", help="warnings only")
+    p.set_defaults(func=_cmd_table)
+
+    p = sub.add_parser(
+        "plot",
+        help="runs folder -> PNG plots: test accuracy per epoch, teacher weights per strategy",
+        description="For each student and teacher set: <dataset>_<student>_<teachers>_acc.png "
+        "(test accuracy per epoch, mean over seeds, one line per method) and ..._weights.png "
+        "(each teacher's mean weight per epoch, one panel per strategy).",
+    )
+    p.add_argument("runs_dir", metavar="RUNS_DIR", help="folder searched recursively for runs")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write the PNG files into")
+    p.add_argument("--quiet", action="store_true", help="warnings only")
+    p.set_defaults(func=_cmd_plot)
+
+
+def _cmd_table(args) -> int:
+    from multikd import results
+
+    table = results.load_table(args.runs_dir, metric=args.metric)
+    if args.out:
+        results.write_table(table, args.out, fmt=args.fmt)
+        print(f"wrote {args.out}")
+    else:
+        print(results.format_table(table, fmt=args.fmt), end="")
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from multikd import plots
+
+    for path in plots.plot_runs(args.runs_dir, args.out):
+        print(path)
+    return 0
+
+
+_COMMAND_GROUPS = [_add_data, _add_bench, _add_train_teacher, _add_distill, _add_eval, _add_results]
