@@ -27,9 +27,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from multikd.results import (  # noqa: E402
-    ALONE, FEAT_SUFFIX, ROW_KEYS, ResultsError, method_labels, collect_runs, read_metrics, row_label,
+    ALONE, FEAT_SUFFIX, ROW_KEYS, ResultsError, collect_runs, comparison_runs, read_metrics, row_label,
 )
 from multikd.runio import atomic_write_bytes  # noqa: E402
 
@@ -45,15 +46,7 @@ def plot_runs(root: str | Path, out_dir: str | Path) -> list[Path]:
 
 def plot_collected(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """Plots of the runs in ``df`` (from :func:`multikd.results.collect_runs`); the paths written."""
-    if df.empty or "kind" not in df:
-        raise ResultsError(f"no finished runs under {df.attrs.get('root', 'the runs folder')} to plot")
-    runs = df[df["kind"].isin(["student", "distill"])].copy()
-    if runs.empty:
-        raise ResultsError("no student or distill runs to plot; the plots compare students")
-    runs["method"] = method_labels(runs)
-    runs["teachers"] = runs["teacher_names"].map("+".join)
-    if "epochs" not in runs:
-        runs["epochs"] = math.nan
+    runs = comparison_runs(df)
     out_dir = Path(out_dir)
     several_lengths = runs.groupby(["dataset", "student", "teachers"])["epochs"].nunique().gt(1).any()
     written = []
@@ -62,7 +55,7 @@ def plot_collected(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         dataset, student, teachers, epochs = key
         alone = runs[(runs["kind"] == "student") & (runs["dataset"] == dataset)
                      & (runs["student"] == student) & (runs["epochs"] == epochs)]
-        curves = _mean_curves(pd.concat([alone, group]))
+        curves = mean_curves(pd.concat([alone, group]))
         if not curves:
             continue
         stem = _UNSAFE.sub("-", f"{dataset}_{student}_{teachers}")
@@ -79,8 +72,12 @@ def plot_collected(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     return written
 
 
-def _mean_curves(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per method: the numeric metrics.csv columns averaged over its runs, indexed by epoch."""
+def mean_curves(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per method: the numeric metrics.csv columns averaged over its runs, indexed by epoch.
+
+    ``runs``: rows of :func:`~multikd.results.collect_runs` with a ``method`` column
+    (:func:`~multikd.results.method_labels`).
+    """
     frames: dict[str, list[pd.DataFrame]] = {}
     for _, run in runs.iterrows():
         metrics = read_metrics(run["path"])
@@ -114,6 +111,7 @@ def _accuracy_figure(curves: dict[str, pd.DataFrame], title: str):
         curve = curves[method]["test_acc"]
         ax.plot(curve.index, curve.values, label=method, **styles[method])
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy (%), mean over seeds")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -141,6 +139,7 @@ def _weights_figure(curves: dict[str, pd.DataFrame], teachers: list[str], title:
         ax.set_visible(False)
     for ax in axes[-1]:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes[:, 0]:
         ax.set_ylabel("mean weight")
     handles, labels = axes.flat[0].get_legend_handles_labels()

@@ -101,6 +101,10 @@ def collect_runs(root: str | Path) -> pd.DataFrame:
     if skipped:
         log.warning("%d unfinished or unreadable run(s) left out of the results", len(skipped))
     df = pd.DataFrame.from_records(records)
+    if records:
+        for key in ("kind", "dataset", "epochs", "seed"):
+            if key not in df:
+                df[key] = None
     df.attrs["skipped"] = skipped
     df.attrs["root"] = str(root)
     return df
@@ -143,14 +147,7 @@ def strategy_table(df: pd.DataFrame, metric: str = "last") -> pd.DataFrame:
     if metric not in METRIC_COLUMNS:
         raise ResultsError(f"unknown metric {metric!r}; expected one of {', '.join(METRIC_COLUMNS)}")
     column = METRIC_COLUMNS[metric]
-    if df.empty or "kind" not in df:
-        raise ResultsError(_no_runs_message(df))
-    students = df[df["kind"].isin(["student", "distill"])].copy()
-    if students.empty:
-        raise ResultsError(
-            f"{_no_runs_message(df)}: found only runs of kind "
-            f"{sorted(set(df['kind'].dropna()))}; the table compares student and distill runs"
-        )
+    students = comparison_runs(df)
     values = pd.to_numeric(students.get(column), errors="coerce") if column in students else None
     if values is None or values.isna().all():
         hint = (" These runs were trained without a validation split (data.val_size 0); use "
@@ -161,16 +158,11 @@ def strategy_table(df: pd.DataFrame, metric: str = "last") -> pd.DataFrame:
     for path in missing["path"]:
         log.warning("run %s has no %s; left out of the %s table", path, column, metric)
     students = students.dropna(subset=["value"])
-    students["method"] = method_labels(students)
-    students["teachers"] = students["teacher_names"].map("+".join)
-    if "epochs" not in students:
-        students["epochs"] = math.nan
-
     distill = students[students["kind"] == "distill"]
     alone = students[students["kind"] == "student"]
     row_keys = sorted(
-        set(map(tuple, distill[list(ROW_KEYS)].astype(str).values))
-        | {(d, s, "", e) for d, s, _, e in map(tuple, alone[list(ROW_KEYS)].astype(str).values)
+        set(map(tuple, distill[list(ROW_KEYS)].values))
+        | {(d, s, "", e) for d, s, _, e in map(tuple, alone[list(ROW_KEYS)].values)
            if not _has_distill_row(distill, d, s, e)},
     )
     methods = _ordered_methods(distill)
@@ -178,8 +170,8 @@ def strategy_table(df: pd.DataFrame, metric: str = "last") -> pd.DataFrame:
     rows = []
     for key in row_keys:
         dataset, student, teachers, epochs = key
-        same = (students["dataset"].astype(str) == dataset) & (students["student"].astype(str) == student)
-        same &= students["epochs"].astype(str) == epochs
+        same = (students["dataset"] == dataset) & (students["student"] == student)
+        same &= students["epochs"] == epochs
         cells = {ALONE: students[same & (students["kind"] == "student")]}
         in_row = students[same & (students["kind"] == "distill") & (students["teachers"] == teachers)]
         cells.update({m: in_row[in_row["method"] == m] for m in methods})
@@ -210,6 +202,37 @@ def strategy_table(df: pd.DataFrame, metric: str = "last") -> pd.DataFrame:
     return table
 
 
+def key_text(value) -> str:
+    """A row-key value as text: ``""`` when missing, ``3`` for 3.0, else ``str(value)``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def comparison_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The student and distill runs of ``df`` with the columns a table row is made of.
+
+    Adds ``method`` (:func:`method_labels`), ``teachers`` (names joined with ``+``) and
+    turns ``dataset``, ``student``, ``epochs`` into text (:func:`key_text`) so that runs
+    lacking a field still group together.
+    """
+    if df.empty or "kind" not in df:
+        raise ResultsError(_no_runs_message(df))
+    runs = df[df["kind"].isin(["student", "distill"])].copy()
+    if runs.empty:
+        raise ResultsError(
+            f"{_no_runs_message(df)}: found only runs of kind "
+            f"{sorted(set(df['kind'].dropna()))}; tables and plots compare student and distill runs"
+        )
+    runs["method"] = method_labels(runs)
+    runs["teachers"] = runs["teacher_names"].map("+".join)
+    for key in ("dataset", "student", "epochs"):
+        runs[key] = runs[key].map(key_text)
+    return runs
+
+
 def _no_runs_message(df: pd.DataFrame) -> str:
     root = df.attrs.get("root", "the runs folder")
     skipped = df.attrs.get("skipped", [])
@@ -219,7 +242,7 @@ def _no_runs_message(df: pd.DataFrame) -> str:
 
 
 def _has_distill_row(distill: pd.DataFrame, dataset: str, student: str, epochs: str) -> bool:
-    keys = distill[["dataset", "student", "epochs"]].astype(str)
+    keys = distill[["dataset", "student", "epochs"]]
     return bool(((keys["dataset"] == dataset) & (keys["student"] == student) & (keys["epochs"] == epochs)).any())
 
 
@@ -316,7 +339,7 @@ def _teacher_accuracy(df: pd.DataFrame, distill_runs: pd.DataFrame, name: str, d
         if values.nunique() == 1:
             return float(values.iloc[0]), math.nan, 1
         return _aggregate(values)
-    teachers = df[(df["kind"] == "teacher") & (df["dataset"].astype(str) == dataset)]
+    teachers = df[(df["kind"] == "teacher") & (df["dataset"].map(key_text) == dataset)]
     match = teachers["path"].map(lambda p: Path(p).name == name) | (teachers["student"] == name)
     return _aggregate(pd.to_numeric(teachers.loc[match, "last_test_acc"], errors="coerce").dropna())
 
@@ -375,7 +398,7 @@ def _caption(table: pd.DataFrame) -> str:
     parts = [table.attrs.get("caption", "test accuracy (%)")]
     for key in ("dataset", "epochs"):
         values = table.index.get_level_values(key).unique()
-        if len(values) == 1:
+        if len(values) == 1 and values[0] != "":
             parts.append(f"{key} {values[0]}")
     return "; ".join(parts) + "; mean ± sample std (n seeds)"
 
@@ -465,6 +488,29 @@ def write_table(table: pd.DataFrame, path: str | Path, fmt: str = "md") -> Path:
     path = Path(path)
     atomic_write_text(path, format_table(table, fmt))
     return path
+
+
+def write_results(root: str | Path, out_dir: str | Path, formats=("md", "csv"), plots: bool = True) -> list[Path]:
+    """Tables and plots of the finished runs under ``root``, written into ``out_dir``.
+
+    Writes ``table_<metric>.<fmt>`` for metric last and best (and val when some run has a
+    val-selected accuracy) in each of ``formats``, and, if ``plots``, the PNG files of
+    :func:`multikd.plots.plot_collected` under ``out_dir/plots``. Returns the paths written.
+    """
+    df = collect_runs(root)
+    metrics = ["last", "best"]
+    if METRIC_COLUMNS["val"] in df and pd.to_numeric(df[METRIC_COLUMNS["val"]], errors="coerce").notna().any():
+        metrics.append("val")
+    out_dir = Path(out_dir)
+    written = []
+    for metric in metrics:
+        table = strategy_table(df, metric=metric)
+        written += [write_table(table, out_dir / f"table_{metric}.{fmt}", fmt) for fmt in formats]
+    if plots:
+        from multikd.plots import plot_collected
+
+        written += plot_collected(df, out_dir / "plots")
+    return written
 
 
 def read_metrics(run_path: str | Path) -> pd.DataFrame | None:

@@ -275,3 +275,46 @@ def test_cli_plot(runs_dir, tmp_path, capsys):
     assert cli.main(["plot", str(runs_dir), "--out", str(tmp_path / "p")]) == 0
     printed = capsys.readouterr().out.split()
     assert len(printed) == 2 and all(Path(p).is_file() for p in printed)
+
+
+def test_plot_curves_are_means_over_seeds(runs_dir):
+    from multikd.plots import mean_curves
+    from multikd.results import method_labels
+
+    df = collect_runs(runs_dir)
+    df["method"] = method_labels(df)
+    curves = mean_curves(df)
+    # test_acc = 10·epoch + seed: student alone has seeds 0,1,2 -> +1; ce-filter +feat seed 0
+    assert list(curves[ALONE]["test_acc"]) == pytest.approx([11.0, 21.0, 31.0])
+    assert list(curves["uniform"]["test_acc"]) == pytest.approx([10.5, 20.5, 30.5])
+    assert list(curves["ce-filter +feat"]["test_acc"]) == pytest.approx([10.0, 20.0, 30.0])
+    assert list(curves["uniform"]["w_weak"]) == pytest.approx([0.3] * 3)
+
+
+def test_write_results_tables_and_plots(runs_dir, tmp_path):
+    from multikd.results import write_results
+
+    paths = write_results(runs_dir, tmp_path / "out")
+    names = sorted(str(p.relative_to(tmp_path / "out")) for p in paths)
+    assert names == sorted(
+        [f"table_{m}.{f}" for m in ("last", "best", "val") for f in ("md", "csv")]
+        + ["plots/synthetic_resnet8_strong+weak_acc.png", "plots/synthetic_resnet8_strong+weak_weights.png"]
+    )
+    assert "**66.62 ± 0.88 (2)**" in (tmp_path / "out" / "table_last.md").read_text()
+
+
+def test_minimal_summaries_from_the_format_note(tmp_path):
+    """The brief spellings (student/teachers/features, teacher_test_acc as a list) work too."""
+    for seed, acc in [(0, 50.0), (1, 54.0)]:
+        _write_run(tmp_path / f"r{seed}", {
+            "status": "finished", "kind": "distill", "student": "vgg8", "seed": seed,
+            "teachers": ["vgg13", "wrn_40_2"], "teacher_test_acc": [74.5, 75.5],
+            "strategy": "uniform", "features": True, "last_test_acc": acc,
+        })
+    table = load_table(tmp_path)
+    row = table.iloc[0]
+    assert table.index[0][1:3] == ("vgg8", "vgg13+wrn_40_2")
+    assert (row[("uniform +feat", "mean")], row[("uniform +feat", "n")]) == (52.0, 2)
+    assert row[("uniform +feat", "std")] == pytest.approx(math.sqrt(8.0))
+    assert row[("wrn_40_2 (teacher)", "mean")] == 75.5
+    assert r"vgg8 $\leftarrow$ vgg13+wrn\_40\_2" in format_table(table, "tex")
