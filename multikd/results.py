@@ -179,7 +179,7 @@ def strategy_table(df: pd.DataFrame, metric: str = "last") -> pd.DataFrame:
         for method, runs in cells.items():
             _warn_duplicate_seeds(runs, key, method)
             row.update({(method, stat): v for stat, v in zip(STATS, _aggregate(runs["value"]))})
-        for name in teachers.split("+") if teachers else ():
+        for name in in_row["teacher_names"].iloc[0] if len(in_row) else ():
             label = name + TEACHER_SUFFIX
             if label not in teacher_columns:
                 teacher_columns.append(label)
