@@ -191,9 +191,9 @@ def _coerce(value, tp, where: str):
             return value
     else:
         raise TypeError(f"unsupported config field type {tp!r}")
-    raise ConfigError(
-        f"{where} expects a {_type_name(tp)}, got {value!r} ({type(value).__name__})"
-    )
+    name = _type_name(tp)
+    article = "an" if name[0] in "aeiou" else "a"
+    raise ConfigError(f"{where} expects {article} {name}, got {value!r} ({type(value).__name__})")
 
 
 def _check_choice(f: dataclasses.Field, value, where: str) -> None:
