@@ -1,0 +1,172 @@
+"""Training engine on tiny synthetic data: the run directory, schedule, faults, run-dir safety."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from multikd.cli import main
+from multikd.config import config_hash, load_config
+from multikd.distiller import SupervisedLearner
+from multikd.engine import evaluate_checkpoint
+from multikd.models import create_model
+
+SYNTH = {"num_classes": 10, "num_superclasses": 2, "train_size": 256, "test_size": 128, "seed": 0}
+TINY = [
+    "--dataset", "synthetic",
+    "--set", "data.synthetic=" + json.dumps(SYNTH),
+    "--batch-size", "32",
+    "--device", "cpu",
+    "--quiet",
+]
+TIME_COLUMNS = {"epoch_time_s", "images_per_s"}
+
+
+def read_metrics(run_dir) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def train_teacher(run_dir, *extra: str) -> int:
+    return main(["train-teacher", "--arch", "resnet8", "--out", str(run_dir), *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    """A finished 2-epoch resnet8 run with a validation split."""
+    run_dir = tmp_path_factory.mktemp("engine") / "teacher"
+    assert train_teacher(run_dir, "--epochs", "2", "--val-size", "64") == 0
+    return run_dir
+
+
+def test_run_directory_layout(teacher_run):
+    names = sorted(p.name for p in teacher_run.iterdir())
+    assert names == ["checkpoint.pt", "config.yaml", "metrics.csv", "summary.json"]  # no temp files
+    rows = read_metrics(teacher_run)
+    assert list(rows[0]) == [
+        "epoch", "lr", "loss_ce", "loss_total", "train_acc", "val_acc", "val_loss",
+        "test_acc", "test_loss", "epoch_time_s", "images_per_s",
+    ]
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    # 2 epochs -> milestones [1, 2]: the second epoch runs at lr x 0.1
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.05, 0.005])
+    for r in rows:
+        assert float(r["loss_ce"]) == float(r["loss_total"]) > 0
+        assert 0 <= float(r["train_acc"]) <= 100 and float(r["images_per_s"]) > 0
+
+
+def test_summary_matches_metrics(teacher_run):
+    summary = json.loads((teacher_run / "summary.json").read_text())
+    rows = read_metrics(teacher_run)
+    test = [float(r["test_acc"]) for r in rows]
+    val = [float(r["val_acc"]) for r in rows]
+    assert summary["status"] == "finished" and summary["kind"] == "teacher"
+    assert summary["student_arch"] == "resnet8" and summary["dataset"] == "synthetic"
+    assert summary["last_test_acc"] == test[-1]
+    assert summary["best_test_acc"] == max(test)
+    assert summary["best_epoch"] == test.index(max(test)) + 1
+    assert summary["val_selected_test_acc"] == test[val.index(max(val))]
+    assert summary["epochs"] == 2 and summary["seed"] == 0 and summary["strategy"] is None
+    assert set(summary["versions"]) == {"python", "torch", "multikd"}
+    assert summary["config_hash"] == config_hash(load_config(teacher_run / "config.yaml"))
+    assert summary["wall_time_s"] == pytest.approx(sum(float(r["epoch_time_s"]) for r in rows))
+
+
+def test_config_yaml_is_the_resolved_run_config(teacher_run):
+    cfg = load_config(teacher_run / "config.yaml")
+    assert cfg.model.arch == "resnet8" and cfg.optim.lr == 0.05 and cfg.optim.milestones == [1, 2]
+    assert cfg.data.synthetic == SYNTH and cfg.data.val_size == 64
+    assert cfg.output.run_dir == str(teacher_run)
+
+
+def test_checkpoint_feeds_published_checkpoint_loaders(teacher_run):
+    state = torch.load(teacher_run / "checkpoint.pt", weights_only=True)
+    assert state["arch"] == "resnet8" and state["num_classes"] == 10 and state["epoch"] == 2
+    assert {"optimizer", "scheduler", "scaler", "rng", "metrics"} <= set(state)
+    model = create_model("resnet8", num_classes=10, checkpoint=teacher_run / "checkpoint.pt")
+    assert set(model.state_dict()) == set(state["model"])
+    # the saved model reproduces the test accuracy the run reported for its last epoch
+    result = evaluate_checkpoint(
+        "resnet8", str(teacher_run / "checkpoint.pt"), "synthetic", synthetic=SYNTH,
+        val_size=64, device="cpu",
+    )
+    summary = json.loads((teacher_run / "summary.json").read_text())
+    assert result["test_acc"] == pytest.approx(summary["last_test_acc"])
+    assert result["val_acc"] == pytest.approx(float(read_metrics(teacher_run)[-1]["val_acc"]))
+
+
+def test_finished_run_is_never_overwritten_silently(teacher_run, capsys):
+    before = (teacher_run / "metrics.csv").read_text()
+    assert train_teacher(teacher_run, "--epochs", "2", "--val-size", "64") == 2
+    err = capsys.readouterr().err
+    assert "already holds a finished run" in err
+    assert "--resume" in err and "--out" in err and "--overwrite" in err
+    assert "Traceback" not in err
+    assert (teacher_run / "metrics.csv").read_text() == before
+    # resuming a finished run trains nothing and reports it
+    assert main(["train-teacher", "--resume", str(teacher_run), "--quiet"]) == 0
+    assert "test acc" in capsys.readouterr().out
+    assert (teacher_run / "metrics.csv").read_text() == before
+
+
+def test_unfinished_run_asks_for_resume(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("kind: teacher\n")
+    assert train_teacher(run_dir, "--epochs", "1") == 2
+    err = capsys.readouterr().err
+    assert "holds an unfinished run" in err and f"--resume {run_dir}" in err
+
+
+def test_resume_takes_no_other_settings(teacher_run, capsys):
+    assert main(["train-teacher", "--resume", str(teacher_run), "--epochs", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "only --device and --quiet" in err and "optim.epochs" in err
+    assert main(["train-teacher", "--resume", str(teacher_run.parent / "nowhere")]) == 2
+    assert "not a multikd run directory" in capsys.readouterr().err
+
+
+def test_overwrite_replaces_a_finished_run(tmp_path):
+    run_dir = tmp_path / "r"
+    assert train_teacher(run_dir, "--epochs", "1") == 0
+    assert train_teacher(run_dir, "--epochs", "1", "--lr", "0.1", "--overwrite") == 0
+    assert float(read_metrics(run_dir)[0]["lr"]) == 0.1
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    """A loss that turns NaN at epoch 2, step 4 (8 steps per epoch) stops the run there."""
+    calls = {"n": 0}
+    forward = SupervisedLearner.forward
+
+    def poisoned(self, x, y):
+        logits, losses, info = forward(self, x, y)
+        calls["n"] += 1
+        if calls["n"] >= 8 + 4:
+            losses = {k: v * float("nan") for k, v in losses.items()}
+        return logits, losses, info
+
+    monkeypatch.setattr(SupervisedLearner, "forward", poisoned)
+    run_dir = tmp_path / "nan"
+    assert train_teacher(run_dir, "--epochs", "3") == 2
+    err = capsys.readouterr().err
+    assert "NaN or infinite at epoch 2, step 4" in err
+    assert "last good checkpoint (end of epoch 1)" in err and "Traceback" not in err
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert len(read_metrics(run_dir)) == 1
+    assert not (run_dir / "summary.json").exists()
+
+
+def test_batch_larger_than_the_data_is_a_clear_error(tmp_path, capsys):
+    assert train_teacher(tmp_path / "r", "--epochs", "1", "--batch-size", "512") == 2
+    err = capsys.readouterr().err
+    assert "optim.batch_size 512 is larger than the training set (256 images)" in err
+
+
+def test_amp_and_channels_last_train_on_cpu(tmp_path):
+    run_dir = tmp_path / "amp"
+    assert train_teacher(run_dir, "--epochs", "1", "--amp", "--set", "runtime.channels_last=true") == 0
+    row = read_metrics(run_dir)[0]
+    assert 0 < float(row["loss_total"]) < 10 and 0 <= float(row["test_acc"]) <= 100
+    cfg = load_config(run_dir / "config.yaml")
+    assert cfg.runtime.amp and cfg.runtime.channels_last
