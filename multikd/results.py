@@ -339,6 +339,8 @@ def _teacher_accuracy(df: pd.DataFrame, distill_runs: pd.DataFrame, name: str, d
         if values.nunique() == 1:
             return float(values.iloc[0]), math.nan, 1
         return _aggregate(values)
+    if "last_test_acc" not in df:
+        return math.nan, math.nan, 0
     teachers = df[(df["kind"] == "teacher") & (df["dataset"].map(key_text) == dataset)]
     match = teachers["path"].map(lambda p: Path(p).name == name) | (teachers["student"] == name)
     return _aggregate(pd.to_numeric(teachers.loc[match, "last_test_acc"], errors="coerce").dropna())
