@@ -1,0 +1,241 @@
+"""The frozen teachers: load, freeze, verify, run them all on a batch, score each by its CE.
+
+``TeacherEnsemble(teachers, names, feature_names)`` holds K teachers and, per batch,
+returns an :class:`EnsembleOutput`: logits ``[K,B,C]``, the tapped feature map of each
+teacher (``None`` where none is tapped), per-sample cross-entropy ``ce [K,B]`` against the
+labels and its batch mean ``ce_mean [K]``.
+
+Frozen means: every teacher parameter has ``requires_grad=False``; the ensemble and its
+teachers stay in eval mode whatever ``.train()`` a parent module is switched to (BatchNorm
+uses its running statistics, dropout is off); the forward pass runs under
+``torch.no_grad()``. ``no_grad`` rather than ``inference_mode``: inference tensors cannot
+be used by autograd at all, and the teachers' outputs are the targets of the student's
+losses.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from multikd.errors import DataError, ModelError
+from multikd.features import FeatureTap
+
+DEFAULT_INPUT_SHAPE = (1, 3, 32, 32)
+
+
+@dataclass
+class EnsembleOutput:
+    """The teachers' view of one batch.
+
+    logits [K,B,C]; features: one tapped feature ``[B, ...]`` per teacher, or None;
+    ce [K,B]: per-sample cross-entropy of each teacher (float32); ce_mean [K]: its batch mean.
+    """
+
+    logits: torch.Tensor
+    features: list[torch.Tensor | None]
+    ce: torch.Tensor
+    ce_mean: torch.Tensor
+
+    @classmethod
+    def from_logits(
+        cls,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        features: Sequence[torch.Tensor | None] | None = None,
+    ) -> "EnsembleOutput":
+        """Score teacher logits ``[K,B,C]`` against ``labels [B]`` (e.g. logits cached on
+        disk): ``ce_ki = -log softmax(logits_ki)[y_i]``."""
+        if logits.dim() != 3 or labels.shape != logits.shape[1:2]:
+            raise ValueError(
+                f"expected teacher logits [K,B,C] and labels [B]; got {tuple(logits.shape)} "
+                f"and {tuple(labels.shape)}"
+            )
+        k, b, c = logits.shape
+        ce = F.cross_entropy(
+            logits.detach().float().reshape(k * b, c), labels.repeat(k), reduction="none"
+        ).view(k, b)
+        feats = [None] * k if features is None else list(features)
+        return cls(logits.detach(), feats, ce, ce.mean(1))
+
+
+class TeacherEnsemble(nn.Module):
+    """K frozen teachers with optional feature taps (one module name per teacher).
+
+    ``names`` default to each teacher's architecture (``model.arch_name`` as set by
+    :func:`multikd.models.create_model`, else its class name), with ``_<k>`` appended
+    where several teachers share one. ``num_classes`` is found by one dry forward pass on
+    ``example_input`` (default zeros ``[1,3,32,32]``); teachers that disagree are a
+    :class:`~multikd.errors.ModelError`.
+    """
+
+    def __init__(
+        self,
+        teachers: Sequence[nn.Module],
+        names: Sequence[str] | None = None,
+        feature_names: Sequence[str | None] | None = None,
+        *,
+        example_input: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        teachers = list(teachers)
+        if not teachers:
+            raise ModelError("a TeacherEnsemble needs at least one teacher; the list is empty")
+        not_modules = [type(t).__name__ for t in teachers if not isinstance(t, nn.Module)]
+        if not_modules:
+            raise ModelError(f"teachers must be torch nn.Modules, got {not_modules}")
+        self.teachers = nn.ModuleList(teachers)
+        self.names = _teacher_names(teachers, names)
+        for teacher in self.teachers:
+            teacher.requires_grad_(False)
+        self.train(False)
+        self.example_input = (
+            torch.zeros(DEFAULT_INPUT_SHAPE) if example_input is None else example_input.detach()
+        )
+        self.feature_names: list[str | None] = [None] * len(teachers)
+        self._taps: list[FeatureTap | None] = [None] * len(teachers)
+        self.num_classes = self._check_num_classes()
+        self.set_feature_names(feature_names)
+
+    @classmethod
+    def from_specs(
+        cls,
+        specs: Sequence[tuple[str, str | None]],
+        num_classes: int,
+        feature_names: Sequence[str | None] | None = None,
+        names: Sequence[str] | None = None,
+    ) -> "TeacherEnsemble":
+        """Build teachers from ``(arch, checkpoint or None)`` pairs with
+        :func:`multikd.models.create_model`."""
+        from multikd.models import create_model
+
+        teachers = [create_model(arch, num_classes=num_classes, checkpoint=ckpt) for arch, ckpt in specs]
+        return cls(teachers, names=names, feature_names=feature_names)
+
+    @property
+    def num_teachers(self) -> int:
+        return len(self.teachers)
+
+    def train(self, mode: bool = True) -> "TeacherEnsemble":
+        """Teachers are frozen: always eval mode, whatever ``mode`` a parent asks for."""
+        return super().train(False)
+
+    def set_feature_names(self, feature_names: Sequence[str | None] | None) -> None:
+        """Tap module ``feature_names[k]`` of teacher k (None: no feature for that teacher)."""
+        if feature_names is None:
+            feature_names = [None] * self.num_teachers
+        feature_names = list(feature_names)
+        if len(feature_names) != self.num_teachers:
+            raise ModelError(
+                f"got {len(feature_names)} teacher feature names for {self.num_teachers} "
+                f"teachers ({', '.join(self.names)}); give one per teacher (None to skip one)"
+            )
+        for tap in self._taps:
+            if tap is not None:
+                tap.remove()
+        self._taps = [
+            None if name is None else FeatureTap(teacher, [name])
+            for teacher, name in zip(self.teachers, feature_names)
+        ]
+        self.feature_names = feature_names
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, features: bool = True) -> EnsembleOutput:
+        """All teachers on ``x [B,...]``, scored against ``y [B]``; ``features=False``
+        returns no features (all None)."""
+        with torch.no_grad():
+            logits, feats = self._run_teachers(x)
+            return EnsembleOutput.from_logits(logits, y, feats if features else None)
+
+    def _run_teachers(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """Logits ``[K,B,C]`` and tapped features of every teacher (one loop, one place to
+        swap in a batched pass later)."""
+        outs, feats = [], []
+        for teacher, tap, name in zip(self.teachers, self._taps, self.feature_names):
+            if tap is None:
+                outs.append(teacher(x))
+                feats.append(None)
+            else:
+                out, tapped = tap(x)
+                outs.append(out)
+                feats.append(tapped[name])
+        return torch.stack(outs), feats
+
+    def feature_shapes(self, example_input: torch.Tensor | None = None) -> list[tuple[int, ...] | None]:
+        """Per-sample shape of each teacher's tapped feature (None where untapped), from
+        one dry forward pass on ``example_input`` (default: the ensemble's example)."""
+        with torch.no_grad():
+            _, feats = self._run_teachers(self._example(example_input))
+        return [None if f is None else tuple(f.shape[1:]) for f in feats]
+
+    def evaluate(self, loader, device: torch.device | str | None = None) -> dict[str, float]:
+        """Top-1 test accuracy (%) of each teacher over ``loader``'s ``(x, y)`` batches,
+        as ``{teacher name: accuracy}`` in the ensemble's order. One host sync, at the end."""
+        device = torch.device(device) if device is not None else _device_of(self)
+        correct = torch.zeros(self.num_teachers, dtype=torch.long, device=device)
+        seen = 0
+        with torch.no_grad():
+            for x, y in loader:
+                x = x.to(device, non_blocking=True)
+                y = y.to(device, non_blocking=True)
+                logits, _ = self._run_teachers(x)
+                correct += (logits.argmax(-1) == y.unsqueeze(0)).sum(1)
+                seen += y.shape[0]
+        if seen == 0:
+            raise DataError("cannot evaluate the teachers: the data loader yielded no samples")
+        accuracy = (correct.double() * (100.0 / seen)).tolist()
+        return dict(zip(self.names, accuracy))
+
+    def _example(self, example_input: torch.Tensor | None) -> torch.Tensor:
+        example = self.example_input if example_input is None else example_input
+        return example.to(_device_of(self))
+
+    def _check_num_classes(self) -> int:
+        with torch.no_grad():
+            example = self._example(None)
+            shapes = [tuple(teacher(example).shape) for teacher in self.teachers]
+        bad = [n for n, s in zip(self.names, shapes) if len(s) != 2 or s[0] != example.shape[0]]
+        if bad:
+            raise ModelError(
+                f"teacher(s) {', '.join(bad)} did not return logits [B,C] for an input of shape "
+                f"{tuple(example.shape)}; a teacher's forward must return logits only"
+            )
+        counts = {n: s[1] for n, s in zip(self.names, shapes)}
+        if len(set(counts.values())) > 1:
+            listing = ", ".join(f"{n}: {c}" for n, c in counts.items())
+            raise ModelError(
+                f"the teachers predict different numbers of classes ({listing}); all teachers "
+                "and the student must be built for the same dataset"
+            )
+        return shapes[0][1]
+
+    def extra_repr(self) -> str:
+        return f"names={self.names}, num_classes={self.num_classes}"
+
+
+def _teacher_names(teachers: list[nn.Module], names: Sequence[str] | None) -> list[str]:
+    if names is None:
+        archs = [str(getattr(t, "arch_name", type(t).__name__)) for t in teachers]
+        counts = Counter(archs)
+        return [a if counts[a] == 1 else f"{a}_{k}" for k, a in enumerate(archs)]
+    names = list(names)
+    if len(names) != len(teachers):
+        raise ModelError(f"got {len(names)} teacher names for {len(teachers)} teachers: {names}")
+    if any(not isinstance(n, str) or not n for n in names):
+        raise ModelError(f"teacher names must be non-empty strings, got {names}")
+    repeated = sorted(n for n, c in Counter(names).items() if c > 1)
+    if repeated:
+        raise ModelError(f"teacher names must be unique; repeated: {', '.join(repeated)}")
+    return names
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
