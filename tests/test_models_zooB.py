@@ -64,7 +64,8 @@ def test_zoo_b_matches_reference(reference, arch):
     assert sum(p.numel() for p in model.parameters()) == ref["params"]
 
     _reference_fill(model)
-    with torch.no_grad(), FeatureTap(model, model.feature_names + [model.pooled_feature_name]) as tap:
+    names = model.feature_names + [model.pooled_feature_name]
+    with torch.no_grad(), FeatureTap(model, names) as tap:
         logits, feats = tap(_golden_input())
     assert [list(feats[n].shape[1:]) for n in model.feature_names] == ref["stage_feature_shapes"]
     pooled = feats[model.pooled_feature_name]
@@ -153,7 +154,8 @@ def test_timm_taps_equal_timms_own_features(no_network, name):
     twin = timm.create_model(name, pretrained=False, features_only=True).eval()
     assert not twin.load_state_dict(model.state_dict(), strict=False).missing_keys
     x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad(), FeatureTap(model, model.feature_names + [model.pooled_feature_name]) as tap:
+    names = model.feature_names + [model.pooled_feature_name]
+    with torch.no_grad(), FeatureTap(model, names) as tap:
         logits, feats = tap(x)
         expected = twin(x)
     assert logits.shape == (2, 7)

@@ -82,8 +82,9 @@ class MobileNetV2(nn.Module):
         for t, c, n, s in _STAGES:
             cout = int(c * width_mult)
             layers = []
+            expansion = expand_ratio if t is None else t
             for stride in [s] + [1] * (n - 1):
-                layers.append(InvertedResidual(channels, cout, stride, expand_ratio if t is None else t))
+                layers.append(InvertedResidual(channels, cout, stride, expansion))
                 channels = cout
             self.blocks.append(nn.Sequential(*layers))
         last_channels = _round_up(int(1280 * width_mult), 8) if width_mult > 1.0 else 1280
@@ -124,6 +125,8 @@ def _round_up(value: int, divisor: int) -> int:
 
 
 @register_model("MobileNetV2", "mobilenetv2", "mobile_half")
-def mobilenetv2(num_classes: int = 100, width_mult: float = 0.5, expand_ratio: int = 6) -> MobileNetV2:
-    """The field's CIFAR student: MobileNetV2, expansion 6, width 0.5 (RepDistiller ``mobile_half``)."""
+def mobilenetv2(
+    num_classes: int = 100, width_mult: float = 0.5, expand_ratio: int = 6
+) -> MobileNetV2:
+    """The field's CIFAR student: expansion 6, width 0.5 (RepDistiller's ``mobile_half``)."""
     return MobileNetV2(num_classes=num_classes, width_mult=width_mult, expand_ratio=expand_ratio)
