@@ -58,7 +58,9 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-``depth`` for 32x32 inputs; ``forward(x)`` returns logits [B, num_classes]."""
 
-    def __init__(self, depth: int, widths: tuple[int, int, int, int] = NARROW, num_classes: int = 100):
+    def __init__(
+        self, depth: int, widths: tuple[int, int, int, int] = NARROW, num_classes: int = 100
+    ):
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (8, 14, 20, ...), got {depth}")

@@ -1,4 +1,4 @@
-"""ResNet-50 with bottleneck blocks (He et al. 2016) in the CIFAR form the KD literature uses as a teacher.
+"""ResNet-50 with bottleneck blocks (He et al. 2016) in the CIFAR form KD papers use as a teacher.
 
 The ImageNet-style architecture adapted to 32x32 inputs by RepDistiller (Tian et al., ICLR
 2020, ``resnetv2.py``) and mdistiller; the published CIFAR-100 ``ResNet50`` teacher was
@@ -93,5 +93,5 @@ class CifarResNetBottleneck(nn.Module):
 
 @register_model("ResNet50", "resnet50")
 def resnet50(num_classes: int = 100) -> CifarResNetBottleneck:
-    """The field's CIFAR ResNet-50 teacher: bottleneck blocks (3, 4, 6, 3) (RepDistiller ``ResNet50``)."""
+    """The field's CIFAR ResNet-50 teacher, bottleneck blocks (3, 4, 6, 3) (RepDistiller)."""
     return CifarResNetBottleneck((3, 4, 6, 3), num_classes=num_classes)

@@ -71,7 +71,7 @@ class VGG(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """Convs N(0, 2/(k*k*out)) with zero bias, unit BN, N(0, 0.01) classifier, as the original."""
+        """Convs N(0, 2/(k*k*out)), zero biases, unit BN, N(0, 0.01) classifier, as the original."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
@@ -99,7 +99,10 @@ def _register(name: str) -> None:
         return VGG(depths, num_classes=num_classes)
 
     build.__name__ = name
-    build.__doc__ = f"CIFAR {name.upper()} with batch norm, convs per block {depths} (RepDistiller ``{name}_bn``)."
+    build.__doc__ = (
+        f"CIFAR {name.upper()} with batch norm, convs per block {depths} "
+        f"(RepDistiller ``{name}_bn``)."
+    )
     register_model(name, f"{name}_bn")(build)
 
 

@@ -1,4 +1,4 @@
-"""Wide residual networks (Zagoruyko & Komodakis, BMVC 2016) for CIFAR, as the KD literature uses them.
+"""Wide residual networks (Zagoruyko & Komodakis, BMVC 2016) for CIFAR, as KD papers use them.
 
 The variant of RepDistiller (Tian et al., ICLR 2020), reused by mdistiller, with which the
 field's published ``wrn_40_2`` / ``wrn_16_2`` ... checkpoints were trained. Parameter names,
@@ -55,7 +55,10 @@ class NetworkBlock(nn.Module):
     def __init__(self, blocks: int, cin: int, cout: int, stride: int):
         super().__init__()
         self.layer = nn.Sequential(
-            *[WideBasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(blocks)]
+            *[
+                WideBasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1)
+                for i in range(blocks)
+            ]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
