@@ -18,6 +18,7 @@ The file format is documented in ``experiments/README.md``.
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -156,8 +157,12 @@ def parse_suite(raw: dict, source: str = "suite") -> Suite:
     where = f"suite {source}"
     unknown = [k for k in raw if k not in _SUITE_KEYS]
     if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), list(_SUITE_KEYS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
         valid = "\n  ".join(f"{k}: {v}" for k, v in _SUITE_KEYS.items())
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}. Valid keys:\n  {valid}")
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}.{hint} Valid keys:\n  {valid}"
+        )
     for key in ("teachers", "teacher_sets", "pairs", "strategies"):
         if not raw.get(key):
             raise ConfigError(f"{where}: {key!r} is required and must not be empty ({_SUITE_KEYS[key]})")
