@@ -114,7 +114,11 @@ def create_strategy(name: str, **params) -> Strategy:
             f"unknown strategy {name!r}; valid strategies: {', '.join(list_strategies())}"
         )
     cls = STRATEGIES[key]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    accepted = [
+        p.name for p in inspect.signature(cls.__init__).parameters.values()
+        if p.kind in named and p.name != "self"
+    ]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         takes = f"accepted parameters: {', '.join(accepted)}" if accepted else "it takes no parameters"
