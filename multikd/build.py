@@ -72,42 +72,21 @@ def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
         teachers.append(create_model(t.arch, num_classes=num_classes, checkpoint=t.checkpoint))
     names = [t.name for t in cfg.teachers]
     loss = cfg.loss
-    use_features = loss.gamma > 0
-    ensemble = TeacherEnsemble(
-        teachers,
-        names=names,
-        feature_names=_teacher_feature_names(cfg, teachers) if use_features else None,
-    )
     distiller = MultiTeacherDistiller(
         model,
-        ensemble,
+        TeacherEnsemble(teachers, names=names),
         strategy,
         alpha=loss.alpha,
         beta=loss.beta,
         gamma=loss.gamma,
         temperature=loss.temperature,
         logit_loss=loss.logit_loss,
-        student_feature=(loss.student_feature or _last_feature(model, cfg.model.arch))
-        if use_features
-        else None,
+        student_feature=loss.student_feature,
+        teacher_features=loss.teacher_features,
+        feature_weights=loss.feature_weights,
+        adapter_relu=loss.adapter_relu,
     )
-    return Learner(distiller, model, ensemble, strategy, tuple(names))
-
-
-def _last_feature(model: nn.Module, arch: str) -> str:
-    names = getattr(model, "feature_names", None)
-    if not names:
-        raise ConfigError(
-            f"{arch} does not list its stage features (model.feature_names); name the module "
-            "to tap with --set loss.student_feature=MODULE (and loss.teacher_features)"
-        )
-    return names[-1]
-
-
-def _teacher_feature_names(cfg: RunConfig, teachers: list[nn.Module]) -> list[str]:
-    if cfg.loss.teacher_features is not None:
-        return list(cfg.loss.teacher_features)
-    return [_last_feature(m, t.arch) for m, t in zip(teachers, cfg.teachers)]
+    return Learner(distiller, model, distiller.ensemble, strategy, tuple(names))
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:

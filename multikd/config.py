@@ -80,9 +80,13 @@ class LossConfig:
     beta: float = _doc(1.0, "weight of the weighted multi-teacher logit loss")
     gamma: float = _doc(0.0, "weight of the feature loss (0: logits only)")
     temperature: float = _doc(4.0, "softmax temperature T of the KD term")
-    logit_loss: str = _choice("kl", ("kl", "mse"), "T^2 KL (Hinton) or logit MSE (Caruana)")
-    student_feature: Optional[str] = _doc(None, "student module tapped for the feature loss")
-    teacher_features: Optional[list[str]] = _doc(None, "teacher module per teacher")
+    logit_loss: str = _choice("kd", ("kd", "mse"), "T^2-scaled KL (Hinton) or logit MSE (Caruana)")
+    student_feature: Optional[str] = _doc(None, "student module tapped for the feature loss (default: last stage)")
+    teacher_features: Optional[list[str]] = _doc(None, "module per teacher (default: each one's last stage)")
+    feature_weights: str = _choice(
+        "strategy", ("strategy", "uniform"), "feature-loss weights: the strategy's, or 1/K each"
+    )
+    adapter_relu: bool = _doc(False, "ReLU after each adapter's 1x1 conv + BN")
 
 
 @dataclass
@@ -366,6 +370,7 @@ def resolve(config: RunConfig) -> RunConfig:
     _validate(cfg)
     if cfg.kind == "distill":
         _name_teachers(cfg.teachers)
+        _resolve_strategy(cfg)
     if cfg.output.run_dir is None:
         tag = f"_{cfg.strategy.name}" if cfg.kind == "distill" else ""
         arch = cfg.model.arch.replace(":", "-").replace("/", "-")
@@ -420,6 +425,19 @@ def _validate(cfg: RunConfig) -> None:
             f"loss.teacher_features names {len(feats)} modules for {len(cfg.teachers)} teachers; "
             "give one per teacher, or leave it null to use each teacher's last stage"
         )
+
+
+def _resolve_strategy(cfg: RunConfig) -> None:
+    """Check the strategy and its parameters; a strategy that draws random numbers gets the
+    run's seed unless its own ``seed`` is given, so seeds vary its draws like the rest."""
+    import inspect
+
+    from multikd.strategies import STRATEGIES, create_strategy
+
+    create_strategy(cfg.strategy.name, **cfg.strategy.params)
+    cls = STRATEGIES[cfg.strategy.name.strip().lower().replace("_", "-")]
+    if "seed" in inspect.signature(cls.__init__).parameters and "seed" not in cfg.strategy.params:
+        cfg.strategy.params["seed"] = cfg.runtime.seed
 
 
 def _name_teachers(teachers: list[TeacherConfig]) -> None:

@@ -53,12 +53,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_torch_save(obj, path: str | Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def metrics_csv_text(rows: list[dict]) -> str:
     """CSV of ``rows``; columns in order of first appearance, floats at full precision."""
     columns: list[str] = []
@@ -136,7 +130,10 @@ class RunDir:
         atomic_write_text(self.file(SUMMARY), json.dumps(summary, indent=2) + "\n")
 
     def save_checkpoint(self, state: dict) -> None:
-        atomic_torch_save(state, self.file(CHECKPOINT))
+        """Atomically, with the zoo's writer (the file loads with ``load_checkpoint``)."""
+        from multikd.models.checkpoint import save_checkpoint
+
+        save_checkpoint(state, self.file(CHECKPOINT))
 
     def has_checkpoint(self) -> bool:
         return self.file(CHECKPOINT).is_file()

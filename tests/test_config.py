@@ -87,7 +87,7 @@ def test_teachers_list_can_be_set_as_yaml():
         ("optim.nesterov=1", ["optim.nesterov expects a bool"]),
         ("optim.milestones=[a]", ["optim.milestones[0] expects an int"]),
         ("optim.schedule=linear", ["optim.schedule must be one of multistep, cosine", "'linear'"]),
-        ("loss.logit_loss=l1", ["loss.logit_loss must be one of kl, mse"]),
+        ("loss.logit_loss=l1", ["loss.logit_loss must be one of kd, mse"]),
         ("optim=3", ["'optim' is a section", "optim.lr"]),
         ("optim.lr.x=3", ["'optim.lr' is a value, not a section"]),
         ("no equals sign", ["must look like section.key=value"]),
