@@ -318,6 +318,7 @@ class Fixed(Strategy):
                 f"strategy 'fixed' needs non-negative weights that are not all zero; got {values}"
             )
         self.weights_given = values
+        self._column: torch.Tensor | None = None
 
     def _select(self, ce, logits, labels):
         if len(self.weights_given) != ce.shape[0]:
@@ -325,8 +326,12 @@ class Fixed(Strategy):
                 f"strategy 'fixed' has {len(self.weights_given)} weights but there are "
                 f"{ce.shape[0]} teachers; give one weight per teacher"
             )
-        v = torch.tensor(self.weights_given, dtype=ce.dtype, device=ce.device).unsqueeze(1)
-        return Selection((v / v.sum()).expand_as(ce), (v > 0).expand_as(ce))
+        if self._column is None or self._column.device != ce.device:
+            # built once per device: a host-to-device copy every step would wait for the device
+            v = torch.tensor(self.weights_given, dtype=torch.float32).unsqueeze(1)
+            self._column = (v / v.sum()).to(ce.device)
+        v = self._column
+        return Selection(v.expand_as(ce), (v > 0).expand_as(ce))
 
 
 # --------------------------------------------------------------------------- helpers
