@@ -108,7 +108,8 @@ class MultiTeacherDistiller(nn.Module):
             raise ModelError(f"ensemble must be a TeacherEnsemble, got {type(ensemble).__name__}")
         if not isinstance(strategy, Strategy):
             raise StrategyError(
-                f"strategy must be a multikd Strategy (see create_strategy), got {type(strategy).__name__}"
+                "strategy must be a multikd Strategy (see create_strategy), got "
+                f"{type(strategy).__name__}"
             )
         self.alpha = _loss_weight("alpha", alpha)
         self.beta = _loss_weight("beta", beta)
@@ -205,7 +206,9 @@ class MultiTeacherDistiller(nn.Module):
         }
         return logits, {"ce": ce, "kd": kd, "feat": feat, "total": total}, info
 
-    def _check_teacher_out(self, out: EnsembleOutput, y: torch.Tensor, device: torch.device) -> None:
+    def _check_teacher_out(
+        self, out: EnsembleOutput, y: torch.Tensor, device: torch.device
+    ) -> None:
         """Shapes (metadata only, no sync), features when needed, and finiteness (see class doc)."""
         expected = (self.ensemble.num_teachers, y.shape[0], self.ensemble.num_classes)
         if tuple(out.logits.shape) != expected or tuple(out.ce.shape) != expected[:2]:

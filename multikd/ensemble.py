@@ -114,7 +114,9 @@ class TeacherEnsemble(nn.Module):
         :func:`multikd.models.create_model`."""
         from multikd.models import create_model
 
-        teachers = [create_model(arch, num_classes=num_classes, checkpoint=ckpt) for arch, ckpt in specs]
+        teachers = [
+            create_model(arch, num_classes=num_classes, checkpoint=ckpt) for arch, ckpt in specs
+        ]
         return cls(teachers, names=names, feature_names=feature_names)
 
     @property
@@ -165,7 +167,9 @@ class TeacherEnsemble(nn.Module):
                 feats.append(tapped[name])
         return torch.stack(outs), feats
 
-    def feature_shapes(self, example_input: torch.Tensor | None = None) -> list[tuple[int, ...] | None]:
+    def feature_shapes(
+        self, example_input: torch.Tensor | None = None
+    ) -> list[tuple[int, ...] | None]:
         """Per-sample shape of each teacher's tapped feature (None where untapped), from
         one dry forward pass on ``example_input`` (default: the ensemble's example)."""
         with torch.no_grad():

@@ -121,12 +121,18 @@ def create_strategy(name: str, **params) -> Strategy:
     ]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        takes = f"accepted parameters: {', '.join(accepted)}" if accepted else "it takes no parameters"
-        raise StrategyError(f"strategy {key!r} got unknown parameter(s) {', '.join(unknown)}; {takes}")
+        takes = (
+            f"accepted parameters: {', '.join(accepted)}" if accepted else "it takes no parameters"
+        )
+        raise StrategyError(
+            f"strategy {key!r} got unknown parameter(s) {', '.join(unknown)}; {takes}"
+        )
     return cls(**params)
 
 
-def check_finite(ce: torch.Tensor, logits: torch.Tensor, names: Sequence[str] | None = None) -> None:
+def check_finite(
+    ce: torch.Tensor, logits: torch.Tensor, names: Sequence[str] | None = None
+) -> None:
     """Raise :class:`~multikd.errors.TrainingError` naming every teacher whose CE ``[K,B]``
     or logits ``[K,B,C]`` hold NaN or inf (one host sync)."""
     bad = ~(torch.isfinite(ce).flatten(1).all(1) & torch.isfinite(logits).flatten(1).all(1))
@@ -307,7 +313,7 @@ class Fixed(Strategy):
     chosen by hand, e.g. proportional to each teacher's validation accuracy)."""
 
     def __init__(self, weights: Sequence[float] | None = None):
-        if weights is None or isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
+        if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
             raise StrategyError(
                 "strategy 'fixed' needs weights: a list of non-negative numbers, one per "
                 f"teacher (e.g. weights=[0.5, 0.3, 0.2]); got {weights!r}"

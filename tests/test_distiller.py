@@ -24,8 +24,9 @@ class Tiny(nn.Module):
 
     def __init__(self, channels=4, classes=CLASSES, stride=1):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, channels, 3, stride, 1), nn.BatchNorm2d(channels), nn.ReLU())
-        self.stage = nn.Sequential(nn.Conv2d(channels, channels, 3, 2, 1), nn.BatchNorm2d(channels), nn.ReLU())
+        c = channels
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, stride, 1), nn.BatchNorm2d(c), nn.ReLU())
+        self.stage = nn.Sequential(nn.Conv2d(c, c, 3, 2, 1), nn.BatchNorm2d(c), nn.ReLU())
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, classes)
         self.feature_names = ["stem", "stage"]
@@ -38,7 +39,8 @@ def _setup(strategy="ce-filter", teachers=(4, 6), params=None, **kw):
     torch.manual_seed(0)
     ensemble = TeacherEnsemble([Tiny(c, stride=1 + k % 2) for k, c in enumerate(teachers)])
     student = Tiny(3)
-    return MultiTeacherDistiller(student, ensemble, create_strategy(strategy, **(params or {})), **kw)
+    strategy = create_strategy(strategy, **(params or {}))
+    return MultiTeacherDistiller(student, ensemble, strategy, **kw)
 
 
 def _batch(b=6, seed=1):
@@ -62,7 +64,8 @@ def test_one_teacher_uniform_no_features_is_exactly_hinton_kd():
 
 
 def test_total_is_the_weighted_sum_with_strategy_weights_and_mse_logits():
-    d = _setup("fixed", params={"weights": [3.0, 1.0]}, alpha=0.5, beta=2.0, logit_loss="mse").eval()
+    d = _setup("fixed", params={"weights": [3.0, 1.0]}, alpha=0.5, beta=2.0, logit_loss="mse")
+    d.eval()
     x, y = _batch()
     _, losses, info = d(x, y)
     s = d.student(x)
@@ -79,7 +82,8 @@ def test_feature_loss_by_hand_with_uniform_feature_weights():
     _, losses, _ = d(x, y)
     fs = d.student.stage(d.student.stem(x))
     per_teacher = [
-        ((a(fs) - t.stage(t.stem(x))) ** 2).flatten(1).mean(1) for a, t in zip(d.adapters, d.ensemble.teachers)
+        ((a(fs) - t.stage(t.stem(x))) ** 2).flatten(1).mean(1)
+        for a, t in zip(d.adapters, d.ensemble.teachers)
     ]
     feat = (0.5 * per_teacher[0] + 0.5 * per_teacher[1]).mean()
     torch.testing.assert_close(losses["feat"], feat)
@@ -89,7 +93,10 @@ def test_feature_loss_by_hand_with_uniform_feature_weights():
 def test_adapters_fit_each_teachers_last_stage():
     d = _setup(gamma=1.0)
     # student stage 3x16x16; teacher 0 stage 4x16x16, teacher 1 (stride-2 stem) 6x8x8
-    assert [(a.in_shape, a.out_shape) for a in d.adapters] == [((3, 16, 16), (4, 16, 16)), ((3, 16, 16), (6, 8, 8))]
+    assert [(a.in_shape, a.out_shape) for a in d.adapters] == [
+        ((3, 16, 16), (4, 16, 16)),
+        ((3, 16, 16), (6, 8, 8)),
+    ]
     assert d.student_feature == "stage" and d.ensemble.feature_names == ["stage", "stage"]
     other = _setup(gamma=1.0, student_feature="stem", teacher_features=["stem", "stage"])
     assert [a.out_shape for a in other.adapters] == [(4, 32, 32), (6, 8, 8)]
@@ -137,7 +144,8 @@ def test_permuting_teachers_permutes_info_and_keeps_the_losses():
 
     def run(order):
         ensemble = TeacherEnsemble([teachers[k] for k in order], names=[f"t{k}" for k in order])
-        d = MultiTeacherDistiller(student, ensemble, create_strategy("ce-filter", margin=0.01)).eval()
+        strategy = create_strategy("ce-filter", margin=0.01)
+        d = MultiTeacherDistiller(student, ensemble, strategy).eval()
         return d(x, y)
 
     _, base_losses, base = run([0, 1, 2])
@@ -173,8 +181,11 @@ def test_shared_teacher_pass_gives_the_same_losses():
 def test_cached_logits_work_without_features_and_are_refused_with_them():
     logits_only = _setup(gamma=0.0).eval()
     x, y = _batch()
-    cached = EnsembleOutput.from_logits(torch.stack([t(x) for t in logits_only.ensemble.teachers]), y)
-    torch.testing.assert_close(logits_only(x, y, teacher_out=cached)[1]["total"], logits_only(x, y)[1]["total"])
+    teacher_logits = torch.stack([t(x) for t in logits_only.ensemble.teachers])
+    cached = EnsembleOutput.from_logits(teacher_logits, y)
+    torch.testing.assert_close(
+        logits_only(x, y, teacher_out=cached)[1]["total"], logits_only(x, y)[1]["total"]
+    )
     with_features = _setup(gamma=1.0)
     with pytest.raises(ConfigError, match="set gamma to 0"):
         with_features(x, y, teacher_out=cached)
@@ -232,7 +243,8 @@ def test_zoo_teachers_and_student_with_default_last_stage_features():
     reference = Path(__file__).resolve().parents[2] / "shared" / "reference" / "cifar_zoo.json"
     torch.manual_seed(0)
     ensemble = TeacherEnsemble([create_model("resnet8x4", 10), create_model("resnet8", 10)])
-    d = MultiTeacherDistiller(create_model("resnet8", 10), ensemble, create_strategy("ce-filter"), gamma=1.0)
+    strategy = create_strategy("ce-filter")
+    d = MultiTeacherDistiller(create_model("resnet8", 10), ensemble, strategy, gamma=1.0)
     shapes = [a.out_shape for a in d.adapters]
     if reference.exists():
         zoo = json.loads(reference.read_text())

@@ -78,7 +78,9 @@ def test_multi_teacher_kd_loss_weighted_golden():
 
 def test_multi_teacher_mse_loss_weighted_golden():
     w = [[0.5, 0.1], [0.5, 0.9]]
-    mse = [[sum((a - b) ** 2 for a, b in zip(S[i], tk[i])) / 3 for i in range(2)] for tk in (T0, T1)]
+    mse = [
+        [sum((a - b) ** 2 for a, b in zip(S[i], tk[i])) / 3 for i in range(2)] for tk in (T0, T1)
+    ]
     expected = sum(w[0][i] * mse[0][i] + w[1][i] * mse[1][i] for i in range(2)) / 2
     got = multi_teacher_mse_loss(torch.tensor(S), torch.tensor([T0, T1]), torch.tensor(w))
     assert got.item() == pytest.approx(expected, rel=1e-6)
@@ -104,7 +106,9 @@ def test_feature_loss_golden_and_its_gradient():
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     loss.backward()
     # d/da_kie = w_ki * 2 (a - t) / (E * B) with E = 2 elements, B = 2 samples
-    expected_grad0 = torch.tensor([[0.5 * 2 * 1 / 4, 0.5 * 2 * 2 / 4], [0.2 * 2 * -1 / 4, 0.2 * 2 * -1 / 4]])
+    expected_grad0 = torch.tensor(
+        [[0.5 * 2 * 1 / 4, 0.5 * 2 * 2 / 4], [0.2 * 2 * -1 / 4, 0.2 * 2 * -1 / 4]]
+    )
     torch.testing.assert_close(a0.grad, expected_grad0)
     assert a1.grad.abs().sum() > 0
 

@@ -75,7 +75,9 @@ def test_ca_mkd():
         for k in range(3):
             expected[k][i] = (1 - e[k] / sum(e)) / 2
     _assert_weights(_select("ca-mkd"), expected)
-    single = create_strategy("ca-mkd").weights(torch.tensor([CE[0]]), torch.tensor([LOGITS[0]]), torch.tensor(LABELS))
+    single = create_strategy("ca-mkd").weights(
+        torch.tensor([CE[0]]), torch.tensor([LOGITS[0]]), torch.tensor(LABELS)
+    )
     assert single.tolist() == [[1.0, 1.0, 1.0]]
 
 
@@ -119,7 +121,8 @@ def test_random_is_seeded_one_hot_and_resumes_exactly():
         out = []
         for _ in range(n):
             w = strategy.weights(ce, logits, labels)
-            assert sorted(w[:, 0].tolist()) == [0.0, 0.0, 1.0] and torch.equal(w, w[:, :1].expand(3, 3))
+            assert sorted(w[:, 0].tolist()) == [0.0, 0.0, 1.0]
+            assert torch.equal(w, w[:, :1].expand(3, 3))
             out.append(int(w[:, 0].argmax()))
         return out
 
@@ -139,7 +142,11 @@ def test_random_is_seeded_one_hot_and_resumes_exactly():
 
 
 ALL = [(n, {"weights": [1.0, 2.0, 3.0]} if n == "fixed" else {}) for n in list_strategies()]
-ALL += [("ce-filter", {"granularity": "sample"}), ("ce-filter", {"keep": 2}), ("best", {"granularity": "sample"})]
+ALL += [
+    ("ce-filter", {"granularity": "sample"}),
+    ("ce-filter", {"keep": 2}),
+    ("best", {"granularity": "sample"}),
+]
 
 
 @pytest.mark.parametrize("name,params", ALL)
@@ -195,13 +202,15 @@ def test_non_finite_teacher_outputs_are_reported_by_teacher(name, params, bad):
 def test_unknown_strategy_lists_the_valid_ones():
     with pytest.raises(StrategyError) as err:
         create_strategy("ce-filtr")
-    for name in ["uniform", "ce-filter", "ca-mkd", "ebkd", "best", "correct-only", "random", "fixed"]:
+    names = ["uniform", "ce-filter", "ca-mkd", "ebkd", "best", "correct-only", "random", "fixed"]
+    for name in names:
         assert name in str(err.value)
     assert type(create_strategy("CE_Filter")).name == "ce-filter"
 
 
 def test_unknown_or_ill_typed_parameters_are_rejected_with_the_accepted_ones():
-    with pytest.raises(StrategyError, match="unknown parameter.*temperature.*margin, keep, tau, granularity"):
+    accepted = "unknown parameter.*temperature.*margin, keep, tau, granularity"
+    with pytest.raises(StrategyError, match=accepted):
         create_strategy("ce-filter", temperature=2.0)
     with pytest.raises(StrategyError, match="takes no parameters"):
         create_strategy("uniform", tau=1.0)
