@@ -9,6 +9,11 @@ a generator seeded with ``seed + epoch``, like the single-process sampler, and h
 ``r`` the positions ``r, r + N, r + 2N, ...``; with a per-rank batch of ``B / N`` the ranks'
 batches at one step together hold exactly the samples of the single-process batch of size
 ``B``. Evaluation splits the test set into disjoint shards (no padding) and sums the counts.
+
+What each rank computes on its own ``B / N`` images: BatchNorm batch statistics (running
+statistics are taken from rank 0 before evaluation and in checkpoints), and the decisions
+of strategies that score teachers per batch (``granularity="batch"``); per-sample strategies
+decide exactly as in one process.
 """
 
 from __future__ import annotations

@@ -202,8 +202,8 @@ class TrainingRun:
         self.hash = config_hash(cfg)
         self.device = pick_device(cfg.runtime.device, self.env.local_rank)
         ddp.init(self.env, self.device)
-        if not self.env.is_main:
-            logging.getLogger("multikd").setLevel(logging.WARNING)
+        if not self.env.is_main:  # rank 0 reports; the others only their own errors
+            logging.getLogger("multikd").setLevel(logging.ERROR)
         self._prepare_dir(resuming, overwrite)
         self._configure_torch()
         self.splits = splits if splits is not None else build_data(cfg, cfg.runtime.seed)

@@ -2,7 +2,9 @@
 
 Everything a run's future depends on is in its checkpoint (weights, adapters, optimizer,
 scheduler, strategy state, RNG states), and the data layer makes the batch order and the
-augmented views pure functions of (seed, epoch, index). On CPU the resumed run must
+augmented views pure functions of (seed, epoch, index). The run uses the ``random``
+strategy (a seeded generator drawing one teacher per batch: its state must be restored too)
+and the feature loss (adapters and their optimizer state). On CPU the resumed run must
 therefore reproduce the uninterrupted run's metrics exactly, bit for bit; only the timing
 columns differ.
 """
@@ -22,7 +24,7 @@ from multikd.cli import main
 SYNTH = {"num_classes": 10, "num_superclasses": 2, "train_size": 160, "test_size": 64, "seed": 0}
 ARGS = [
     "distill", "--student", "resnet8", "--teacher", "resnet8", "--teacher", "resnet14",
-    "--strategy", "ce-filter", "--gamma", "1.0", "--epochs", "3", "--batch-size", "32",
+    "--strategy", "random", "--gamma", "1.0", "--epochs", "3", "--batch-size", "32",
     "--val-size", "32", "--seed", "3", "--dataset", "synthetic",
     "--set", "data.synthetic=" + json.dumps(SYNTH), "--device", "cpu", "--quiet",
 ]
