@@ -111,6 +111,77 @@ def _cmd_data_synth(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- models
+def _add_models(sub) -> None:
+    models = sub.add_parser("models", help="list the model zoo, check checkpoints against it")
+    msub = models.add_subparsers(title="models commands", metavar="ACTION")
+
+    p = msub.add_parser("list", help="zoo architectures: parameter counts, stage features")
+    p.add_argument("--num-classes", type=int, default=100, help="classifier outputs")
+    p.set_defaults(func=_cmd_models_list)
+
+    p = msub.add_parser(
+        "check", help="load a checkpoint into an architecture and report whether it fits"
+    )
+    p.add_argument(
+        "--checkpoint", required=True, metavar="FILE", help="checkpoint file or run directory"
+    )
+    p.add_argument("--arch", required=True, help="zoo architecture or timm:<name>")
+    p.add_argument(
+        "--num-classes", type=int, default=None,
+        help="classifier outputs (default: what the file records, else 100)",
+    )
+    p.set_defaults(func=_cmd_models_check)
+
+
+def _cmd_models_list(args) -> int:
+    from multikd.models import list_models
+    from multikd.models.meta import describe_architecture
+
+    rows = [describe_architecture(name, args.num_classes) for name in list_models()]
+    print(f"{'name':<12} {'params':>11}  {'pooled':>6}  stage features (C x H x W on 32x32)")
+    for row in rows:
+        stages = ", ".join("x".join(map(str, s)) for s in row["stage_feature_shapes"])
+        pooled = row["pooled_feature_dim"]
+        print(f"{row['name']:<12} {row['params']:>11,}  {pooled:>6}  {stages}")
+    print("timm:<name> builds any timm architecture (no pretrained weights are downloaded).")
+    return 0
+
+
+def _cmd_models_check(args) -> int:
+    from multikd.models import create_model
+    from multikd.models.checkpoint import load_checkpoint, read_checkpoint
+
+    ckpt = read_checkpoint(args.checkpoint)
+    num_classes = args.num_classes or ckpt.num_classes or 100
+    model = create_model(args.arch, num_classes=num_classes)
+    meta = load_checkpoint(model, ckpt)
+    params = sum(p.numel() for p in model.parameters())
+    print(
+        f"ok: {ckpt.source} fits {model.arch_name} ({num_classes} classes): "
+        f"{len(ckpt.state)} tensors, {params:,} parameters"
+    )
+    recorded = {k: v for k, v in meta.items() if _is_recorded_scalar(v)}
+    if recorded:
+        print("recorded: " + ", ".join(f"{k} {_recorded_text(v)}" for k, v in recorded.items()))
+    return 0
+
+
+def _is_recorded_scalar(value) -> bool:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1
+    return isinstance(value, (int, float, str)) and not isinstance(value, bool)
+
+
+def _recorded_text(value) -> str:
+    import torch
+
+    value = value.item() if isinstance(value, torch.Tensor) else value
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 # --------------------------------------------------------------------------- bench
 def _add_bench(sub) -> None:
     p = sub.add_parser(
@@ -422,4 +493,4 @@ def _cmd_plot(args) -> int:
     return 0
 
 
-_COMMAND_GROUPS = [_add_data, _add_bench, _add_train_teacher, _add_distill, _add_eval, _add_results]
+_COMMAND_GROUPS = [_add_data, _add_models, _add_bench, _add_train_teacher, _add_distill, _add_eval, _add_results]
