@@ -441,6 +441,7 @@ def expand(
     ``teachers_dir``: folder of published checkpoints; a teacher with ``published: FILE``
     then uses ``teachers_dir/FILE`` (an error if it is missing) instead of being trained.
     """
+    check_strategies(suite)
     out = Path(out)
     sets = list(sets)
     jobs: dict[str, TeacherJob] = {}

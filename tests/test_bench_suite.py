@@ -106,6 +106,8 @@ def test_overrides_reach_every_run(tmp_path):
         ({"seeds": [0, 0]}, r"distinct integers"),
         ({"variants": ["features"]}, r"'variants' must be"),
         ({"teachers": {"b/g": {"arch": "resnet8"}}}, r"teacher id 'b/g'"),
+        ({"strategies": ["uniform", "nonsense"]}, r"strategy 'nonsense'.*unknown strategy"),
+        ({"strategies": [{"name": "fixed"}]}, r"strategy 'fixed'.*needs weights"),
     ],
 )
 def test_bad_suites_say_what_is_wrong(tmp_path, changes, message):
