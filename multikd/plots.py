@@ -30,7 +30,14 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from multikd.results import (  # noqa: E402
-    ALONE, FEAT_SUFFIX, ROW_KEYS, ResultsError, collect_runs, comparison_runs, read_metrics, row_label,
+    ALONE,
+    FEAT_SUFFIX,
+    ROW_KEYS,
+    ResultsError,
+    collect_runs,
+    comparison_runs,
+    read_metrics,
+    row_label,
 )
 from multikd.runio import atomic_write_bytes  # noqa: E402
 
@@ -45,10 +52,11 @@ def plot_runs(root: str | Path, out_dir: str | Path) -> list[Path]:
 
 
 def plot_collected(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    """Plots of the runs in ``df`` (from :func:`multikd.results.collect_runs`); the paths written."""
+    """Plots of the runs in ``df`` (from :func:`~multikd.results.collect_runs`); paths written."""
     runs = comparison_runs(df)
     out_dir = Path(out_dir)
-    several_lengths = runs.groupby(["dataset", "student", "teachers"])["epochs"].nunique().gt(1).any()
+    lengths = runs.groupby(["dataset", "student", "teachers"])["epochs"].nunique()
+    several_lengths = bool(lengths.gt(1).any())
     written = []
     distill = runs[runs["kind"] == "distill"]
     for key, group in distill.groupby(list(ROW_KEYS), sort=True):
@@ -64,9 +72,12 @@ def plot_collected(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         title = f"{row_label(student, teachers)} ({dataset}, {epochs} epochs)"
         names = list(group["teacher_names"].iloc[0])
         written.append(_save(_accuracy_figure(curves, title), out_dir / f"{stem}_acc.png"))
-        weights = {m: c for m, c in curves.items() if m != ALONE and any(f"w_{t}" in c for t in names)}
+        weights = {
+            m: c for m, c in curves.items() if m != ALONE and any(f"w_{t}" in c for t in names)
+        }
         if weights:
-            written.append(_save(_weights_figure(weights, names, title), out_dir / f"{stem}_weights.png"))
+            figure = _weights_figure(weights, names, title)
+            written.append(_save(figure, out_dir / f"{stem}_weights.png"))
     if not written:
         raise ResultsError("no distill run with a readable metrics.csv to plot")
     return written

@@ -80,7 +80,9 @@ def collect_runs(root: str | Path) -> pd.DataFrame:
     """
     root = Path(root)
     if not root.exists():
-        raise ResultsError(f"runs folder {root} does not exist; pass the folder the runs were written to")
+        raise ResultsError(
+            f"runs folder {root} does not exist; pass the folder the runs were written to"
+        )
     if not root.is_dir():
         raise ResultsError(f"{root} is not a folder; pass the folder the runs were written to")
     records, skipped = [], []
@@ -145,14 +147,19 @@ def strategy_table(df: pd.DataFrame, metric: str = "last") -> pd.DataFrame:
     bold), ``teacher_columns``.
     """
     if metric not in METRIC_COLUMNS:
-        raise ResultsError(f"unknown metric {metric!r}; expected one of {', '.join(METRIC_COLUMNS)}")
+        raise ResultsError(
+            f"unknown metric {metric!r}; expected one of {', '.join(METRIC_COLUMNS)}"
+        )
     column = METRIC_COLUMNS[metric]
     students = comparison_runs(df)
     values = pd.to_numeric(students.get(column), errors="coerce") if column in students else None
     if values is None or values.isna().all():
-        hint = (" These runs were trained without a validation split (data.val_size 0); use "
-                "--metric last or best, or train with a validation split") if metric == "val" else ""
-        raise ResultsError(f"no run under {df.attrs.get('root', 'the runs folder')} records {column}.{hint}")
+        hint = ""
+        if metric == "val":
+            hint = (" These runs were trained without a validation split (data.val_size 0); "
+                    "use --metric last or best, or train with a validation split")
+        root = df.attrs.get("root", "the runs folder")
+        raise ResultsError(f"no run under {root} records {column}.{hint}")
     students["value"] = values
     missing = students[students["value"].isna()]
     for path in missing["path"]:
@@ -173,7 +180,9 @@ def strategy_table(df: pd.DataFrame, metric: str = "last") -> pd.DataFrame:
         same = (students["dataset"] == dataset) & (students["student"] == student)
         same &= students["epochs"] == epochs
         cells = {ALONE: students[same & (students["kind"] == "student")]}
-        in_row = students[same & (students["kind"] == "distill") & (students["teachers"] == teachers)]
+        in_row = students[
+            same & (students["kind"] == "distill") & (students["teachers"] == teachers)
+        ]
         cells.update({m: in_row[in_row["method"] == m] for m in methods})
         row = {}
         for method, runs in cells.items():
@@ -187,7 +196,8 @@ def strategy_table(df: pd.DataFrame, metric: str = "last") -> pd.DataFrame:
             row.update({(label, stat): v for stat, v in zip(STATS, acc)})
         rows.append(row)
     columns = pd.MultiIndex.from_tuples(
-        [(m, s) for m in [ALONE, *methods, *teacher_columns] for s in STATS], names=["method", "stat"]
+        [(m, s) for m in [ALONE, *methods, *teacher_columns] for s in STATS],
+        names=["method", "stat"],
     )
     index = pd.MultiIndex.from_tuples(
         [(d, s, t, _epochs_value(e)) for d, s, t, e in row_keys], names=list(ROW_KEYS)
@@ -243,7 +253,8 @@ def _no_runs_message(df: pd.DataFrame) -> str:
 
 def _has_distill_row(distill: pd.DataFrame, dataset: str, student: str, epochs: str) -> bool:
     keys = distill[["dataset", "student", "epochs"]]
-    return bool(((keys["dataset"] == dataset) & (keys["student"] == student) & (keys["epochs"] == epochs)).any())
+    same = (keys["dataset"] == dataset) & (keys["student"] == student)
+    return bool((same & (keys["epochs"] == epochs)).any())
 
 
 def _epochs_value(text: str):
@@ -271,7 +282,8 @@ def method_labels(runs: pd.DataFrame) -> pd.Series:
     so that different experiments never share a column.
     """
     bases = runs.apply(_strategy_base, axis=1)
-    params = runs.get("strategy_params", pd.Series([None] * len(runs), index=runs.index)).map(_params_key)
+    no_params = pd.Series([None] * len(runs), index=runs.index)
+    params = runs.get("strategy_params", no_params).map(_params_key)
     distill = runs["kind"] == "distill"
     ambiguous = {
         b for b in set(bases[distill]) if params[distill & (bases == b)].nunique() > 1
@@ -423,12 +435,13 @@ def _text_rows(table: pd.DataFrame, tex: bool) -> list[list[str]]:
 
 
 def _format_md(table: pd.DataFrame, rows: list[list[str]]) -> str:
+    n_methods = len(_methods(table))
     header = _leading_keys(table) + ["student ← teachers"] + _methods(table)
     lines = [
         f"**{_caption(table)}**",
         "",
         "| " + " | ".join(header) + " |",
-        "|" + "|".join([":--"] * (len(header) - len(_methods(table))) + ["--:"] * len(_methods(table))) + "|",
+        "|" + "|".join([":--"] * (len(header) - n_methods) + ["--:"] * n_methods) + "|",
     ]
     lines += ["| " + " | ".join(cell.replace("|", r"\|") for cell in row) + " |" for row in rows]
     lines += ["", "Best student method of each row in bold; — : one run, std undefined."]
@@ -480,7 +493,11 @@ def _format_csv(table: pd.DataFrame) -> str:
         for method in methods:
             n = int(table.at[index, (method, "n")])
             mean, std = table.at[index, (method, "mean")], table.at[index, (method, "std")]
-            row += ["" if n == 0 else repr(float(mean)), "" if math.isnan(std) else repr(float(std)), n]
+            row += [
+                "" if n == 0 else repr(float(mean)),
+                "" if math.isnan(std) else repr(float(std)),
+                n,
+            ]
         writer.writerow(row)
     return out.getvalue()
 
@@ -492,7 +509,9 @@ def write_table(table: pd.DataFrame, path: str | Path, fmt: str = "md") -> Path:
     return path
 
 
-def write_results(root: str | Path, out_dir: str | Path, formats=("md", "csv"), plots: bool = True) -> list[Path]:
+def write_results(
+    root: str | Path, out_dir: str | Path, formats=("md", "csv"), plots: bool = True
+) -> list[Path]:
     """Tables and plots of the finished runs under ``root``, written into ``out_dir``.
 
     Writes ``table_<metric>.<fmt>`` for metric last and best (and val when some run has a
@@ -501,7 +520,8 @@ def write_results(root: str | Path, out_dir: str | Path, formats=("md", "csv"), 
     """
     df = collect_runs(root)
     metrics = ["last", "best"]
-    if METRIC_COLUMNS["val"] in df and pd.to_numeric(df[METRIC_COLUMNS["val"]], errors="coerce").notna().any():
+    val = METRIC_COLUMNS["val"]
+    if val in df and pd.to_numeric(df[val], errors="coerce").notna().any():
         metrics.append("val")
     out_dir = Path(out_dir)
     written = []
