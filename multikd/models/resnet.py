@@ -51,7 +51,7 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        out = out + (x if self.downsample is None else self.downsample(x))
+        out += x if self.downsample is None else self.downsample(x)  # in place: no extra copy
         return self.relu(out)
 
 

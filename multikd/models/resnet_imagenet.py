@@ -47,7 +47,8 @@ class Bottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out)) + self.shortcut(x)
+        out = self.bn3(self.conv3(out))
+        out += self.shortcut(x)  # in place: no extra copy
         return self.relu(out)
 
 

@@ -44,9 +44,8 @@ class WideBasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = self.relu1(self.bn1(x))
         out = self.conv2(self.relu2(self.bn2(self.conv1(act))))
-        if self.convShortcut is None:
-            return x + out
-        return self.convShortcut(act) + out
+        out += x if self.convShortcut is None else self.convShortcut(act)  # in place, not on x
+        return out
 
 
 class NetworkBlock(nn.Module):
