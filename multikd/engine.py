@@ -288,9 +288,12 @@ class TrainingRun:
 
     def _build_optimizer(self) -> None:
         o = self.cfg.optim
+        # fused on CUDA: one kernel, and under fp16 AMP the GradScaler hands it the inf
+        # check on the device instead of reading it back on the host every step
         self.optimizer = torch.optim.SGD(
             self.parts.module.trainable_parameters(),
             lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov,
+            fused=self.device.type == "cuda",
         )
         schedule = LRSchedule(
             o.schedule, self.steps_per_epoch, o.epochs, o.milestones, o.lr_decay, o.warmup_epochs
