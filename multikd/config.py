@@ -459,9 +459,13 @@ def to_yaml(config: RunConfig) -> str:
 
 
 def config_hash(config: RunConfig) -> str:
-    """12 hex digits identifying the experiment: everything but the ``output`` section."""
+    """12 hex digits identifying the experiment: every key except where the run reads,
+    writes and runs (the ``output`` section, ``data.data_root``, ``data.workers``,
+    ``runtime.device``), so a run resumed on another device keeps its hash."""
     data = config.to_dict()
     data.pop("output")
+    for section, key in (("data", "data_root"), ("data", "workers"), ("runtime", "device")):
+        data[section].pop(key)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

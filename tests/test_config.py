@@ -158,13 +158,14 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     assert yaml.safe_load(path.read_text())["optim"]["lr"] == 0.05
 
 
-def test_hash_ignores_output_only_and_tracks_everything_else():
+def test_hash_ignores_where_the_run_happens_and_tracks_everything_else():
     base = resolve(_distill_config())
     h = config_hash(base)
     assert len(h) == 12 and config_hash(resolve(_distill_config())) == h
-    other_out = resolve(_distill_config())
-    other_out.output.run_dir, other_out.output.quiet = "elsewhere", True
-    assert config_hash(other_out) == h
+    elsewhere = resolve(_distill_config())
+    elsewhere.output.run_dir, elsewhere.output.quiet = "elsewhere", True
+    elsewhere.data.data_root, elsewhere.data.workers, elsewhere.runtime.device = "/d", 4, "cuda"
+    assert config_hash(elsewhere) == h
     for key, value in [("runtime.seed", 1), ("optim.lr", 0.1), ("loss.gamma", 0.0),
                        ("strategy.params", {"margin": 0.4, "granularity": "sample"})]:
         changed = resolve(_distill_config())
