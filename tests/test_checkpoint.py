@@ -89,6 +89,12 @@ def test_in_memory_dict_run_dir_and_create_model(tmp_path, source):
     torch.testing.assert_close(_logits(built), _logits(source), rtol=0, atol=0)
 
 
+def test_wrapped_model_is_loaded_through(source):
+    model = create_model("resnet8", num_classes=10)
+    load_checkpoint(torch.nn.DataParallel(model), {"model": source.state_dict()})
+    torch.testing.assert_close(_logits(model), _logits(source), rtol=0, atol=0)
+
+
 def test_missing_num_batches_tracked_is_tolerated(source):
     """Files from PyTorch < 0.4.1 lack BN counters; PyTorch's own loader accepts that too."""
     state = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}

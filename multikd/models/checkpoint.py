@@ -102,10 +102,12 @@ def read_checkpoint(path_or_state) -> Checkpoint:
 def load_checkpoint(model: nn.Module, path_or_state, arch: str | None = None) -> dict:
     """Load a checkpoint into ``model`` strictly; return the file's other entries.
 
-    ``arch`` names the architecture in messages (default: ``model.arch_name``). Raises
-    :class:`CheckpointError` when the file is missing, unreadable, or does not fit.
+    ``arch`` names the architecture in messages (default: ``model.arch_name``). A model
+    wrapped in DDP / DataParallel / ``torch.compile`` is loaded through to the inner model.
+    Raises :class:`CheckpointError` when the file is missing, unreadable, or does not fit.
     """
     ckpt = read_checkpoint(path_or_state)
+    model = _inner_model(model)
     arch = arch or getattr(model, "arch_name", type(model).__name__)
     expected = model.state_dict()
     state = dict(ckpt.state)
@@ -201,6 +203,17 @@ def _zoo_shapes() -> dict[str, tuple[dict[str, tuple], tuple[str, ...]]]:
         classifier = (f"{linears[-1]}.weight", f"{linears[-1]}.bias") if linears else ()
         table[name] = (shapes, tuple(k for k in classifier if k in shapes))
     return table
+
+
+def _inner_model(model: nn.Module) -> nn.Module:
+    """The model inside DDP / DataParallel / torch.compile wrappers (whose keys gain prefixes)."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def _unwrap(obj: Mapping, source: str) -> Checkpoint:
