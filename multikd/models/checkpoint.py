@@ -174,11 +174,12 @@ def guess_architectures(shapes: dict[str, tuple]) -> list[str]:
         if expected.keys() != shapes.keys():
             continue
         differing = {k for k in expected if expected[k] != shapes[k]}
-        classes = shapes[classifier[0]][0] if classifier else None
+        weight = shapes[classifier[0]] if classifier else ()
+        classes = weight[0] if len(weight) == 2 else None
         label = f"{name} ({classes} classes)" if classes else name
         if not differing:
             exact.append(label)
-        elif classifier and differing <= set(classifier) and len(shapes[classifier[0]]) == 2:
+        elif classes and differing <= set(classifier):
             other_classes.append(label)
     return exact + other_classes
 
