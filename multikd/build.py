@@ -96,10 +96,14 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"runtime.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(
+            f"runtime.device {name!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("runtime.device asks for CUDA but no CUDA device is available; use --device cpu")
+            raise ConfigError(
+                "runtime.device asks for CUDA but no CUDA device is available; use --device cpu"
+            )
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device

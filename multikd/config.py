@@ -81,8 +81,12 @@ class LossConfig:
     gamma: float = _doc(0.0, "weight of the feature loss (0: logits only)")
     temperature: float = _doc(4.0, "softmax temperature T of the KD term")
     logit_loss: str = _choice("kd", ("kd", "mse"), "T^2-scaled KL (Hinton) or logit MSE (Caruana)")
-    student_feature: Optional[str] = _doc(None, "student module tapped for the feature loss (default: last stage)")
-    teacher_features: Optional[list[str]] = _doc(None, "module per teacher (default: each one's last stage)")
+    student_feature: Optional[str] = _doc(
+        None, "student module tapped for the feature loss (default: its last stage)"
+    )
+    teacher_features: Optional[list[str]] = _doc(
+        None, "module tapped per teacher (default: each one's last stage)"
+    )
     feature_weights: str = _choice(
         "strategy", ("strategy", "uniform"), "feature-loss weights: the strategy's, or 1/K each"
     )
@@ -91,7 +95,9 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: Optional[float] = _doc(None, "learning rate (default 0.05; 0.01 for MobileNetV2/ShuffleNet)")
+    lr: Optional[float] = _doc(
+        None, "learning rate (default 0.05; 0.01 for MobileNetV2/ShuffleNet students)"
+    )
     momentum: float = _doc(0.9, "SGD momentum")
     weight_decay: float = _doc(5e-4, "SGD weight decay")
     nesterov: bool = _doc(False, "Nesterov momentum")
@@ -117,7 +123,9 @@ class RuntimeConfig:
 
 @dataclass
 class OutputConfig:
-    run_dir: Optional[str] = _doc(None, "run directory (default runs/<kind>_<arch>[_<strategy>]_s<seed>)")
+    run_dir: Optional[str] = _doc(
+        None, "run directory (default runs/<kind>_<arch>[_<strategy>]_s<seed>)"
+    )
     quiet: bool = _doc(False, "no progress bar, warnings only")
     log_interval: int = _doc(50, "steps between progress-bar updates (each costs one host sync)")
 
@@ -254,7 +262,9 @@ def load_yaml(path: str | Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}"
+        )
     return data
 
 
@@ -405,7 +415,8 @@ def _validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key} must be >= 0, got {value}")
     if o.warmup_epochs >= o.epochs and o.warmup_epochs > 0:
         raise ConfigError(
-            f"optim.warmup_epochs ({o.warmup_epochs}) must be smaller than optim.epochs ({o.epochs})"
+            f"optim.warmup_epochs ({o.warmup_epochs}) must be smaller than optim.epochs "
+            f"({o.epochs})"
         )
     if o.nesterov and o.momentum == 0:
         raise ConfigError("optim.nesterov needs optim.momentum > 0")

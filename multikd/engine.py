@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import platform
 import sys
@@ -37,7 +36,7 @@ import multikd
 from multikd import distributed as ddp
 from multikd.build import Learner, build_data, build_learner, pick_device
 from multikd.config import RunConfig, config_hash, resolve
-from multikd.errors import CheckpointError, ConfigError, TrainingError
+from multikd.errors import CheckpointError, ConfigError
 from multikd.meters import EpochMeter
 from multikd.rng import rng_state, seed_everything, set_rng_state
 from multikd.runio import RunDir
@@ -73,8 +72,9 @@ def resume(run_dir: str, device: str | None = None, quiet: bool | None = None) -
 
 
 def _execute(cfg: RunConfig, resuming: bool, overwrite: bool) -> dict:
-    run = prepare_run(cfg, resuming=resuming, overwrite=overwrite)
+    env = ddp.detect()
     try:
+        run = prepare_run(cfg, resuming=resuming, overwrite=overwrite)
         show_bar = run.env.is_main and not cfg.output.quiet and sys.stderr.isatty()
         for epoch in range(run.start_epoch, cfg.optim.epochs + 1):
             t0 = time.perf_counter()
@@ -97,7 +97,7 @@ def _execute(cfg: RunConfig, resuming: bool, overwrite: bool) -> dict:
             run.end_epoch(epoch, time.perf_counter() - t0)
         return run.finish()
     finally:
-        ddp.shutdown(run.env)
+        ddp.shutdown(env)
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -212,7 +212,9 @@ class TrainingRun:
         self._place_models()
         self._build_loaders()
         self._build_optimizer()
-        state = self.run.load_checkpoint(self.device) if resuming and self.run.has_checkpoint() else None
+        state = None
+        if resuming and self.run.has_checkpoint():
+            state = self.run.load_checkpoint(self.device)
         if state is None:
             self.teacher_acc = teacher_acc if teacher_acc is not None else self._teacher_test_acc()
             self.start_epoch, self.rows, self.elapsed = 1, [], 0.0
@@ -354,7 +356,8 @@ class TrainingRun:
     def _restore(self, state: dict) -> None:
         if state.get("format") != CHECKPOINT_FORMAT or state.get("config_hash") != self.hash:
             raise CheckpointError(
-                f"{self.run.file('checkpoint.pt')} does not belong to {self.run.file('config.yaml')} "
+                f"{self.run.file('checkpoint.pt')} does not belong to "
+                f"{self.run.file('config.yaml')} "
                 "(another config hash, or not a multikd run checkpoint): was config.yaml edited? "
                 "Restore it, or start a new run"
             )
@@ -383,7 +386,9 @@ class TrainingRun:
         self.meter = EpochMeter(self.device, self.env, epoch, self.run.path)
         self.epoch_lr = self.optimizer.param_groups[0]["lr"]
 
-    def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor, teacher_out=None) -> dict | None:
+    def train_step(
+        self, step: int, x: torch.Tensor, y: torch.Tensor, teacher_out=None
+    ) -> dict | None:
         """One SGD step on a batch already on the device; ``teacher_out`` shares a teacher
         pass computed elsewhere. Returns the running averages every ``log_interval`` steps
         (the only host sync), else None."""

@@ -35,7 +35,9 @@ class EpochMeter:
         self.loss_names: list[str] = []
         self.teacher_keys: list[str] = []
 
-    def add(self, step: int, logits: torch.Tensor, y: torch.Tensor, losses: dict, info: dict) -> None:
+    def add(
+        self, step: int, logits: torch.Tensor, y: torch.Tensor, losses: dict, info: dict
+    ) -> None:
         """Add one batch (no host sync)."""
         if self.sums is None:
             self.loss_names = list(losses)
@@ -47,7 +49,8 @@ class EpochMeter:
         values = torch.cat(parts)
         self.sums = values if self.sums is None else self.sums + values
         finite = torch.isfinite(losses["total"].detach())
-        self.first_bad = torch.where(finite | (self.first_bad < math.inf), self.first_bad, float(step))
+        seen_bad = self.first_bad < math.inf
+        self.first_bad = torch.where(finite | seen_bad, self.first_bad, float(step))
 
     def _read(self) -> list[float]:
         """Sums over all ranks (one host sync); a TrainingError if a loss was not finite."""
@@ -56,7 +59,8 @@ class EpochMeter:
         first_bad, *values = torch.cat([bad, sums]).tolist()
         if first_bad < math.inf:
             kept = (
-                f"The last good checkpoint (end of epoch {self.epoch - 1}) is kept in {self.run_path}"
+                f"The last good checkpoint (end of epoch {self.epoch - 1}) is kept in "
+                f"{self.run_path}"
                 if self.epoch > 1
                 else f"No checkpoint was written to {self.run_path}"
             )

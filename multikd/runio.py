@@ -82,7 +82,9 @@ class RunDir:
         try:
             return json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
-            raise TrainingError(f"{path} is unreadable ({err}); remove it or use --overwrite") from None
+            raise TrainingError(
+                f"{path} is unreadable ({err}); remove it or use --overwrite"
+            ) from None
 
     def state(self) -> str:
         """``"empty"``, ``"finished"`` (summary says so) or ``"unfinished"`` (anything else)."""
