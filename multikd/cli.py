@@ -241,7 +241,9 @@ _RESUME_KEEPS = {"runtime.device", "output.quiet"}
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     """Options shared by train-teacher and distill: sugar over config keys (see config.py)."""
-    p.add_argument("--config", metavar="FILE", help="YAML config file (keys not given keep defaults)")
+    p.add_argument(
+        "--config", metavar="FILE", help="YAML config file (keys not given keep defaults)"
+    )
     p.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
         help="override any config key, e.g. --set optim.schedule=cosine (repeatable)",
@@ -251,12 +253,16 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-size", type=int, help="validation images carved from train")
     p.add_argument("--epochs", type=int, help="training epochs (default 240)")
     p.add_argument("--batch-size", type=int, help="global batch size (default 64)")
-    p.add_argument("--lr", type=float, help="learning rate (default 0.05; 0.01 for MobileNetV2/ShuffleNet)")
+    p.add_argument(
+        "--lr", type=float, help="learning rate (default 0.05; 0.01 for MobileNetV2/ShuffleNet)"
+    )
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.add_argument("--out", "--run-dir", dest="out", metavar="DIR", help="run directory")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--amp", action="store_true", default=None, help="mixed precision")
-    p.add_argument("--quiet", action="store_true", default=None, help="no progress bar, warnings only")
+    p.add_argument(
+        "--quiet", action="store_true", default=None, help="no progress bar, warnings only"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
     p.add_argument(
@@ -353,8 +359,11 @@ def _cmd_train(args) -> int:
 
     if args.resume:
         given = {key for flag, key in _RUN_FLAGS.items() if getattr(args, flag, None) is not None}
-        extra = sorted(given - _RESUME_KEEPS) + (["--config"] if args.config else [])
-        extra += ["--set"] * bool(args.sets) + ["--teacher"] * bool(getattr(args, "teacher_specs", []))
+        lists = {"--config": args.config, "--set": args.sets,
+                 "--teacher": getattr(args, "teacher_specs", None),
+                 "--teachers-from": getattr(args, "teachers_from", None),
+                 "--strategy-param": getattr(args, "strategy_params", None)}
+        extra = sorted(given - _RESUME_KEEPS) + [flag for flag, value in lists.items() if value]
         if extra or args.overwrite:
             raise ConfigError(
                 f"--resume continues {args.resume} with its own config.yaml; only --device and "
@@ -436,7 +445,8 @@ def _cmd_eval(args) -> int:
     )
     for split in ("val", "test"):
         if f"{split}_acc" in result:
-            print(f"{split} accuracy: {result[f'{split}_acc']:.2f}%  (mean CE {result[f'{split}_loss']:.4f})")
+            acc, loss = result[f"{split}_acc"], result[f"{split}_loss"]
+            print(f"{split} accuracy: {acc:.2f}%  (mean CE {loss:.4f})")
     return 0
 
 
