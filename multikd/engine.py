@@ -156,7 +156,8 @@ def evaluate_checkpoint(
     result = {"arch": model.arch_name, "checkpoint": str(checkpoint), "dataset": dataset}
     named = [("test", splits.test)] + ([("val", splits.val)] if splits.val is not None else [])
     for name, split in named:
-        loader = data.build_loader(split, batch_size, train=False, seed=seed, device=str(dev))
+        batch = min(batch_size, len(split))
+        loader = data.build_loader(split, batch, train=False, seed=seed, device=str(dev))
         correct, count, loss = evaluate(model, loader, dev).tolist()
         result[f"{name}_acc"] = 100.0 * correct / count
         result[f"{name}_loss"] = loss / count
@@ -279,14 +280,14 @@ class TrainingRun:
                 s.train, batch, train=True, seed=seed, workers=workers, device=dev
             )
         self.steps_per_epoch = len(self.train_loader)
-        self.eval_loaders = {
-            name: data.build_loader(
-                ddp.eval_shard(split, env), per_rank, train=False, seed=seed,
-                workers=workers, device=dev,
-            )
-            for name, split in (("val", s.val), ("test", s.test))
-            if split is not None
-        }
+        self.eval_loaders = {}
+        for name, split in (("val", s.val), ("test", s.test)):
+            if split is not None:
+                shard = ddp.eval_shard(split, env)
+                self.eval_loaders[name] = data.build_loader(
+                    shard, min(per_rank, len(shard)), train=False, seed=seed,
+                    workers=workers, device=dev,
+                )
 
     def _build_optimizer(self) -> None:
         o = self.cfg.optim
