@@ -645,15 +645,18 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0,
                  workers: int = 0, device: str = "cpu", drop_last: bool = False) -> DataLoader:
     """A reproducible loader: same seed and epoch, same batches, bit for bit.
 
+    A training batch larger than the training set is an error (no step could be full);
+    evaluation batches may exceed a small split.
+
     Workers are not persistent, so each epoch's workers copy the dataset after
     ``set_epoch`` and see the right augmentation views.
     """
     if batch_size < 1:
         raise DataError(f"batch size must be >= 1, got {batch_size}")
-    if batch_size > len(dataset):
+    if train and batch_size > len(dataset):
         raise DataError(
-            f"batch size {batch_size} is larger than the dataset ({len(dataset)} images); "
-            "lower --batch-size"
+            f"batch size {batch_size} is larger than the training set ({len(dataset)} "
+            "images); lower --batch-size"
         )
     return DataLoader(
         dataset,

@@ -243,6 +243,7 @@ def test_loader_order_is_reproducible_and_matches_distributed_sampler():
 
 def test_loader_rejects_batch_larger_than_data():
     splits = data.build_datasets("synthetic", synthetic=SMALL)
-    with pytest.raises(DataError, match="larger than the dataset"):
-        data.build_loader(splits.test, 51, train=False)
-    assert not data.build_loader(splits.test, 10, train=False).pin_memory
+    with pytest.raises(DataError, match="larger than the training set"):
+        data.build_loader(splits.train, 201, train=True)
+    eval_loader = data.build_loader(splits.test, 256, train=False)
+    assert [len(y) for _, y in eval_loader] == [50] and not eval_loader.pin_memory
