@@ -215,7 +215,7 @@ class TrainingRun:
         self._build_optimizer()
         state = None
         if resuming and self.run.has_checkpoint():
-            state = self.run.load_checkpoint(self.device)
+            state = self.run.load_checkpoint()  # on the CPU: RNG states must stay there
         if state is None:
             self.teacher_acc = teacher_acc if teacher_acc is not None else self._teacher_test_acc()
             self.start_epoch, self.rows, self.elapsed = 1, [], 0.0
