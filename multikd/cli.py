@@ -332,9 +332,7 @@ def _add_distill(sub) -> None:
 
 def _run_config(args):
     """The RunConfig that the flags of train-teacher/distill describe (not yet resolved)."""
-    import yaml
-
-    from multikd.config import build_config, parse_assignment, parse_teacher
+    from multikd.config import build_config, parse_assignment, parse_teacher, parse_value
     from multikd.runio import teachers_from_runs
 
     values = {key: getattr(args, flag) for flag, key in _RUN_FLAGS.items()
@@ -348,7 +346,7 @@ def _run_config(args):
     config = build_config(args.config, args.sets, values)
     for text in getattr(args, "strategy_params", []):
         key, value = parse_assignment(text)
-        config.strategy.params[key] = yaml.safe_load(value) if value else None
+        config.strategy.params[key] = parse_value(value)
     return config
 
 
@@ -413,17 +411,15 @@ def _add_eval(sub) -> None:
 
 
 def _cmd_eval(args) -> int:
-    import yaml
-
     from multikd import engine
-    from multikd.config import parse_assignment
+    from multikd.config import parse_assignment, parse_value
     from multikd.errors import ConfigError
     from multikd.runio import CHECKPOINT, RunDir
 
     synthetic = {}
     for text in args.synthetic:
         key, value = parse_assignment(text)
-        synthetic[key] = yaml.safe_load(value)
+        synthetic[key] = parse_value(value)
     if args.run:
         config = RunDir(args.run).read_config()
         arch = args.arch or config.model.arch

@@ -292,6 +292,12 @@ def _parse_text(text: str, tp) -> Any:
     return value
 
 
+def parse_value(text: str) -> Any:
+    """Untyped override text (strategy parameters, synthetic options) read as YAML, with
+    exponent floats such as ``1e-3`` read as numbers."""
+    return _parse_text(text, Any)
+
+
 def set_value(config: RunConfig, key: str, value: Any, from_text: bool = False) -> None:
     """Set ``section.key`` (or a top-level key such as ``kind``/``teachers``) in place.
 

@@ -19,7 +19,7 @@ def shown_config(capsys, *args) -> dict:
 def test_distill_flags_set_their_config_keys(capsys):
     cfg = shown_config(
         capsys, "distill", "--student", "resnet8", "--teacher", "resnet20=a/ckpt.pt",
-        "--teacher", "resnet20", "--strategy", "ce-filter", "--strategy-param", "margin=0.5",
+        "--teacher", "resnet20", "--strategy", "ce-filter", "--strategy-param", "margin=5e-1",
         "--strategy-param", "granularity=sample", "--alpha", "0.5", "--beta", "2",
         "--gamma", "1", "--temperature", "2", "--lr", "0.1", "--epochs", "3",
         "--batch-size", "16", "--seed", "4", "--val-size", "10", "--device", "cpu", "--amp",
