@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from multikd.config import RunConfig, config_hash, to_yaml
 from multikd.errors import ConfigError, TrainingError
 from multikd.runio import RunDir, atomic_write_text
@@ -78,6 +80,18 @@ def run_bench(
     """
     t0 = time.perf_counter()
     plan = make_plan(suite, out, data_root, teachers_dir, sets)
+    threads = torch.get_num_threads()
+    if plan.suite.cpu_threads is not None:
+        torch.set_num_threads(plan.suite.cpu_threads)
+    try:
+        report = _run_plan(plan, lockstep, results)
+    finally:
+        torch.set_num_threads(threads)
+    report.wall_time_s = time.perf_counter() - t0
+    return report
+
+
+def _run_plan(plan: Plan, lockstep: bool, results: bool) -> BenchReport:
     log.info("%s", describe(plan))
     out = plan.out
     out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +126,6 @@ def run_bench(
         from multikd.results import write_results
 
         report.outputs = write_results(out, out)
-    report.wall_time_s = time.perf_counter() - t0
     return report
 
 

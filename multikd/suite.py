@@ -47,6 +47,8 @@ _SUITE_KEYS = {
     "seeds": "list of seeds (default: [0])",
     "acc_tolerance": "allowed gap, in accuracy points, between a teacher's measured and "
     "expected test accuracy (default 1.0)",
+    "cpu_threads": "intra-op CPU threads while the suite runs (torch.set_num_threads; "
+    "default: torch's choice)",
 }
 _TEACHER_KEYS = ("arch", "seed", "published", "expected_acc", "recipe")
 _STRATEGY_KEYS = ("name", "params", "label")
@@ -90,6 +92,7 @@ class Suite:
     seeds: list[int]
     acc_tolerance: float = 1.0
     description: str = ""
+    cpu_threads: int | None = None
 
 
 @dataclass
@@ -195,8 +198,12 @@ def parse_suite(raw: dict, source: str = "suite") -> Suite:
     tolerance = raw.get("acc_tolerance", 1.0)
     if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or tolerance < 0:
         raise ConfigError(f"{where}: 'acc_tolerance' must be a number >= 0, got {tolerance!r}")
+    threads = raw.get("cpu_threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ConfigError(f"{where}: 'cpu_threads' must be a positive integer, got {threads!r}")
     return Suite(
         name=str(raw.get("name", Path(source).stem)),
+        cpu_threads=threads,
         source=source,
         description=str(raw.get("description", "")),
         data=data,
