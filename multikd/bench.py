@@ -97,6 +97,10 @@ def _run_plan(plan: Plan, lockstep: bool, results: bool) -> BenchReport:
     out.mkdir(parents=True, exist_ok=True)
     _record_suite(plan)
 
+    trained_teachers = [job.config for job in plan.teachers.values() if not job.published]
+    for config in trained_teachers + [run.config for run in plan.runs]:
+        check_same_experiment(config)
+
     report = BenchReport(out=out, teachers={})
     for job in plan.teachers.values():
         if not job.published:
@@ -105,8 +109,6 @@ def _run_plan(plan: Plan, lockstep: bool, results: bool) -> BenchReport:
 
     for group in plan.groups:
         configs = [run.config for run in group.runs]
-        for config in configs:
-            check_same_experiment(config)
         log.info(
             "teacher set %s, seed %d: %d runs%s", group.teacher_set, group.seed, len(configs),
             " in lockstep" if lockstep else "",
@@ -185,7 +187,6 @@ def _run_alone(config: RunConfig) -> str:
     """Train, resume or skip one run with the engine; its state before this call."""
     from multikd import engine
 
-    check_same_experiment(config)
     run_dir = config.output.run_dir
     state = RunDir(run_dir).state()
     if state == "finished":
