@@ -55,7 +55,8 @@ class BenchReport:
     def text(self) -> str:
         lines = [f"teachers (test accuracy, verified from their checkpoints):"]
         for tid, rec in self.teachers.items():
-            lines.append(f"  {tid:<16} {rec['arch']:<14} {rec['test_acc']:6.2f}%  ({rec['source']})")
+            acc, source = rec["test_acc"], rec["source"]
+            lines.append(f"  {tid:<16} {rec['arch']:<14} {acc:6.2f}%  ({source})")
         lines.append(
             f"runs: {len(self.trained)} trained, {len(self.resumed)} resumed, "
             f"{len(self.skipped)} already finished  ({self.wall_time_s:.0f} s)"

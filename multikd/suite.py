@@ -168,7 +168,9 @@ def parse_suite(raw: dict, source: str = "suite") -> Suite:
         )
     for key in ("teachers", "teacher_sets", "pairs", "strategies"):
         if not raw.get(key):
-            raise ConfigError(f"{where}: {key!r} is required and must not be empty ({_SUITE_KEYS[key]})")
+            raise ConfigError(
+                f"{where}: {key!r} is required and must not be empty ({_SUITE_KEYS[key]})"
+            )
 
     data = _mapping(raw.get("data", {}), f"{where}: 'data'")
     recipe = _recipe(raw.get("recipe", {}), f"{where}: 'recipe'")
@@ -183,7 +185,9 @@ def parse_suite(raw: dict, source: str = "suite") -> Suite:
     strategies = _strategies(raw["strategies"], where)
     variants = raw.get("variants", list(VARIANTS))
     if not isinstance(variants, list) or not variants or any(v not in VARIANTS for v in variants):
-        raise ConfigError(f"{where}: 'variants' must be a non-empty list from {list(VARIANTS)}, got {variants!r}")
+        raise ConfigError(
+            f"{where}: 'variants' must be a non-empty list from {list(VARIANTS)}, got {variants!r}"
+        )
     seeds = raw.get("seeds", [0])
     if (
         not isinstance(seeds, list)
@@ -191,7 +195,9 @@ def parse_suite(raw: dict, source: str = "suite") -> Suite:
         or any(not isinstance(s, int) or isinstance(s, bool) for s in seeds)
         or len(set(seeds)) != len(seeds)
     ):
-        raise ConfigError(f"{where}: 'seeds' must be a non-empty list of distinct integers, got {seeds!r}")
+        raise ConfigError(
+            f"{where}: 'seeds' must be a non-empty list of distinct integers, got {seeds!r}"
+        )
     baseline = raw.get("baseline", True)
     if not isinstance(baseline, bool):
         raise ConfigError(f"{where}: 'baseline' must be true or false, got {baseline!r}")
@@ -199,7 +205,9 @@ def parse_suite(raw: dict, source: str = "suite") -> Suite:
     if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or tolerance < 0:
         raise ConfigError(f"{where}: 'acc_tolerance' must be a number >= 0, got {tolerance!r}")
     threads = raw.get("cpu_threads")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+    if threads is not None and (
+        not isinstance(threads, int) or isinstance(threads, bool) or threads < 1
+    ):
         raise ConfigError(f"{where}: 'cpu_threads' must be a positive integer, got {threads!r}")
     return Suite(
         name=str(raw.get("name", Path(source).stem)),
@@ -287,7 +295,9 @@ def _arch(name, where: str) -> str:
 
 def _teachers(raw, where: str) -> dict[str, TeacherSpec]:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: 'teachers' must map teacher ids to {{arch, seed, ...}}, got {raw!r}")
+        raise ConfigError(
+            f"{where}: 'teachers' must map teacher ids to {{arch, seed, ...}}, got {raw!r}"
+        )
     teachers = {}
     for tid, spec in raw.items():
         at = f"{where}: teachers.{tid}"
@@ -303,8 +313,12 @@ def _teachers(raw, where: str) -> dict[str, TeacherSpec]:
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ConfigError(f"{at}: 'seed' must be an integer, got {seed!r}")
         expected = spec.get("expected_acc")
-        if expected is not None and (not isinstance(expected, (int, float)) or not 0 <= expected <= 100):
-            raise ConfigError(f"{at}: 'expected_acc' must be a test accuracy in percent, got {expected!r}")
+        if expected is not None and (
+            not isinstance(expected, (int, float)) or not 0 <= expected <= 100
+        ):
+            raise ConfigError(
+                f"{at}: 'expected_acc' must be a test accuracy in percent, got {expected!r}"
+            )
         published = spec.get("published")
         if published is not None and not isinstance(published, str):
             raise ConfigError(f"{at}: 'published' must be a file path relative to --teachers-dir")
@@ -320,7 +334,9 @@ def _teacher_sets(raw, teachers: dict, where: str) -> dict[str, list[str]]:
     for name, ids in raw.items():
         _check_name(name, "teacher set", where)
         if not isinstance(ids, list) or not ids:
-            raise ConfigError(f"{where}: teacher_sets.{name} must be a non-empty list of teacher ids")
+            raise ConfigError(
+                f"{where}: teacher_sets.{name} must be a non-empty list of teacher ids"
+            )
         missing = [t for t in ids if t not in teachers]
         if missing:
             raise ConfigError(
@@ -335,16 +351,21 @@ def _teacher_sets(raw, teachers: dict, where: str) -> dict[str, list[str]]:
 
 def _pairs(raw, sets: dict, where: str) -> list[tuple[str, list[str]]]:
     if not isinstance(raw, list):
-        raise ConfigError(f"{where}: 'pairs' must be a list of {{teachers: SET, students: [ARCH, ...]}}")
+        raise ConfigError(
+            f"{where}: 'pairs' must be a list of {{teachers: SET, students: [ARCH, ...]}}"
+        )
     pairs, seen = [], set()
     for i, pair in enumerate(raw):
         at = f"{where}: pairs[{i}]"
         pair = _mapping(pair, at)
         if set(pair) != {"teachers", "students"}:
-            raise ConfigError(f"{at} must have exactly the keys 'teachers' and 'students', got {sorted(pair)}")
+            raise ConfigError(
+                f"{at} must have exactly the keys 'teachers' and 'students', got {sorted(pair)}"
+            )
         if pair["teachers"] not in sets:
             raise ConfigError(
-                f"{at}: unknown teacher set {pair['teachers']!r}; defined in 'teacher_sets': {', '.join(sets)}"
+                f"{at}: unknown teacher set {pair['teachers']!r}; "
+                f"defined in 'teacher_sets': {', '.join(sets)}"
             )
         students = pair["students"]
         if not isinstance(students, list) or not students:
@@ -354,7 +375,9 @@ def _pairs(raw, sets: dict, where: str) -> list[tuple[str, list[str]]]:
             arch = _arch(arch, at)
             key = (pair["teachers"], arch)
             if key in seen:
-                raise ConfigError(f"{at}: student {arch} is distilled from set {pair['teachers']!r} twice")
+                raise ConfigError(
+                    f"{at}: student {arch} is distilled from set {pair['teachers']!r} twice"
+                )
             seen.add(key)
             names.append(arch)
         pairs.append((pair["teachers"], names))
@@ -363,7 +386,9 @@ def _pairs(raw, sets: dict, where: str) -> list[tuple[str, list[str]]]:
 
 def _strategies(raw, where: str) -> list[StrategySpec]:
     if not isinstance(raw, list):
-        raise ConfigError(f"{where}: 'strategies' must be a list of names or {{name, params, label}}")
+        raise ConfigError(
+            f"{where}: 'strategies' must be a list of names or {{name, params, label}}"
+        )
     specs = []
     for i, entry in enumerate(raw):
         at = f"{where}: strategies[{i}]"
@@ -372,11 +397,16 @@ def _strategies(raw, where: str) -> list[StrategySpec]:
         entry = _mapping(entry, at)
         unknown = [k for k in entry if k not in _STRATEGY_KEYS]
         if unknown or "name" not in entry:
-            raise ConfigError(f"{at} must be a name or a mapping with keys {', '.join(_STRATEGY_KEYS)} ('name' required)")
+            raise ConfigError(
+                f"{at} must be a name or a mapping with keys {', '.join(_STRATEGY_KEYS)} "
+                "('name' required)"
+            )
         params = _mapping(entry.get("params", {}), f"{at}.params")
         label = _check_name(entry.get("label", entry["name"]), "strategy label", at)
         if label == "student":
-            raise ConfigError(f"{at}: the label 'student' is reserved for the student-alone baseline")
+            raise ConfigError(
+                f"{at}: the label 'student' is reserved for the student-alone baseline"
+            )
         specs.append(StrategySpec(label, str(entry["name"]), dict(params)))
     labels = [s.label for s in specs]
     dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
@@ -461,10 +491,12 @@ def expand(
                 missing.append(str(path))
             jobs[tid] = TeacherJob(spec, config, str(path), published=True)
         else:
-            jobs[tid] = TeacherJob(spec, config, str(Path(config.output.run_dir) / "checkpoint.pt"), False)
+            checkpoint = str(Path(config.output.run_dir) / "checkpoint.pt")
+            jobs[tid] = TeacherJob(spec, config, checkpoint, published=False)
     if missing:
         raise ConfigError(
-            f"--teachers-dir {teachers_dir}: published checkpoint(s) not found: {', '.join(missing)}. "
+            f"--teachers-dir {teachers_dir}: published checkpoint(s) not found: "
+            f"{', '.join(missing)}. "
             "Put the files there (RepDistiller/mdistiller layout), or leave out --teachers-dir "
             "to train the teachers instead."
         )
@@ -477,7 +509,8 @@ def expand(
         ids = suite.teacher_sets[set_name]
         for seed in suite.seeds:
             runs = [
-                _student_run(suite, out, set_name, ids, jobs, student, seed, strategy, variant, sets)
+                _student_run(suite, out, set_name, ids, jobs, student, seed, strategy, variant,
+                             sets)
                 for student in students
                 for strategy, variant in _labels(suite)
             ]
@@ -497,7 +530,9 @@ def run_label(strategy: StrategySpec | None, variant: str) -> str:
     return strategy.label + ("+feat" if variant == "logits+feat" else "")
 
 
-def _student_run(suite, out, set_name, ids, jobs, student, seed, strategy, variant, sets) -> StudentRun:
+def _student_run(
+    suite, out, set_name, ids, jobs, student, seed, strategy, variant, sets
+) -> StudentRun:
     label = run_label(strategy, variant)
     config = RunConfig(kind="student" if strategy is None else "distill")
     _apply(config, {"data": suite.data, **suite.recipe}, [])
@@ -508,14 +543,18 @@ def _student_run(suite, out, set_name, ids, jobs, student, seed, strategy, varia
     if strategy is None:
         config.loss = type(config.loss)()
     else:
-        config.teachers = [TeacherConfig(arch=jobs[t].spec.arch, checkpoint=jobs[t].checkpoint, name=t) for t in ids]
+        config.teachers = [
+            TeacherConfig(arch=jobs[t].spec.arch, checkpoint=jobs[t].checkpoint, name=t)
+            for t in ids
+        ]
         config.strategy.name = strategy.name
         config.strategy.params = copy.deepcopy(strategy.params)
         if variant == "logits+feat":
             _apply(config, {"loss": suite.features}, [])
             if config.loss.gamma <= 0:
                 raise ConfigError(
-                    f"suite {suite.source}: the logits+feat variant needs 'features: {{gamma: >0}}' "
+                    f"suite {suite.source}: the logits+feat variant needs "
+                    "'features: {gamma: >0}' "
                     f"(gamma is {config.loss.gamma}); set the feature-loss weight there"
                 )
         else:

@@ -20,7 +20,9 @@ SUITE = {
     "name": "tiny",
     "data": {
         "dataset": "synthetic",
-        "synthetic": {"num_classes": 4, "num_superclasses": 2, "train_size": 96, "test_size": 48, "seed": 3},
+        "synthetic": {
+            "num_classes": 4, "num_superclasses": 2, "train_size": 96, "test_size": 48, "seed": 3,
+        },
     },
     "recipe": {
         "optim": {"epochs": 2, "batch_size": 16, "lr": 0.05},
@@ -43,7 +45,8 @@ SUITE = {
 
 
 def _runs(out: Path) -> dict[str, Path]:
-    return {str(p.parent.relative_to(out)): p.parent for p in sorted(out.glob("runs/**/config.yaml"))}
+    configs = sorted(out.glob("runs/**/config.yaml"))
+    return {str(p.parent.relative_to(out)): p.parent for p in configs}
 
 
 def _metrics(run: Path) -> pd.DataFrame:
@@ -90,7 +93,8 @@ def test_lockstep_equals_separate_runs(separate, tmp_path):
     assert set(recorded) == {"t_a", "t_b"}
     for tid in recorded:
         assert recorded[tid]["source"] == "trained"
-        assert recorded[tid]["test_acc"] == pytest.approx(summary["teacher_test_acc"][tid], abs=1e-9)
+        measured_by_run = summary["teacher_test_acc"][tid]
+        assert recorded[tid]["test_acc"] == pytest.approx(measured_by_run, abs=1e-9)
 
 
 def test_interrupted_sweep_resumes_without_redoing_finished_runs(separate, tmp_path, monkeypatch):
@@ -113,9 +117,11 @@ def test_interrupted_sweep_resumes_without_redoing_finished_runs(separate, tmp_p
     states = {name: RunDir(p).state() for name, p in _runs(tmp_path).items()}
     finished = sorted(n for n, s in states.items() if s == "finished")
     assert len(finished) == 5 and all(n.endswith("_s0") for n in finished)
-    epochs = sorted(len(pd.read_csv(_runs(tmp_path)[n] / "metrics.csv")) for n in states if n.endswith("_s1"))
+    runs = _runs(tmp_path)
+    epochs = sorted(len(pd.read_csv(runs[n] / "metrics.csv")) for n in states if n.endswith("_s1"))
     assert epochs == [1, 1, 1, 2, 2]  # members stopped after different epochs
-    done = [p for p in tmp_path.rglob("*") if p.is_file() and ("_s0" in str(p) or "teachers/" in str(p))]
+    done = [p for p in tmp_path.rglob("*")
+            if p.is_file() and ("_s0" in str(p) or "teachers/" in str(p))]
     mtimes = {p: p.stat().st_mtime_ns for p in done}
 
     prepared = []

@@ -41,7 +41,8 @@ def test_expansion_covers_the_matrix(tmp_path):
     assert labels == ["fixed", "fixed+feat", "student", "uniform", "uniform+feat"]
     dirs = [r.config.output.run_dir for r in plan.runs]
     assert len(set(dirs)) == len(dirs) == 20
-    run = next(r for r in plan.runs if r.label == "fixed+feat" and r.student == "wrn_16_1" and r.seed == 1)
+    cell = {(r.label, r.student, r.seed): r for r in plan.runs}
+    run = cell[("fixed+feat", "wrn_16_1", 1)]
     cfg = run.config
     assert cfg.output.run_dir == str(tmp_path / "runs" / "pair" / "wrn_16_1" / "fixed+feat_s1")
     assert cfg.kind == "distill" and cfg.runtime.seed == 1 and cfg.loss.gamma == 5.0
@@ -50,13 +51,14 @@ def test_expansion_covers_the_matrix(tmp_path):
     assert cfg.teachers[0].checkpoint == str(tmp_path / "teachers" / "big" / "checkpoint.pt")
     assert cfg.optim.epochs == 2 and cfg.optim.batch_size == 16
     assert cfg.data.synthetic == {"num_classes": 4, "train_size": 64}
-    logits = next(r for r in plan.runs if r.label == "fixed" and r.student == "wrn_16_1" and r.seed == 1)
+    logits = cell[("fixed", "wrn_16_1", 1)]
     assert logits.config.loss.gamma == 0.0
     alone = next(r for r in plan.runs if r.label == "student")
     assert alone.config.kind == "student" and alone.config.teachers == []
     # every run of a group shares what makes the data stream
     for group in plan.groups:
-        keys = {(r.config.runtime.seed, r.config.optim.batch_size, str(r.config.data)) for r in group.runs}
+        keys = {(r.config.runtime.seed, r.config.optim.batch_size, str(r.config.data))
+                for r in group.runs}
         assert len(keys) == 1
 
 
@@ -89,11 +91,14 @@ def test_overrides_reach_every_run(tmp_path):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"teachrs": {}}, r"(?s)unknown key\(s\) 'teachrs'. Did you mean 'teachers'\?.*teacher_sets:"),
+        ({"teachrs": {}},
+         r"(?s)unknown key\(s\) 'teachrs'. Did you mean 'teachers'\?.*teacher_sets:"),
         ({"pairs": []}, r"'pairs' is required"),
-        ({"teacher_sets": {"pair": ["big", "nobody"]}}, r"unknown teacher\(s\) \['nobody'\].*big, small"),
+        ({"teacher_sets": {"pair": ["big", "nobody"]}},
+         r"unknown teacher\(s\) \['nobody'\].*big, small"),
         ({"pairs": [{"teachers": "trio", "students": ["resnet8"]}]}, r"unknown teacher set 'trio'"),
-        ({"pairs": [{"teachers": "pair", "students": ["resnet9"]}]}, r"pairs\[0\].*unknown model 'resnet9'"),
+        ({"pairs": [{"teachers": "pair", "students": ["resnet9"]}]},
+         r"pairs\[0\].*unknown model 'resnet9'"),
         ({"teachers": {"big": {"arch": "vgg99"}}}, r"teachers.big.*unknown model 'vgg99'"),
         ({"teachers": {"big": {"seed": 0}}}, r"'arch' is required"),
         ({"strategies": ["uniform", "uniform"]}, r"label\(s\) \['uniform'\] appear twice"),

@@ -21,7 +21,9 @@ def _suite(expected_acc=None) -> dict:
     return {
         "data": {
             "dataset": "synthetic",
-            "synthetic": {"num_classes": 4, "num_superclasses": 2, "train_size": 32, "test_size": 40},
+            "synthetic": {
+                "num_classes": 4, "num_superclasses": 2, "train_size": 32, "test_size": 40,
+            },
         },
         "recipe": {"optim": {"epochs": 1, "batch_size": 16}, "runtime": {"device": "cpu"}},
         "teachers": {"pub": published},
