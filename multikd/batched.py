@@ -111,7 +111,8 @@ class TeacherRunner:
         self.groups = []
         for indices in group_teachers(self.teachers):
             if len(indices) == 1:
-                self.groups.append(TeacherGroup(indices, LOOP, "single teacher of its architecture"))
+                reason = "single teacher of its architecture"
+                self.groups.append(TeacherGroup(indices, LOOP, reason))
             elif not batched:
                 self.groups.append(TeacherGroup(indices, LOOP, "batching switched off"))
             else:

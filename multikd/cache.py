@@ -377,7 +377,9 @@ class TeacherLogitCache:
             )
         return idx, view, idx < self.rows
 
-    def lookup(self, indices: torch.Tensor, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def lookup(
+        self, indices: torch.Tensor, views: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(hit [B] bool, logits [K,B,C] float32)`` on the CPU; rows of misses are 0."""
         idx, view, inside = self._cells(indices, views)
         hit = inside.copy()
