@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from multikd.batched import TeacherRunner
 from multikd.errors import DataError, ModelError
-from multikd.features import FeatureTap
 
 DEFAULT_INPUT_SHAPE = (1, 3, 32, 32)
 
@@ -71,7 +71,10 @@ class TeacherEnsemble(nn.Module):
     :func:`multikd.models.create_model`, else its class name), with ``_<k>`` appended
     where several teachers share one. ``num_classes`` is found by one dry forward pass on
     ``example_input`` (default zeros ``[1,3,32,32]``); teachers that disagree are a
-    :class:`~multikd.errors.ModelError`.
+    :class:`~multikd.errors.ModelError`. The teachers run through a
+    :class:`~multikd.batched.TeacherRunner`: ``batched=True`` runs same-architecture
+    teachers as one vmapped pass (off by default: on an H100 it was faster only for some
+    architectures and batch sizes, at up to 3x the activation memory; see multikd.batched).
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class TeacherEnsemble(nn.Module):
         feature_names: Sequence[str | None] | None = None,
         *,
         example_input: torch.Tensor | None = None,
+        batched: bool = False,
     ):
         super().__init__()
         teachers = list(teachers)
@@ -98,8 +102,10 @@ class TeacherEnsemble(nn.Module):
             torch.zeros(DEFAULT_INPUT_SHAPE) if example_input is None else example_input.detach()
         )
         self.feature_names: list[str | None] = [None] * len(teachers)
-        self._taps: list[FeatureTap | None] = [None] * len(teachers)
         self.num_classes = self._check_num_classes()
+        noise = torch.Generator().manual_seed(0)
+        check_input = torch.randn((2, *self.example_input.shape[1:]), generator=noise)
+        self.runner = TeacherRunner(teachers, batched=batched, example_input=check_input)
         self.set_feature_names(feature_names)
 
     @classmethod
@@ -137,13 +143,7 @@ class TeacherEnsemble(nn.Module):
                 f"got {len(feature_names)} teacher feature names for {self.num_teachers} "
                 f"teachers ({', '.join(self.names)}); give one per teacher (None to skip one)"
             )
-        for tap in self._taps:
-            if tap is not None:
-                tap.remove()
-        self._taps = [
-            None if name is None else FeatureTap(teacher, [name])
-            for teacher, name in zip(self.teachers, feature_names)
-        ]
+        self.runner.set_feature_names(feature_names)
         self.feature_names = feature_names
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, features: bool = True) -> EnsembleOutput:
@@ -154,18 +154,8 @@ class TeacherEnsemble(nn.Module):
             return EnsembleOutput.from_logits(logits, y, feats if features else None)
 
     def _run_teachers(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """Logits ``[K,B,C]`` and tapped features of every teacher (one loop, one place to
-        swap in a batched pass later)."""
-        outs, feats = [], []
-        for teacher, tap, name in zip(self.teachers, self._taps, self.feature_names):
-            if tap is None:
-                outs.append(teacher(x))
-                feats.append(None)
-            else:
-                out, tapped = tap(x)
-                outs.append(out)
-                feats.append(tapped[name])
-        return torch.stack(outs), feats
+        """Logits ``[K,B,C]`` and tapped features of every teacher (looped or batched)."""
+        return self.runner(x)
 
     def feature_shapes(
         self, example_input: torch.Tensor | None = None

@@ -167,3 +167,21 @@ def test_errors_training_mode_and_bad_feature_names():
     teachers[0].train()
     with pytest.raises(ModelError, match="training mode"):
         runner(X)
+
+
+def test_the_ensemble_runs_its_teachers_batched_on_request():
+    from multikd.ensemble import TeacherEnsemble
+
+    teachers = _zoo("resnet8", "resnet8", "wrn_16_1")
+    names = ["layer3", "layer2", "block2"]
+    batched = TeacherEnsemble(teachers, feature_names=names, batched=True)
+    looped = TeacherEnsemble(teachers, feature_names=names)
+    assert batched.runner.modes == [BATCHED, BATCHED, LOOP]
+    assert looped.runner.modes == [LOOP, LOOP, LOOP]
+    y = torch.tensor([1, 2, 3])
+    out, ref = batched(X, y), looped(X, y)
+    _assert_close(out.logits, ref.logits)
+    torch.testing.assert_close(out.ce, ref.ce, rtol=1e-5, atol=1e-5)
+    for got, want in zip(out.features, ref.features):
+        _assert_close(got, want)
+    assert batched.feature_shapes() == looped.feature_shapes()
