@@ -74,6 +74,7 @@ HEADER_BYTES = 4096
 DATA_MAGIC = b"MKDLOGIT"
 FILLED_MAGIC = b"MKDFILLD"
 VIEW_SCHEME = "pad4-crop32-hflip-v1"
+RUN_MULTIPLE = 16  # live teachers run on the misses padded to a multiple of this many samples
 _DTYPES = {torch.float16: np.float16, torch.float32: np.float32}
 
 
@@ -456,7 +457,10 @@ class CachedTeachers:
     (float32 logits ``[K,B,C]``, per-sample CE ``[K,B]``, no features) for ``x [B,...]``
     with labels ``y [B]`` and the samples' dataset indices and views (CPU int tensors as
     the loader yields them with ``return_index``). The live teachers run only on the
-    misses; everything else is read from the cache.
+    misses (padded with hits to a multiple of ``RUN_MULTIPLE`` samples, so that a run sees
+    at most ``B / RUN_MULTIPLE`` teacher batch shapes: on an H100 an epoch of mostly-miss
+    batches of varying size took 3.5 s against 1.1 s, cuDNN tuning every new shape);
+    everything else is read from the cache.
 
     No host-device sync per step: hit masks are computed on the CPU, host-to-device copies
     go through pinned memory, and the misses' logits are copied back asynchronously and
@@ -487,12 +491,18 @@ class CachedTeachers:
             live = self._served(self.ensemble(x, y, features=False).logits)
             self._store_later(indices, views, live)
             return EnsembleOutput.from_logits(live, y)
-        miss_cpu = (~hit).nonzero().squeeze(1)
-        miss = _to_device(miss_cpu, x.device)
-        live = self._served(self.ensemble(x[miss], y[miss], features=False).logits)
+        # the misses first, padded with hits to a multiple of RUN_MULTIPLE samples: few
+        # distinct teacher batch shapes (cuDNN benchmark mode tunes each shape once)
+        order = torch.cat([(~hit).nonzero().squeeze(1), hit.nonzero().squeeze(1)])
+        n_miss = int((~hit).sum())
+        n_run = min(len(order), -(-n_miss // RUN_MULTIPLE) * RUN_MULTIPLE)
+        run_cpu = order[:n_run]
+        run = _to_device(run_cpu, x.device)
+        live = self._served(self.ensemble(x[run], y[run], features=False).logits)
         logits = _to_device(cached, x.device)
-        logits[:, miss] = live
-        self._store_later(indices[miss_cpu], views[miss_cpu], live)
+        logits[:, run[:n_miss]] = live[:, :n_miss]
+        miss_cpu = run_cpu[:n_miss]
+        self._store_later(indices[miss_cpu], views[miss_cpu], live[:, :n_miss])
         return EnsembleOutput.from_logits(logits, y)
 
     def _served(self, live: torch.Tensor) -> torch.Tensor:

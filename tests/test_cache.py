@@ -11,6 +11,7 @@ from torch.utils.data import default_collate
 from multikd import data
 from multikd.cache import (
     HEADER_BYTES,
+    RUN_MULTIPLE,
     CachedTeachers,
     TeacherLogitCache,
     cache_key,
@@ -107,18 +108,19 @@ def test_fp32_serves_the_live_logits_exactly_and_a_repeated_epoch_runs_no_teache
         assert torch.equal(served.ce, ref.ce)
     assert live.samples == len(train) and cached.cache.hits == 0
 
-    seen = _views(train, 0)  # a batch of 8 cells seen in epoch 0 and 8 new ones, interleaved
-    cells = [(i, seen[i] if i % 2 else (seen[i] + 1) % data.NUM_VIEWS) for i in range(16)]
+    seen = _views(train, 0)  # a batch of 24 cells seen in epoch 0 and 8 new ones, mixed
+    cells = [(i, seen[i] if i % 4 else (seen[i] + 1) % data.NUM_VIEWS) for i in range(32)]
     x, y, index, view = _batch(train, cells)
     served = cached(x, y, index, view)
-    assert live.samples == len(train) + 8
+    assert cached.cache.hits == 24 and cached.cache.misses == len(train) + 8
+    assert live.samples == len(train) + RUN_MULTIPLE  # the 8 misses, padded with 8 hits
     assert torch.equal(served.logits, live.ensemble(x, y).logits)
     assert torch.equal(served.ce, live.ensemble(x, y).ce)
 
     for served, ref in _epoch(cached, train, 0):
         assert torch.equal(served.logits, ref.logits)
-    assert live.samples == len(train) + 8  # the repeated epoch ran no teacher
-    assert cached.cache.hits == 8 + len(train)
+    assert live.samples == len(train) + RUN_MULTIPLE  # the repeated epoch ran no teacher
+    assert cached.cache.hits == 24 + len(train)
 
 
 def test_fp16_is_within_rounding_and_the_same_for_hits_and_misses(tmp_path, teachers, train):
@@ -292,10 +294,10 @@ def test_budget_caches_a_prefix_of_samples_and_disables_below_one_sample(
     _epoch(cached, train, 0)
     on_disk = sum(p.stat().st_size for p in tmp_path.iterdir() if p.suffix != ".lock")
     assert on_disk <= budget
-    before = live.samples
+    hits, misses = cached.cache.hits, cached.cache.misses
     for served, ref in _epoch(cached, train, 0):
         assert torch.equal(served.logits, ref.logits)
-    assert live.samples - before == len(train) - 10
+    assert cached.cache.hits - hits == 10 and cached.cache.misses - misses == len(train) - 10
 
     with caplog.at_level(logging.WARNING, logger="multikd.cache"):
         tiny = CachedTeachers(Counting(TeacherEnsemble(teachers)),
