@@ -1,4 +1,5 @@
 import pickle
+from pathlib import Path
 import subprocess
 import sys
 
@@ -73,9 +74,9 @@ def test_missing_dataset_names_folder_and_files(tmp_path):
 def test_data_root_falls_back_to_env(monkeypatch, tmp_path):
     monkeypatch.setenv("MULTIKD_DATA", str(tmp_path))
     assert data.resolve_data_root(None) == tmp_path
-    assert data.resolve_data_root("elsewhere") == data.Path("elsewhere")
+    assert data.resolve_data_root("elsewhere") == Path("elsewhere")
     monkeypatch.delenv("MULTIKD_DATA")
-    assert data.resolve_data_root(None) == data.Path("data")
+    assert data.resolve_data_root(None) == Path("data")
 
 
 def test_truncated_file_is_a_clear_error(fake_cifar100_root, tmp_path):

@@ -1,0 +1,57 @@
+"""Datasets: CIFAR-100/CIFAR-10 from a local folder, the synthetic CIFAR-like set, loaders.
+
+Everything here works offline. CIFAR files are read from torchvision's layout under a data
+root (``--data-root``, else ``$MULTIKD_DATA``, else ``./data``); nothing is ever downloaded.
+
+- :mod:`.cifar`: the file layouts, :func:`load_cifar`, :func:`verify_checksums`;
+- :mod:`.synthetic`: :func:`make_synthetic`, a seeded CIFAR-like problem with superclasses;
+- :mod:`.writer`: :func:`write_fake_cifar`, synthetic images in the exact CIFAR file format;
+- :mod:`.views`: the crop+flip augmentation as view ids, a pure function of
+  (seed, epoch, index);
+- :mod:`.datasets`: :func:`build_datasets` (train / stratified val / test), :func:`describe`;
+- :mod:`.loaders`: :func:`build_loader`, reproducible to the bit.
+"""
+
+from multikd.data.cifar import (
+    CIFAR10_NAMES,
+    CIFAR100_COARSE_NAMES,
+    CIFAR100_FINE_BY_COARSE,
+    CIFAR100_FINE_NAMES,
+    CIFAR_LAYOUTS,
+    ChecksumReport,
+    CifarLayout,
+    cifar_layout,
+    load_cifar,
+    resolve_data_root,
+    verify_checksums,
+)
+from multikd.data.datasets import (
+    DATASETS,
+    DataSplits,
+    ImageDataset,
+    build_datasets,
+    dataset_names,
+    describe,
+    stratified_split,
+)
+from multikd.data.loaders import EpochShuffleSampler, build_loader
+from multikd.data.synthetic import SYNTHETIC_DEFAULTS, make_synthetic
+from multikd.data.views import (
+    CROP_OFFSETS,
+    IDENTITY_VIEW,
+    NUM_VIEWS,
+    PAD,
+    apply_view,
+    view_of,
+    view_params,
+)
+from multikd.data.writer import write_fake_cifar
+
+__all__ = [
+    "CIFAR10_NAMES", "CIFAR100_COARSE_NAMES", "CIFAR100_FINE_BY_COARSE", "CIFAR100_FINE_NAMES",
+    "CIFAR_LAYOUTS", "CROP_OFFSETS", "DATASETS", "IDENTITY_VIEW", "NUM_VIEWS", "PAD",
+    "SYNTHETIC_DEFAULTS", "ChecksumReport", "CifarLayout", "DataSplits", "EpochShuffleSampler",
+    "ImageDataset", "apply_view", "build_datasets", "build_loader", "cifar_layout",
+    "dataset_names", "describe", "load_cifar", "make_synthetic", "resolve_data_root",
+    "stratified_split", "verify_checksums", "view_of", "view_params", "write_fake_cifar",
+]

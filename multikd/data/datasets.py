@@ -1,0 +1,182 @@
+"""Datasets as tensors: normalized images, the augmented train split, the val split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from multikd.data.cifar import CIFAR_LAYOUTS, load_cifar, resolve_data_root
+from multikd.data.synthetic import SYNTHETIC_DEFAULTS, make_synthetic
+from multikd.data.views import IDENTITY_VIEW, apply_view, view_of
+from multikd.errors import DataError
+
+DATASETS = ("cifar100", "cifar10", "synthetic")
+
+
+def dataset_names() -> tuple[str, ...]:
+    return DATASETS
+
+
+class ImageDataset(Dataset):
+    """In-memory uint8 images [N,32,32,3] with labels; yields ``(image float32 [3,32,32],
+    label int)``, or ``(image, label, index, view)`` with ``return_index``.
+
+    ``image = (apply_view(pixels / 255, view) - mean) / std``; with ``augment`` the view is
+    ``view_of(seed, epoch, index)`` (padding is black, as torchvision's RandomCrop on PIL
+    images), otherwise the identity. The epoch lives in shared memory once
+    :meth:`share_epoch` was called, so persistent loader workers follow ``set_epoch``.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, mean, std, *,
+                 augment: bool = False, seed: int = 0, return_index: bool = False):
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.augment = augment
+        self.seed = int(seed)
+        self.return_index = return_index
+        self._epoch = torch.zeros((), dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    def share_epoch(self) -> None:
+        """Keep the epoch in shared memory (for worker processes that outlive an epoch)."""
+        self._epoch.share_memory_()
+
+    def view(self, index: int) -> int:
+        """The augmentation view of sample ``index`` this epoch (identity when not augmenting)."""
+        if not self.augment:
+            return IDENTITY_VIEW
+        return view_of(self.seed, self.epoch, index)
+
+    def __getitem__(self, index: int):
+        view = self.view(index)
+        image = self.images[index].float().div_(255)
+        if self.augment:
+            image = apply_view(image, view)
+        image = (image - self.mean) / self.std
+        label = int(self.labels[index])
+        if self.return_index:
+            return image, label, int(index), view
+        return image, label
+
+
+@dataclass
+class DataSplits:
+    """What ``build_datasets`` returns; ``val`` is None without a validation split."""
+
+    train: ImageDataset
+    val: ImageDataset | None
+    test: ImageDataset
+    num_classes: int
+    class_names: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted index arrays ``(train, val)`` with ``len(val) == val_size``.
+
+    Class ``k`` with ``n_k`` of ``n`` samples gets ``floor(n_k * val_size / n)`` val samples,
+    and the remaining ones go to the classes with the largest fractional parts; members are
+    drawn by ``numpy.random.default_rng(seed)``.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    if not 0 < val_size < n:
+        raise DataError(
+            f"val_size must be between 1 and {n - 1} (the training set has {n} images), "
+            f"got {val_size}"
+        )
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    share = counts * val_size / n
+    quota = np.floor(share).astype(int)
+    for i in np.argsort(-(share - quota), kind="stable")[: val_size - quota.sum()]:
+        quota[i] += 1
+    val = [rng.permutation(np.flatnonzero(labels == cls))[:q] for cls, q in zip(classes, quota)]
+    val_idx = np.sort(np.concatenate(val))
+    return np.setdiff1d(np.arange(n), val_idx), val_idx
+
+
+def _synthetic_arrays(options: dict | None):
+    unknown = set(options or {}) - set(SYNTHETIC_DEFAULTS)
+    if unknown:
+        raise DataError(
+            f"unknown synthetic options {sorted(unknown)}; valid: {', '.join(SYNTHETIC_DEFAULTS)}"
+        )
+    tr_x, tr_y, te_x, te_y, names, _ = make_synthetic(**{**SYNTHETIC_DEFAULTS, **(options or {})})
+    return tr_x, tr_y, te_x, te_y, names
+
+
+def build_datasets(name: str, data_root=None, val_size: int = 0, seed: int = 0,
+                   synthetic: dict | None = None, return_index: bool = False) -> DataSplits:
+    """Train (augmented, views seeded by ``seed``), optional val (``val_size`` images carved
+    from train, stratified by class, chosen by ``seed``), and the untouched test split.
+
+    ``synthetic``: options of :func:`make_synthetic` (``name="synthetic"`` only). Val and test
+    use the test transform (normalize only). The synthetic set uses CIFAR-100's constants.
+    """
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    if name == "synthetic":
+        tr_x, tr_y, te_x, te_y, names = _synthetic_arrays(synthetic)
+        mean, std = CIFAR_LAYOUTS["cifar100"].mean, CIFAR_LAYOUTS["cifar100"].std
+    else:
+        if synthetic:
+            raise DataError(f"synthetic options only apply to --dataset synthetic, not {name}")
+        tr_x, tr_y, names, _ = load_cifar(name, data_root, "train")
+        te_x, te_y, _, _ = load_cifar(name, data_root, "test")
+        mean, std = CIFAR_LAYOUTS[name].mean, CIFAR_LAYOUTS[name].std
+    val = None
+    if val_size:
+        train_idx, val_idx = stratified_split(tr_y, val_size, seed)
+        val = ImageDataset(tr_x[val_idx], tr_y[val_idx], mean, std)
+        tr_x, tr_y = tr_x[train_idx], tr_y[train_idx]
+    return DataSplits(
+        train=ImageDataset(tr_x, tr_y, mean, std, augment=True, seed=seed,
+                           return_index=return_index),
+        val=val,
+        test=ImageDataset(te_x, te_y, mean, std),
+        num_classes=len(names),
+        class_names=list(names),
+        mean=mean,
+        std=std,
+    )
+
+
+def describe(name: str, data_root=None, val_size: int = 0, synthetic: dict | None = None) -> str:
+    """Split sizes, class count and per-channel mean/std of the training images (in [0, 1])."""
+    splits = build_datasets(name, data_root=data_root, val_size=val_size, synthetic=synthetic)
+    mean = torch.zeros(3, dtype=torch.float64)
+    square = torch.zeros(3, dtype=torch.float64)
+    for chunk in splits.train.images.split(8192):
+        pixels = chunk.double().div_(255)
+        mean += pixels.sum(dim=(0, 2, 3))
+        square += pixels.square().sum(dim=(0, 2, 3))
+    count = splits.train.images[:, 0].numel()
+    mean /= count
+    std = (square / count - mean.square()).clamp(min=0).sqrt()
+    where = "" if name == "synthetic" else f" in {resolve_data_root(data_root)}"
+    sizes = f"  train {len(splits.train)}"
+    if splits.val is not None:
+        sizes += f"  val {len(splits.val)}"
+    return "\n".join([
+        f"{name}{where}",
+        sizes + f"  test {len(splits.test)}",
+        f"  classes {splits.num_classes} (first: {', '.join(splits.class_names[:5])})",
+        "  train mean " + " ".join(f"{m:.4f}" for m in mean.tolist()),
+        "  train std  " + " ".join(f"{s:.4f}" for s in std.tolist()),
+    ])

@@ -1,0 +1,112 @@
+"""Synthetic images written as CIFAR files, byte for byte in the official pickle format."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from multikd.data.cifar import (
+    CIFAR10_NAMES,
+    CIFAR100_COARSE_NAMES,
+    CIFAR100_FINE_BY_COARSE,
+    CIFAR100_FINE_NAMES,
+    cifar_layout,
+)
+from multikd.data.synthetic import make_synthetic
+from multikd.errors import DataError
+
+
+def _atomic_pickle(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump(obj, fh, protocol=2)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _cifar_batch(images: np.ndarray, labels: np.ndarray, label_key: bytes, batch_label: str,
+                 offset: int, coarse: np.ndarray | None = None) -> dict:
+    """One batch dict: ``data`` uint8 [N, 3072] = the NHWC images made channel-planar."""
+    batch = {
+        b"batch_label": batch_label.encode(),
+        label_key: [int(v) for v in labels],
+        b"data": np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), 3072)),
+        b"filenames": [f"synthetic_{offset + i:06d}.png".encode() for i in range(len(images))],
+    }
+    if coarse is not None:
+        batch[b"coarse_labels"] = [int(v) for v in coarse]
+    return batch
+
+
+def _cifar100_maps() -> tuple[np.ndarray, np.ndarray]:
+    """(fine label of synthetic class c, coarse label of each fine label): synthetic class c
+    lies in superclass c % 20 and becomes the (c // 20)-th fine class of that CIFAR-100
+    superclass, so fine and coarse labels agree with CIFAR-100's grouping."""
+    fine_index = {name: i for i, name in enumerate(CIFAR100_FINE_NAMES)}
+    to_fine = np.array([
+        fine_index[CIFAR100_FINE_BY_COARSE[c % 20].split()[c // 20]] for c in range(100)
+    ])
+    coarse_of_fine = np.zeros(100, dtype=np.int64)
+    for s, group in enumerate(CIFAR100_FINE_BY_COARSE):
+        for name in group.split():
+            coarse_of_fine[fine_index[name]] = s
+    return to_fine, coarse_of_fine
+
+
+def write_fake_cifar(out, dataset: str = "cifar100", train: int = 5000, test: int = 1000,
+                     seed: int = 0) -> Path:
+    """Write synthetic images in the exact pickle format of ``dataset``; returns its folder.
+
+    CIFAR-100 (``out/cifar-100-python``): ``train``/``test`` dicts with ``data`` (uint8
+    [N,3072], channel-planar R, G, B, each row-major), ``fine_labels``, ``coarse_labels``,
+    ``filenames``, ``batch_label``, and ``meta`` with the real ``fine_label_names`` and
+    ``coarse_label_names`` (100 synthetic classes in 20 superclasses, mapped onto CIFAR-100's
+    own grouping). CIFAR-10 (``out/cifar-10-batches-py``): ``data_batch_1..5`` and
+    ``test_batch`` with ``labels``, and ``batches.meta`` with ``label_names`` (10 synthetic
+    classes in 2 superclasses). Keys are byte strings, as in the originals read with
+    ``encoding="bytes"``. Every file is written atomically.
+    """
+    lay = cifar_layout(dataset)
+    if train < len(lay.train_files) or test < 1:
+        raise DataError(f"{dataset} look-alike files need at least {len(lay.train_files)} "
+                        f"train and 1 test image, got train={train}, test={test}")
+    folder = Path(out) / lay.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    if dataset == "cifar100":
+        tr_x, tr_y, te_x, te_y, _, _ = make_synthetic(100, 20, train, test, seed)
+        to_fine, coarse_of_fine = _cifar100_maps()
+        for split, x, y in (("train", tr_x, tr_y), ("test", te_x, te_y)):
+            fine = to_fine[y]
+            batch = _cifar_batch(x, fine, lay.label_key, f"{split}ing batch 1 of 1", 0,
+                                 coarse_of_fine[fine])
+            _atomic_pickle(batch, folder / split)
+        meta = {
+            b"fine_label_names": [n.encode() for n in CIFAR100_FINE_NAMES],
+            b"coarse_label_names": [n.encode() for n in CIFAR100_COARSE_NAMES],
+        }
+    else:
+        tr_x, tr_y, te_x, te_y, _, _ = make_synthetic(10, 2, train, test, seed)
+        chunks = np.array_split(np.arange(train), len(lay.train_files))
+        for i, (fname, idx) in enumerate(zip(lay.train_files, chunks)):
+            batch = _cifar_batch(tr_x[idx], tr_y[idx], lay.label_key,
+                                 f"training batch {i + 1} of 5", int(idx[0]))
+            _atomic_pickle(batch, folder / fname)
+        _atomic_pickle(
+            _cifar_batch(te_x, te_y, lay.label_key, "testing batch 1 of 1", 0),
+            folder / "test_batch",
+        )
+        meta = {
+            b"label_names": [n.encode() for n in CIFAR10_NAMES],
+            b"num_cases_per_batch": len(chunks[0]),
+            b"num_vis": 3072,
+        }
+    _atomic_pickle(meta, folder / lay.meta_file)
+    return folder
