@@ -68,6 +68,10 @@ def _add_data(sub) -> None:
     p.add_argument("--dataset", default="cifar100", help="cifar100, cifar10 or synthetic")
     _add_data_root(p)
     p.add_argument("--val-size", type=int, default=0, help="validation images carved from train")
+    p.add_argument(
+        "--synthetic", dest="synthetic", action="append", default=[], metavar="KEY=VALUE",
+        help="synthetic dataset option, e.g. num_classes=20 (repeatable)",
+    )
     p.set_defaults(func=_cmd_data_info)
 
     p = dsub.add_parser("verify", help="compare the files with the official md5 checksums")
@@ -88,8 +92,12 @@ def _add_data(sub) -> None:
 
 def _cmd_data_info(args) -> int:
     from multikd import data
+    from multikd.config import parse_assignment, parse_value
 
-    print(data.describe(args.dataset, data_root=args.data_root, val_size=args.val_size))
+    synthetic = dict(parse_assignment(text) for text in args.synthetic)
+    synthetic = {key: parse_value(value) for key, value in synthetic.items()}
+    print(data.describe(args.dataset, data_root=args.data_root, val_size=args.val_size,
+                        synthetic=synthetic or None))
     return 0
 
 
