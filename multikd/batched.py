@@ -17,6 +17,8 @@ resnet56 0.49-0.88 (bf16, batch 256: 1.22). Peak activation memory is about 3x t
 0.70. cuDNN's grouped convolutions are slower than its dense ones for most of these
 shapes, so batching pays only for small batches of wide teachers: it is opt-in
 (``batched=True``), and ``multikd.ensemble.TeacherEnsemble`` defaults to the loop.
+On CUDA, vmap cannot run channels_last convolutions (torch 2.11: "NYI: querying
+is_contiguous inside of vmap"): the check then falls back to the loop, with that reason.
 
 Fallback. At construction each group of two or more is checked once on a dummy input: the
 batched pass must run and agree with the plain loop (max |batched - loop| <= tol * max

@@ -43,7 +43,15 @@ stored, misses from the live teachers rounded through the storage dtype. With fl
 storage the result equals the live logits bit for bit; with float16 it equals them within
 fp16 rounding (relative 2^-11), and it is the same whether a cell was a hit or a miss, so
 a run does not depend on how warm its cache was. Logits that overflow float16 are served
-live and never stored.
+live and never stored. "Exact" means: exactly what the live teachers produced when the
+cell was stored. On a GPU the teachers' own logits for one sample vary in the last bits
+with the batch it is computed in (cuDNN picks algorithms per shape, TF32), so a miss run
+on a sub-batch can differ that much from the same sample in a full batch; on the CPU the
+tests see bit-equal results.
+
+Measured on an H100 (teacher pass only, 3 resnet32x4, 32 batches of 128, fp16 cache):
+live 0.454 s per epoch, warm cache 0.095 s (4.8x), cold (filling) 0.719 s, a new epoch
+with a few hits 0.562 s; no host-device sync flagged by CUDA sync debug mode.
 """
 
 from __future__ import annotations
