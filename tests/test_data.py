@@ -248,3 +248,180 @@ def test_loader_rejects_batch_larger_than_data():
         data.build_loader(splits.train, 201, train=True)
     eval_loader = data.build_loader(splits.test, 256, train=False)
     assert [len(y) for _, y in eval_loader] == [50] and not eval_loader.pin_memory
+
+
+# ----------------------------------------------------------------- file facts and damage
+def test_md5_and_archives_are_torchvisions():
+    import torchvision.datasets as tvd
+
+    for name, cls in (("cifar100", tvd.CIFAR100), ("cifar10", tvd.CIFAR10)):
+        lay = data.CIFAR_LAYOUTS[name]
+        official = dict(cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]])
+        assert lay.md5 == official and lay.folder == cls.base_folder
+        assert (lay.url, lay.archive_md5) == (cls.url, cls.tgz_md5)
+    assert data.CIFAR_LAYOUTS["cifar10"].mean == (0.4914, 0.4822, 0.4465)
+    assert data.CIFAR_LAYOUTS["cifar10"].std == (0.2470, 0.2435, 0.2616)
+    assert len(set(data.CIFAR100_FINE_NAMES)) == 100 and len(data.CIFAR10_NAMES) == 10
+
+
+def _copy_cifar10(root, tmp_path):
+    """A writable copy of the fake CIFAR-10 folder under ``tmp_path``."""
+    dst = tmp_path / "cifar-10-batches-py"
+    dst.mkdir()
+    for path in (root / "cifar-10-batches-py").iterdir():
+        (dst / path.name).write_bytes(path.read_bytes())
+    return dst
+
+
+def test_verify_reports_match_missing_and_difference(fake_cifar10_root, tmp_path, monkeypatch):
+    import dataclasses
+    import hashlib
+
+    folder = _copy_cifar10(fake_cifar10_root, tmp_path)
+    lay = data.CIFAR_LAYOUTS["cifar10"]
+    found = {f: hashlib.md5((folder / f).read_bytes()).hexdigest() for f in lay.md5}
+    monkeypatch.setitem(data.CIFAR_LAYOUTS, "cifar10", dataclasses.replace(lay, md5=found))
+    assert data.verify_checksums("cifar10", tmp_path).all_match
+    (folder / "data_batch_2").unlink()
+    report = data.verify_checksums("cifar10", tmp_path)
+    assert not report.all_match
+    assert [r[0] for r in report.rows if r[2] is None] == ["data_batch_2"]
+    assert "MISSING" in report.text()
+    with pytest.raises(MissingDatasetError, match="cifar-10-python.tar.gz"):
+        data.load_cifar("cifar10", tmp_path, "train")
+
+
+def test_missing_message_says_where_to_get_the_archive(tmp_path):
+    with pytest.raises(MissingDatasetError) as err:
+        data.load_cifar("cifar100", tmp_path, "test")
+    msg = str(err.value)
+    assert "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz" in msg
+    assert "test, meta" in msg and "train" not in msg.split("holds")[0]
+
+
+@pytest.mark.parametrize("cut", [0, 1, 40, 0.3, 0.999])
+def test_any_truncation_is_a_corrupt_dataset_error(fake_cifar10_root, tmp_path, cut):
+    folder = _copy_cifar10(fake_cifar10_root, tmp_path)
+    full = (folder / "test_batch").read_bytes()
+    size = cut if isinstance(cut, int) else int(len(full) * cut)
+    (folder / "test_batch").write_bytes(full[:size])
+    with pytest.raises(CorruptDatasetError, match="test_batch"):
+        data.load_cifar("cifar10", tmp_path, "test")
+
+
+def _write_cifar10_test(tmp_path, fake_cifar10_root, batch):
+    folder = _copy_cifar10(fake_cifar10_root, tmp_path)
+    with open(folder / "test_batch", "wb") as fh:
+        pickle.dump(batch, fh, protocol=2)
+    return folder
+
+
+class _Boom:
+    def __reduce__(self):
+        return (exec, ("raise SystemExit('unpickling ran code')",))
+
+
+@pytest.mark.parametrize("batch, message", [
+    ({b"data": np.zeros((4, 3072), np.float32), b"labels": [0] * 4}, "uint8"),
+    ({b"data": np.zeros((4, 3000), np.uint8), b"labels": [0] * 4}, r"\[4, 3000\]"),
+    ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0] * 3}, "labels"),
+    ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 10]}, "outside 0..9"),
+    ({b"labels": [0] * 4}, "lacks the key 'data'"),
+    ([1, 2, 3], "not a CIFAR dict"),
+    ({b"data": _Boom()}, "asks to build __builtin__.exec"),
+])
+def test_malformed_files_are_named(tmp_path, fake_cifar10_root, batch, message):
+    _write_cifar10_test(tmp_path, fake_cifar10_root, batch)
+    with pytest.raises(CorruptDatasetError, match=message) as err:
+        data.load_cifar("cifar10", tmp_path, "test")
+    assert "test_batch" in str(err.value)
+
+
+def test_numpy1_pickles_load_without_warnings(fake_cifar10_root, tmp_path):
+    """Files written by numpy 1 / Python 2 (the originals) name numpy.core.multiarray."""
+    import warnings
+
+    folder = _copy_cifar10(fake_cifar10_root, tmp_path)
+    raw = (folder / "test_batch").read_bytes()
+    assert b"numpy._core.multiarray" in raw
+    raw = raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    (folder / "test_batch").write_bytes(raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        old = data.load_cifar("cifar10", tmp_path, "test")
+    new = data.load_cifar("cifar10", fake_cifar10_root, "test")
+    assert np.array_equal(old[0], new[0]) and np.array_equal(old[1], new[1])
+
+
+def test_describe_statistics(tmp_path):
+    options = {**SMALL, "train_size": 100}
+    text = data.describe("synthetic", synthetic=options, val_size=20)
+    tr_x = data.build_datasets("synthetic", synthetic=options, val_size=20).train.images
+    pixels = tr_x.double() / 255
+    mean = pixels.mean(dim=(0, 2, 3))
+    std = pixels.permute(1, 0, 2, 3).reshape(3, -1).std(dim=1, unbiased=False)
+    assert "train 80  val 20  test 50" in text and "classes 10" in text
+    assert "train mean " + " ".join(f"{m:.4f}" for m in mean.tolist()) in text
+    assert "train std  " + " ".join(f"{s:.4f}" for s in std.tolist()) in text
+
+
+def test_cli_info_synthetic_options(capsys):
+    args = ["data", "info", "--dataset", "synthetic"] + [
+        x for k, v in SMALL.items() for x in ("--synthetic", f"{k}={v}")]
+    assert main(args) == 0
+    assert "train 200  test 50" in capsys.readouterr().out
+    assert main(["data", "info", "--dataset", "synthetic", "--synthetic", "colours=3"]) == 2
+    assert "unknown synthetic options ['colours']" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- synthetic internals
+def test_synthetic_output_does_not_depend_on_the_generation_chunk(monkeypatch):
+    from multikd.data import synthetic
+
+    whole = data.make_synthetic(**SMALL)
+    monkeypatch.setattr(synthetic, "_CHUNK", 7)
+    chunked = data.make_synthetic(**SMALL)
+    assert all(np.array_equal(u, v) for u, v in zip(whole[:4], chunked[:4]))
+
+
+def test_shifted_is_a_cyclic_roll():
+    from multikd.data.synthetic import _shifted
+
+    images = torch.randn(3, 3, 32, 32)
+    shifts = torch.tensor([[0, 0], [2, -5], [-1, 4]])
+    out = _shifted(images, shifts)
+    for i, (dy, dx) in enumerate(shifts.tolist()):
+        assert torch.equal(out[i], torch.roll(images[i], shifts=(dy, dx), dims=(1, 2)))
+
+
+# ----------------------------------------------------------------- views and workers
+def test_view_ids_are_pinned():
+    """Teacher caches key on (index, view): the view scheme must never drift."""
+    assert [data.view_of(0, 0, i) for i in range(4)] == [10, 72, 72, 93]
+    assert data.view_of(7, 3, 12345) == 120
+    assert data.view_params(data.IDENTITY_VIEW) == (4, 4, False)
+    with pytest.raises(ValueError):
+        data.view_params(data.NUM_VIEWS)
+
+
+def test_persistent_workers_follow_set_epoch_and_leave_global_rng_alone():
+    splits = data.build_datasets("synthetic", synthetic=SMALL, seed=2, return_index=True)
+
+    def run(workers):
+        loader = data.build_loader(splits.train, 50, train=True, seed=2, workers=workers)
+        rng = torch.get_rng_state()
+        out = []
+        for epoch in (0, 1, 2):
+            loader.sampler.set_epoch(epoch)
+            out.append([batch for batch in loader])
+        assert torch.equal(rng, torch.get_rng_state())
+        return out, loader
+
+    inline, _ = run(0)
+    forked, loader = run(1)
+    assert loader.persistent_workers
+    for a, b in zip(inline, forked):
+        for (xa, ya, ia, va), (xb, yb, ib, vb) in zip(a, b):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+            assert torch.equal(ia, ib) and torch.equal(va, vb)
+    assert not torch.equal(inline[0][0][3], inline[1][0][3])

@@ -169,18 +169,15 @@ _SAFE_GLOBALS = {
 }
 
 
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    """The pickle asks for an object no CIFAR file contains."""
+
+
 class _CifarUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in _SAFE_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to build {module}.{name}")
-        if module == "numpy.core.multiarray":
-            module = _numpy_core_module()
+            raise _ForbiddenGlobal(f"{module}.{name}")
         return super().find_class(module, name)
-
-
-def _numpy_core_module() -> str:
-    """``numpy._core.multiarray`` on numpy 2 (``numpy.core`` is a deprecated alias there)."""
-    return "numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray"
 
 
 def read_pickle(path: Path) -> dict:
@@ -190,6 +187,11 @@ def read_pickle(path: Path) -> dict:
             obj = _CifarUnpickler(fh, encoding="bytes").load()
     except OSError as err:
         raise DataError(f"cannot read {path}: {err}") from None
+    except _ForbiddenGlobal as err:
+        raise CorruptDatasetError(
+            f"{path} is not a CIFAR file: it asks to build {err}, which CIFAR pickles never "
+            "contain; refusing to unpickle it"
+        ) from None
     except Exception as err:  # noqa: BLE001 - a damaged pickle can fail in any way
         raise CorruptDatasetError(
             f"{path} is truncated or not a CIFAR pickle ({type(err).__name__}: {err}); "
