@@ -11,10 +11,8 @@ Lockstep is an optimization and a fairness guarantee, never a different experime
 member is set up by the engine exactly as a separate ``train-teacher``/``distill`` run
 (same seeding, same construction order), writes its own run directory in the standard
 layout, and owns its global RNG streams — they are swapped in around each of its steps and
-checkpoints, so sharing never consumes a member's random numbers differently (each epoch
-every member also makes the one global draw that creating its own loader's iterator makes;
-with ``data.workers > 0`` only the lead member does, to avoid starting idle worker
-processes — nothing in training reads that draw). On CPU every
+checkpoints, so sharing never consumes a member's random numbers differently (the data
+loaders draw from their own seeded generators, never from the global ones). On CPU every
 member's metrics equal those of the separate run (only the time columns differ: in
 lockstep ``epoch_time_s``/``images_per_s`` are those of the whole group).
 
@@ -115,8 +113,6 @@ def train_lockstep(configs: list[RunConfig]) -> list[str]:
         shared_acc = teacher_acc if distills else None
         run = engine.prepare_run(cfg, resuming=resuming, splits=splits, teacher_acc=shared_acc)
         splits = run.splits
-        if shared_acc is not None and run.start_epoch == 1:
-            iter(run.eval_loaders["test"])  # the global draw of the skipped teacher evaluation
         if distills and teacher_acc is None:
             teacher_acc = run.teacher_acc
         members.append(_Member(run))
@@ -157,8 +153,6 @@ def _train_together(members: list[_Member], start: int) -> None:
                 m.run.begin_epoch(epoch)
                 if m is members[0]:
                     batches = iter(loader)
-                elif cfg.data.workers == 0:
-                    iter(m.run.train_loader)  # the global draw a DataLoader iterator makes
         bar = tqdm(total=len(loader), desc=f"lockstep epoch {epoch}/{cfg.optim.epochs}",
                    disable=not show_bar, leave=False, dynamic_ncols=True)
         with bar:
