@@ -34,7 +34,9 @@ class Learner:
 
 
 def build_data(cfg: RunConfig, seed: int):
-    """The data splits of ``cfg.data`` (``multikd.data.DataSplits``)."""
+    """The data splits of ``cfg.data`` (``multikd.data.DataSplits``); with
+    ``runtime.teacher_cache`` the training split yields ``(image, label, index, view)``, the
+    cache's key of each sample."""
     from multikd import data
 
     d = cfg.data
@@ -49,6 +51,7 @@ def build_data(cfg: RunConfig, seed: int):
         val_size=d.val_size,
         seed=seed,
         synthetic=(d.synthetic or None) if d.dataset == "synthetic" else None,
+        return_index=bool(cfg.runtime.teacher_cache),
     )
 
 
@@ -74,7 +77,7 @@ def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
     loss = cfg.loss
     distiller = MultiTeacherDistiller(
         model,
-        TeacherEnsemble(teachers, names=names),
+        TeacherEnsemble(teachers, names=names, batched=cfg.runtime.batched_teachers),
         strategy,
         alpha=loss.alpha,
         beta=loss.beta,
@@ -87,6 +90,31 @@ def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
         adapter_relu=loss.adapter_relu,
     )
     return Learner(distiller, model, distiller.ensemble, strategy, tuple(names))
+
+
+def build_teacher_cache(cfg: RunConfig, ensemble, train_set, device: torch.device):
+    """``CachedTeachers`` over ``ensemble`` for the training split when ``cfg`` turns the
+    teacher cache on (distillation only), else None.
+
+    The tables are keyed by the teachers' weights, the training images and everything of the
+    runtime that changes the teachers' outputs in the last bits (device type, AMP,
+    channels_last, batched teachers), so a cache filled under one setting is never served
+    under another. ``teacher_cache_budget`` 0 means no size limit.
+    """
+    rt = cfg.runtime
+    if not rt.teacher_cache or ensemble is None:
+        return None
+    from multikd.cache import CachedTeachers, TeacherLogitCache
+
+    compute = (f"device={device.type}|amp={rt.amp}|channels_last={rt.channels_last}"
+               f"|batched={rt.batched_teachers}")
+    cache = TeacherLogitCache.for_teachers(
+        rt.teacher_cache, ensemble.teachers, train_set, cfg.data.dataset, ensemble.num_classes,
+        dtype=getattr(torch, rt.teacher_cache_dtype),
+        budget=rt.teacher_cache_budget or None,
+        compute=compute,
+    )
+    return CachedTeachers(ensemble, cache)
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:

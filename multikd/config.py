@@ -119,6 +119,16 @@ class RuntimeConfig:
     compile: bool = _doc(False, "torch.compile the models")
     seed: int = _doc(0, "seed of initialization, data order and augmentation")
     deterministic: bool = _doc(False, "deterministic algorithms (slower on CUDA)")
+    teacher_cache: str = _doc(
+        "", "directory of the teacher-logit cache for logit-only distillation ('': off)"
+    )
+    teacher_cache_dtype: str = _choice(
+        "float16", ("float16", "float32"), "teacher-cache storage (float32: bit-exact logits)"
+    )
+    teacher_cache_budget: int = _doc(
+        4 * 2**30, "bytes the teacher cache may hold on disk (0: unlimited)"
+    )
+    batched_teachers: bool = _doc(False, "run same-architecture teachers as one vmapped forward")
 
 
 @dataclass
@@ -436,6 +446,18 @@ def _validate(cfg: RunConfig) -> None:
             f"teachers are only used by distill; a {cfg.kind} run trains one model alone "
             "(remove the teachers or use `multikd distill`)"
         )
+    rt = cfg.runtime
+    if rt.teacher_cache_budget < 0:
+        raise ConfigError(
+            f"runtime.teacher_cache_budget must be >= 0 bytes (0: unlimited), got "
+            f"{rt.teacher_cache_budget}"
+        )
+    if rt.teacher_cache and cfg.kind == "distill" and cfg.loss.gamma > 0:
+        raise ConfigError(
+            f"runtime.teacher_cache caches teacher logits only, but loss.gamma is "
+            f"{cfg.loss.gamma} (the feature loss needs the teachers' features every step); "
+            "set --gamma 0 or leave runtime.teacher_cache empty"
+        )
     feats = cfg.loss.teacher_features
     if feats is not None and len(feats) != len(cfg.teachers):
         raise ConfigError(
@@ -478,10 +500,23 @@ def to_yaml(config: RunConfig) -> str:
 def config_hash(config: RunConfig) -> str:
     """12 hex digits identifying the experiment: every key except where the run reads,
     writes and runs (the ``output`` section, ``data.data_root``, ``data.workers``,
-    ``runtime.device``), so a run resumed on another device keeps its hash."""
+    ``runtime.device``, the teacher cache's folder and budget), so a run resumed on another
+    device or with another cache folder keeps its hash.
+
+    The performance switches added later count only when they can change the numbers and
+    are not at their defaults (``runtime.teacher_cache_dtype`` while a cache is on,
+    ``runtime.batched_teachers`` when true), so runs made before they existed keep their
+    hashes."""
     data = config.to_dict()
     data.pop("output")
-    for section, key in (("data", "data_root"), ("data", "workers"), ("runtime", "device")):
+    skipped = (("data", "data_root"), ("data", "workers"), ("runtime", "device"),
+               ("runtime", "teacher_cache"), ("runtime", "teacher_cache_budget"))
+    runtime = data["runtime"]
+    if not runtime["teacher_cache"]:
+        runtime.pop("teacher_cache_dtype")
+    if not runtime["batched_teachers"]:
+        runtime.pop("batched_teachers")
+    for section, key in skipped:
         data[section].pop(key)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]

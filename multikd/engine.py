@@ -6,11 +6,13 @@ continues one from its last checkpoint. Both return the run's summary (also writ
 
 1. ``train.set_epoch(e)`` and ``sampler.set_epoch(e)``: the data layer makes the order and the
    augmented views pure functions of (seed, epoch, index);
-2. every step: ``losses = learner(x, y)[1]``, SGD on ``losses["total"]``, scheduler step. Loss
+2. every step: ``losses = learner(x, y)[1]``, SGD on ``losses["total"]``, scheduler step
+   (with ``runtime.teacher_cache`` the teachers' logits come from the cache, keyed by each
+   sample's index and view, and the live teachers run on the misses only). Loss
    parts, accuracy and the per-teacher diagnostics are summed on the device; the host reads
    them (one sync) only every ``output.log_interval`` steps and at the epoch's end, which is
    also when a non-finite loss is detected (with the step where it first appeared);
-3. evaluation of the trained model on val (if any) and test;
+3. evaluation of the trained model on val (if any) and test; the teacher cache is flushed;
 4. rank 0 writes ``checkpoint.pt`` (everything needed to continue: model, adapters,
    optimizer, scheduler, scaler, strategy state, RNG states, metrics so far) and then
    ``metrics.csv``, both atomically.
@@ -34,7 +36,7 @@ from tqdm import tqdm
 
 import multikd
 from multikd import distributed as ddp
-from multikd.build import Learner, build_data, build_learner, pick_device
+from multikd.build import Learner, build_data, build_learner, build_teacher_cache, pick_device
 from multikd.config import RunConfig, config_hash, resolve
 from multikd.errors import CheckpointError, ConfigError
 from multikd.meters import EpochMeter
@@ -76,6 +78,7 @@ def _execute(cfg: RunConfig, resuming: bool, overwrite: bool) -> dict:
     try:
         run = prepare_run(cfg, resuming=resuming, overwrite=overwrite)
         show_bar = run.env.is_main and not cfg.output.quiet and sys.stderr.isatty()
+        run.open_teacher_cache()
         for epoch in range(run.start_epoch, cfg.optim.epochs + 1):
             t0 = time.perf_counter()
             run.splits.train.set_epoch(epoch)
@@ -84,9 +87,10 @@ def _execute(cfg: RunConfig, resuming: bool, overwrite: bool) -> dict:
             bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch}/{cfg.optim.epochs}",
                        disable=not show_bar, leave=False, dynamic_ncols=True)
             with bar:
-                for step, (x, y) in enumerate(run.train_loader):
-                    x, y = to_device(x, y, run.device, cfg.runtime.channels_last)
-                    running = run.train_step(step, x, y)
+                for step, batch in enumerate(run.train_loader):
+                    x, y = to_device(batch[0], batch[1], run.device, cfg.runtime.channels_last)
+                    teacher_out = run.cached_teacher_pass(x, y, batch)
+                    running = run.train_step(step, x, y, teacher_out)
                     if running is not None and show_bar:
                         bar.update(step + 1 - bar.n)
                         bar.set_postfix(
@@ -213,6 +217,8 @@ class TrainingRun:
         self._place_models()
         self._build_loaders()
         self._build_optimizer()
+        self.teacher_cache = None
+        self._cache_counts = (0, 0)
         state = None
         if resuming and self.run.has_checkpoint():
             state = self.run.load_checkpoint()  # on the CPU: RNG states must stay there
@@ -380,9 +386,48 @@ class TrainingRun:
         self.start_epoch = state["epoch"] + 1
         log.info("resuming %s after epoch %d", self.run.path, state["epoch"])
 
+    # ------------------------------------------------------------------ teacher cache
+    def open_teacher_cache(self, shared=None):
+        """Open the run's teacher cache (``runtime.teacher_cache``; distillation without
+        features) once, or adopt ``shared``, a ``CachedTeachers`` another run of a lockstep
+        group opened over the same teachers. Returns it (None when the run uses none)."""
+        if shared is not None:
+            self.teacher_cache = shared
+        elif self.teacher_cache is None:
+            self.teacher_cache = build_teacher_cache(
+                self.cfg, self.parts.ensemble, self.splits.train, self.device
+            )
+        return self.teacher_cache
+
+    def cached_teacher_pass(self, x: torch.Tensor, y: torch.Tensor, batch):
+        """The teachers' ``EnsembleOutput`` for a batch already on the device, served by the
+        teacher cache from the loader's ``batch = (images, labels, indices, views)``, under
+        the autocast of :meth:`train_step`; None when the run has no cache (the learner
+        then runs its teachers itself)."""
+        if self.teacher_cache is None:
+            return None
+        if len(batch) != 4:
+            raise ConfigError(
+                "the teacher cache needs each training sample's index and view: build the data "
+                "with runtime.teacher_cache set (multikd.build.build_data)"
+            )
+        with autocast(self.device, self.cfg.runtime.amp):
+            return self.teacher_cache(x, y, batch[2], batch[3])
+
+    def _cache_hit_rate(self) -> dict:
+        """``teacher_cache_hit_rate`` of the samples looked up since :meth:`begin_epoch`."""
+        if self.teacher_cache is None:
+            return {}
+        cache = self.teacher_cache.cache
+        hits = cache.hits - self._cache_counts[0]
+        looked_up = hits + cache.misses - self._cache_counts[1]
+        return {"teacher_cache_hit_rate": hits / looked_up if looked_up else 0.0}
+
     # ------------------------------------------------------------------ epochs
     def begin_epoch(self, epoch: int) -> None:
         """Train mode and fresh meters (the caller has set the data's epoch)."""
+        if self.teacher_cache is not None:
+            self._cache_counts = (self.teacher_cache.cache.hits, self.teacher_cache.cache.misses)
         self.train_module.train()
         self.meter = EpochMeter(self.device, self.env, epoch, self.run.path)
         self.epoch_lr = self.optimizer.param_groups[0]["lr"]
@@ -417,6 +462,9 @@ class TrainingRun:
         row["train_acc"] = train["train_acc"]
         row.update(evaluated)
         row.update((k, v) for k, v in train.items() if k not in row)
+        row.update(self._cache_hit_rate())
+        if self.teacher_cache is not None:
+            self.teacher_cache.flush()
         row["epoch_time_s"] = train_time + time.perf_counter() - t0
         row["images_per_s"] = len(self.splits.train) / train_time
         self.elapsed += row["epoch_time_s"]
