@@ -270,8 +270,14 @@ def _strategy_base(row) -> str:
     return str(label if isinstance(label, str) and label else row.get("strategy"))
 
 
-def _params_key(params) -> str:
-    return json.dumps(params if isinstance(params, dict) else {}, sort_keys=True)
+def _params_key(params, run_seed=None) -> str:
+    """Canonical text of a run's strategy parameters. A ``seed`` parameter equal to the run's
+    own seed is the engine's default (each seed draws its own stream), not a different
+    experiment, so it is left out and such runs share one column across seeds."""
+    params = dict(params) if isinstance(params, dict) else {}
+    if run_seed is not None and params.get("seed") == run_seed:
+        del params["seed"]
+    return json.dumps(params, sort_keys=True)
 
 
 def method_labels(runs: pd.DataFrame) -> pd.Series:
@@ -283,7 +289,11 @@ def method_labels(runs: pd.DataFrame) -> pd.Series:
     """
     bases = runs.apply(_strategy_base, axis=1)
     no_params = pd.Series([None] * len(runs), index=runs.index)
-    params = runs.get("strategy_params", no_params).map(_params_key)
+    seeds = runs.get("seed", no_params)
+    params = pd.Series(
+        [_params_key(p, s) for p, s in zip(runs.get("strategy_params", no_params), seeds)],
+        index=runs.index,
+    )
     distill = runs["kind"] == "distill"
     ambiguous = {
         b for b in set(bases[distill]) if params[distill & (bases == b)].nunique() > 1
@@ -294,8 +304,8 @@ def method_labels(runs: pd.DataFrame) -> pd.Series:
             labels.append(ALONE)
             continue
         base = bases[i]
-        if base in ambiguous:
-            shown = ",".join(f"{k}={v}" for k, v in json.loads(params[i]).items())
+        shown = ",".join(f"{k}={v}" for k, v in json.loads(params[i]).items())
+        if base in ambiguous and shown:
             base = f"{base} [{shown}]"
         labels.append(base + (FEAT_SUFFIX if runs.at[i, "features"] else ""))
     return pd.Series(labels, index=runs.index)

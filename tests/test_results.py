@@ -319,3 +319,19 @@ def test_minimal_summaries_from_the_format_note(tmp_path):
     assert row[("uniform +feat", "std")] == pytest.approx(math.sqrt(8.0))
     assert row[("wrn_40_2 (teacher)", "mean")] == 75.5
     assert r"vgg8 $\leftarrow$ vgg13+wrn\_40\_2" in format_table(table, "tex")
+
+
+def test_random_strategy_seeded_by_its_run_shares_one_column(tmp_path):
+    """The engine gives `random` the run's seed; that is one experiment over seeds, while an
+    explicitly different seed parameter is a different experiment."""
+    for seed in (0, 1):
+        summary = _summary("distill", "random", False, seed, (40.0 + 2 * seed, 45.0, None))
+        summary["strategy_params"] = {"seed": seed}
+        _write_run(tmp_path / f"r{seed}", summary)
+    table = load_table(tmp_path)
+    assert table.iloc[0][("random", "mean")] == 41.0 and table.iloc[0][("random", "n")] == 2
+    fixed = _summary("distill", "random", False, 2, (50.0, 50.0, None))
+    fixed["strategy_params"] = {"seed": 7}
+    _write_run(tmp_path / "r_fixed", fixed)
+    methods = set(load_table(tmp_path).columns.get_level_values(0))
+    assert {"random", "random [seed=7]"} <= methods
