@@ -53,7 +53,7 @@ class BenchReport:
     wall_time_s: float = 0.0
 
     def text(self) -> str:
-        lines = [f"teachers (test accuracy, verified from their checkpoints):"]
+        lines = ["teachers (test accuracy, verified from their checkpoints):"]
         for tid, rec in self.teachers.items():
             acc, source = rec["test_acc"], rec["source"]
             lines.append(f"  {tid:<16} {rec['arch']:<14} {acc:6.2f}%  ({source})")

@@ -73,6 +73,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from multikd.atomic import atomic_write_bytes
 from multikd.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -157,20 +158,6 @@ def _read_header(path: Path, magic: bytes) -> tuple[dict | None, int]:
     except (OSError, ValueError):
         return None, 0
     return (meta, len(magic) + 4 + length) if isinstance(meta, dict) else (None, 0)
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class _Table:
@@ -275,7 +262,7 @@ class _Table:
             meta = {"format": FORMAT, "key": self.key, "instance": self.instance,
                     "rows": self.shape[0], "views": self.shape[1], "crc32": zlib.crc32(packed),
                     "count": int(self.filled.sum())}
-            _atomic_write(self.filled_path, _pack_header(FILLED_MAGIC, meta) + packed)
+            atomic_write_bytes(self.filled_path, _pack_header(FILLED_MAGIC, meta) + packed)
         self.dirty = False
 
 

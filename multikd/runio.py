@@ -17,12 +17,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from multikd.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 from multikd.config import RunConfig, load_config, to_yaml
 from multikd.errors import CheckpointError, TrainingError
 
@@ -31,26 +30,6 @@ METRICS = "metrics.csv"
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 RUN_FILES = (CONFIG, METRICS, CHECKPOINT, SUMMARY)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def metrics_csv_text(rows: list[dict]) -> str:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from multikd.atomic import atomic_open
 from multikd.data.cifar import (
     CIFAR10_NAMES,
     CIFAR100_COARSE_NAMES,
@@ -21,15 +20,8 @@ from multikd.errors import DataError
 
 
 def _atomic_pickle(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(obj, fh, protocol=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as handle:
+        pickle.dump(obj, handle, protocol=2)
 
 
 def _cifar_batch(images: np.ndarray, labels: np.ndarray, label_key: bytes, batch_label: str,

@@ -26,7 +26,6 @@ import functools
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from multikd.atomic import atomic_open
 from multikd.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -125,17 +125,8 @@ def load_checkpoint(model: nn.Module, path_or_state, arch: str | None = None) ->
 def save_checkpoint(obj, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` atomically: temp file in the same folder + os.replace."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as handle:
+        torch.save(obj, handle)
     return path
 
 
