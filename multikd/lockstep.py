@@ -14,7 +14,9 @@ layout, and owns its global RNG streams — they are swapped in around each of i
 checkpoints, so sharing never consumes a member's random numbers differently (the data
 loaders draw from their own seeded generators, never from the global ones). On CPU every
 member's metrics equal those of the separate run (only the time columns differ: in
-lockstep ``epoch_time_s``/``images_per_s`` are those of the whole group).
+lockstep ``epoch_time_s``/``images_per_s`` are those of the whole group). With
+``runtime.teacher_cache`` (all members alike) and no member using features, the shared
+teacher pass is served by one teacher cache, as in a separate run.
 
 Resume policy: every member checkpoints after every epoch. Unfinished members resume from
 their own last checkpoint; members that stopped after different epochs (a kill between two
@@ -40,7 +42,7 @@ from multikd.runio import RunDir
 log = logging.getLogger(__name__)
 
 _STREAM_KEYS = ("data", "optim.batch_size", "optim.epochs", "runtime.seed", "runtime.device",
-                "runtime.amp", "runtime.channels_last")
+                "runtime.amp", "runtime.channels_last", "runtime.teacher_cache")
 
 
 def _get(config: RunConfig, dotted: str):
@@ -134,6 +136,20 @@ def _shared_ensemble(members: list[_Member]):
     return (with_features or distill)[0].parts.ensemble, bool(with_features)
 
 
+def _shared_cache(members: list[_Member], features: bool):
+    """``(run, CachedTeachers)`` serving the group's teacher pass from the teacher cache
+    (``runtime.teacher_cache``, opened by the first distilling member and adopted by the
+    others, so their hit rates agree); ``(None, None)`` without a cache or when a member
+    needs the teachers' features."""
+    distill = [m.run for m in members if m.run.parts.ensemble is not None]
+    if features or not distill or not distill[0].cfg.runtime.teacher_cache:
+        return None, None
+    cached = distill[0].open_teacher_cache()
+    for run in distill[1:]:
+        run.open_teacher_cache(shared=cached)
+    return distill[0], cached
+
+
 def _train_together(members: list[_Member], start: int) -> None:
     from multikd.engine import autocast, to_device
 
@@ -141,6 +157,7 @@ def _train_together(members: list[_Member], start: int) -> None:
     cfg, device = lead.cfg, lead.device
     loader, train_set = lead.train_loader, lead.splits.train
     ensemble, features = _shared_ensemble(members)
+    cache_run, cached = _shared_cache(members, features)
     names = ", ".join(str(m.run.run.path) for m in members)
     log.info("lockstep: %d runs from epoch %d: %s", len(members), start, names)
     show_bar = not cfg.output.quiet and sys.stderr.isatty()
@@ -156,10 +173,12 @@ def _train_together(members: list[_Member], start: int) -> None:
         bar = tqdm(total=len(loader), desc=f"lockstep epoch {epoch}/{cfg.optim.epochs}",
                    disable=not show_bar, leave=False, dynamic_ncols=True)
         with bar:
-            for step, (x, y) in enumerate(batches):
-                x, y = to_device(x, y, device, cfg.runtime.channels_last)
+            for step, batch in enumerate(batches):
+                x, y = to_device(batch[0], batch[1], device, cfg.runtime.channels_last)
                 teacher_out = None
-                if ensemble is not None:
+                if cached is not None:
+                    teacher_out = cache_run.cached_teacher_pass(x, y, batch)
+                elif ensemble is not None:
                     with autocast(device, cfg.runtime.amp):
                         teacher_out = ensemble(x, y, features=features)
                 for m in members:

@@ -118,3 +118,42 @@ def test_cache_folder_and_budget_do_not_change_the_experiments_hash():
     batched = resolve(off)
     set_value(batched, "runtime.batched_teachers", True)
     assert config_hash(batched) != config_hash(off)
+
+
+def test_lockstep_group_is_served_by_one_warm_cache(runs, tmp_path):
+    from multikd.config import load_config
+    from multikd.lockstep import train_lockstep
+
+    root, _ = runs
+    configs = []
+    for strategy in ("ce-filter", "uniform"):
+        cfg = load_config(root / "warm" / "config.yaml")
+        cfg.strategy.name, cfg.strategy.params = strategy, {}
+        cfg.output.run_dir = str(tmp_path / strategy)
+        configs.append(cfg)
+    calls = []
+    original = TeacherEnsemble.forward
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TeacherEnsemble, "forward", lambda self, *a, **k: calls.append(1)
+                   or original(self, *a, **k))
+        train_lockstep(configs)
+    assert calls == []
+    live = read_metrics(root / "live")
+    member, other = read_metrics(tmp_path / "ce-filter"), read_metrics(tmp_path / "uniform")
+    for row_member, row_other, row_live in zip(member, other, live):
+        assert row_member["teacher_cache_hit_rate"] == row_other["teacher_cache_hit_rate"] == "1.0"
+        for key in set(row_live) - TIMING:
+            assert row_member[key] == row_live[key], key
+    assert other[0]["loss_kd"] != member[0]["loss_kd"]
+
+
+def test_lockstep_refuses_members_that_differ_in_the_cache(runs, tmp_path):
+    from multikd.config import load_config
+    from multikd.errors import ConfigError
+    from multikd.lockstep import check_compatible
+
+    root, _ = runs
+    with_cache = load_config(root / "warm" / "config.yaml")
+    without = load_config(root / "live" / "config.yaml")
+    with pytest.raises(ConfigError, match="runtime.teacher_cache"):
+        check_compatible([with_cache, without])
