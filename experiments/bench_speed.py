@@ -1,0 +1,398 @@
+"""Measured speed ratios of multikd's fast paths, side by side in one run on this machine.
+
+    python experiments/bench_speed.py                       # small CPU defaults, a few minutes
+    python experiments/bench_speed.py --device cuda --batches 32 --batch-size 128
+
+Every comparison times two ways of doing the same work on the same batches, alternating
+them (A B A B ...) ``--reps`` times, and reports the median time of each and their ratio:
+
+- P1  a strategy table (6 strategies, 3 resnet32x4 teachers -> resnet8x4): the per-batch
+      work of lockstep (one shared teacher pass, then each run's ``TrainingRun.train_step``
+      with it, as ``multikd.lockstep`` does) against 6 separate runs (each run's
+      ``train_step`` runs its own teachers, as ``multikd distill`` does). Setup and
+      evaluation are left out: lockstep shares those too (the teachers' test accuracy is
+      measured once), so whole runs gain at least as much. Target <= 0.35.
+- P2  the engine's ``train_step`` (MultiTeacherDistiller with ca-mkd weights, meters,
+      scheduler) against a bare hand-written loop doing the same math (teachers under
+      no_grad, per-teacher CE, ``w = (1 - softmax_k CE) / (K - 1)``, CE + T^2-weighted KD,
+      backward, SGD step). Both losses are checked equal first. Target <= 1.05.
+- P3  one logit-only training epoch (loader, teachers, student step) served by a warm
+      float16 teacher cache against the live teachers. Target >= 3x faster.
+- the teachers' forward pass batched (vmap over stacked state) against the loop, and the
+      peak memory of each mode (CUDA: ``torch.cuda.max_memory_allocated``; not measured on
+      the CPU, where torch's allocations are invisible to tracemalloc).
+
+The teachers have random weights (saved as checkpoints, loaded the way runs load them):
+speed does not depend on what they learned. The data is the synthetic set, one epoch =
+``--batches`` batches. The report goes to ``--out`` (results/speed.md), written atomically,
+with the machine and the command that made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from multikd import engine
+from multikd.build import build_data
+from multikd.config import (
+    DataConfig, ModelConfig, OptimConfig, OutputConfig, RunConfig, RuntimeConfig, StrategyConfig,
+    TeacherConfig, resolve,
+)
+from multikd.ensemble import TeacherEnsemble
+from multikd.models import create_model
+from multikd.atomic import atomic_write_text
+
+log = logging.getLogger("bench_speed")
+
+STRATEGIES = ("uniform", "ce-filter", "ca-mkd", "ebkd", "best", "correct-only")
+NUM_TEACHERS = 3
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    p.add_argument("--batches", type=int, default=2, help="batches per epoch (default 2)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument("--reps", type=int, default=5, help="alternating repetitions (default 5)")
+    p.add_argument("--teacher", default="resnet32x4", help="teacher architecture")
+    p.add_argument("--student", default="resnet8x4", help="student architecture")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", default="results/speed.md", help="report file (markdown)")
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- timing
+class Timer:
+    """Wall time of a callable, synchronized on CUDA so queued kernels are counted."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __call__(self, fn) -> float:
+        self._sync()
+        t0 = time.perf_counter()
+        fn()
+        self._sync()
+        return time.perf_counter() - t0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def alternate(timer: Timer, a, b, reps: int) -> tuple[list[float], list[float]]:
+    """Seconds of each of ``reps`` runs of ``a`` and of ``b``, run A B A B ... after one
+    untimed warm-up of each."""
+    a(), b()
+    times_a, times_b = [], []
+    for _ in range(reps):
+        times_a.append(timer(a))
+        times_b.append(timer(b))
+    return times_a, times_b
+
+
+def compared(name: str, a: tuple[str, list[float]], b: tuple[str, list[float]], target: str,
+             speedup: bool = False, limit: float | None = None, note: str = "") -> dict:
+    """One row: medians of A and B, their ratio (B/A with ``speedup``, else A/B) and
+    whether it meets ``limit`` (a floor for speed-ups, else a ceiling)."""
+    med_a, med_b = statistics.median(a[1]), statistics.median(b[1])
+    ratio = med_b / med_a if speedup else med_a / med_b
+    met = None if limit is None else (ratio >= limit if speedup else ratio <= limit)
+    return {"name": name, "a": a, "b": b, "ratio": ratio, "target": target, "met": met,
+            "note": note}
+
+
+# --------------------------------------------------------------------------- setup
+class Bench:
+    """Teachers saved as checkpoints, the data, and run configs that share them."""
+
+    def __init__(self, args: argparse.Namespace, root: Path):
+        self.args, self.root = args, root
+        self.device = torch.device(args.device)
+        self.timer = Timer(self.device)
+        self.synthetic = {
+            "num_classes": 100, "num_superclasses": 20, "seed": 0,
+            "train_size": args.batches * args.batch_size, "test_size": args.batch_size,
+        }
+        self.checkpoints = []
+        for k in range(NUM_TEACHERS):
+            torch.manual_seed(1000 + k)
+            teacher = create_model(args.teacher, num_classes=100)
+            path = root / f"teacher{k}.pt"
+            torch.save({"model": teacher.state_dict()}, path)
+            self.checkpoints.append(str(path))
+        self.splits = build_data(self.config("uniform", "data", cache=True), seed=0)
+        self._runs = 0
+
+    def config(self, strategy: str, name: str, cache: bool = False) -> RunConfig:
+        a = self.args
+        cfg = RunConfig(
+            kind="distill",
+            data=DataConfig(dataset="synthetic", synthetic=dict(self.synthetic)),
+            model=ModelConfig(arch=a.student),
+            teachers=[TeacherConfig(arch=a.teacher, checkpoint=c, name=f"t{k}")
+                      for k, c in enumerate(self.checkpoints)],
+            strategy=StrategyConfig(name=strategy),
+            optim=OptimConfig(batch_size=a.batch_size, epochs=1),
+            runtime=RuntimeConfig(device=a.device, seed=0,
+                                  teacher_cache=str(self.root / "cache") if cache else ""),
+            output=OutputConfig(run_dir=str(self.root / "runs" / name), quiet=True),
+        )
+        return resolve(cfg)
+
+    def run(self, strategy: str, cache: bool = False) -> engine.TrainingRun:
+        """A prepared run (its teachers' test accuracy is not measured: not timed here)."""
+        self._runs += 1
+        cfg = self.config(strategy, f"{strategy}_{self._runs}", cache)
+        run = engine.prepare_run(cfg, splits=self.splits, teacher_acc={})
+        run.splits.train.set_epoch(1)
+        run.train_loader.sampler.set_epoch(1)
+        run.begin_epoch(1)
+        return run
+
+    def batches(self, run: engine.TrainingRun) -> list[tuple]:
+        """The epoch's batches on the device: ``(x, y, batch as loaded)``."""
+        out = []
+        for batch in run.train_loader:
+            x, y = engine.to_device(batch[0], batch[1], self.device)
+            out.append((x, y, batch))
+        return out
+
+
+# --------------------------------------------------------------------------- P1
+def bench_lockstep(bench: Bench) -> dict:
+    runs = [bench.run(s) for s in STRATEGIES]
+    batches = bench.batches(runs[0])
+    lead = runs[0]
+
+    def separate():
+        for step, (x, y, _) in enumerate(batches):
+            for run in runs:
+                run.train_step(step, x, y)
+
+    def lockstep():
+        for step, (x, y, _) in enumerate(batches):
+            with engine.autocast(bench.device, lead.cfg.runtime.amp):
+                shared = lead.parts.ensemble(x, y, features=False)
+            for run in runs:
+                run.train_step(step, x, y, shared)
+
+    t_lock, t_sep = alternate(bench.timer, lockstep, separate, bench.args.reps)
+    return compared("P1 strategy table: lockstep / 6 separate runs (per-batch work)",
+                    ("lockstep", t_lock), ("separate", t_sep), "<= 0.35", limit=0.35)
+
+
+# --------------------------------------------------------------------------- P2
+class HandLoop:
+    """The distiller's math written out: ca-mkd weights, CE + weighted KD, SGD."""
+
+    def __init__(self, run: engine.TrainingRun):
+        cfg = run.cfg
+        self.student = copy.deepcopy(run.parts.model).train()
+        self.teachers = [copy.deepcopy(t).eval() for t in run.parts.ensemble.teachers]
+        self.temperature = cfg.loss.temperature
+        o = cfg.optim
+        self.optimizer = torch.optim.SGD(
+            self.student.parameters(), lr=o.lr, momentum=o.momentum,
+            weight_decay=o.weight_decay, fused=run.device.type == "cuda",
+        )
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t_logits = torch.stack([t(x) for t in self.teachers]).float()  # [K,B,C]
+            k = t_logits.shape[0]
+            t_ce = F.cross_entropy(t_logits.flatten(0, 1), y.repeat(k),
+                                   reduction="none").view(k, -1)  # [K,B]
+            weights = (1.0 - torch.softmax(t_ce, dim=0)) / (k - 1)  # [K,B]
+        logits = self.student(x)
+        temp = self.temperature
+        log_q = F.log_softmax(logits.float() / temp, dim=1)  # [B,C]
+        log_p = F.log_softmax(t_logits / temp, dim=2)  # [K,B,C]
+        kl = (log_p.exp() * (log_p - log_q)).sum(2)  # [K,B]
+        kd = temp * temp * (weights * kl).sum(0).mean()
+        return F.cross_entropy(logits, y) + kd
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        loss = self.loss(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+
+def bench_step(bench: Bench) -> dict:
+    run = bench.run("ca-mkd")
+    hand = HandLoop(run)
+    batches = bench.batches(run)
+    x, y, _ = batches[0]
+    engine_loss = run.train_module(x, y)[1]["total"].item()
+    hand_loss = hand.loss(x, y).item()
+    run.optimizer.zero_grad(set_to_none=True)
+    hand.optimizer.zero_grad(set_to_none=True)
+
+    def engine_steps():
+        for step, (x, y, _) in enumerate(batches):
+            run.train_step(step, x, y)
+
+    def hand_steps():
+        for x, y, _ in batches:
+            hand.step(x, y)
+
+    t_engine, t_hand = alternate(bench.timer, engine_steps, hand_steps, bench.args.reps)
+    return compared("P2 distiller step (engine train_step) / hand-written loop",
+                    ("engine", t_engine), ("hand loop", t_hand), "<= 1.05", limit=1.05,
+                    note=f"first-batch loss: engine {engine_loss:.6f}, hand loop "
+                         f"{hand_loss:.6f}")
+
+
+# --------------------------------------------------------------------------- P3
+def bench_cache(bench: Bench) -> dict:
+    live, cached = bench.run("ca-mkd"), bench.run("ca-mkd", cache=True)
+    cached.open_teacher_cache()
+    device = bench.device
+
+    def epoch(run, use_cache: bool):
+        run.splits.train.set_epoch(1)
+        run.train_loader.sampler.set_epoch(1)
+        for step, batch in enumerate(run.train_loader):
+            x, y = engine.to_device(batch[0], batch[1], device)
+            out = run.cached_teacher_pass(x, y, batch) if use_cache else None
+            run.train_step(step, x, y, out)
+
+    cold = bench.timer(lambda: epoch(cached, True))
+    cached.teacher_cache.flush()
+    cache = cached.teacher_cache.cache
+    hits0, misses0 = cache.hits, cache.misses
+    t_warm, t_live = alternate(bench.timer, lambda: epoch(cached, True),
+                               lambda: epoch(live, False), bench.args.reps)
+    looked_up = cache.hits - hits0 + cache.misses - misses0
+    return compared("P3 logit-only epoch: live teachers / warm fp16 cache (speed-up)",
+                    ("warm cache", t_warm), ("live", t_live), ">= 3x", speedup=True, limit=3.0,
+                    note=f"cold (filling) epoch {cold:.3f} s; warm hit rate "
+                         f"{(cache.hits - hits0) / looked_up:.3f}")
+
+
+# --------------------------------------------------------------------------- batched
+def bench_batched(bench: Bench) -> dict:
+    teachers = [create_model(bench.args.teacher, num_classes=100, checkpoint=c)
+                for c in bench.checkpoints]
+    looped = TeacherEnsemble(teachers).to(bench.device)
+    batched = TeacherEnsemble(teachers, batched=True).to(bench.device)
+    modes = batched.runner.modes
+    x = torch.randn(bench.args.batch_size, 3, 32, 32, device=bench.device)
+    y = torch.zeros(bench.args.batch_size, dtype=torch.long, device=bench.device)
+
+    def forward(ensemble):
+        def run():
+            with torch.no_grad():
+                for _ in range(bench.args.batches):
+                    ensemble(x, y, features=False)
+        return run
+
+    t_batched, t_loop = alternate(bench.timer, forward(batched), forward(looped),
+                                  bench.args.reps)
+    peaks = {"batched": "n/a on CPU", "loop": "n/a on CPU"}
+    if bench.device.type == "cuda":
+        for name, ensemble in (("batched", batched), ("loop", looped)):
+            torch.cuda.synchronize(bench.device)
+            torch.cuda.reset_peak_memory_stats(bench.device)
+            base = torch.cuda.memory_allocated(bench.device)
+            forward(ensemble)()
+            peak = torch.cuda.max_memory_allocated(bench.device) - base
+            peaks[name] = f"{peak / 2**20:.1f} MiB"
+    return compared("Teacher forward: batched (vmap) / loop, 3 same-arch teachers",
+                    ("batched", t_batched), ("loop", t_loop), "(< 1: batched faster)",
+                    note=f"modes {modes}; peak memory above the weights: batched "
+                         f"{peaks['batched']}, loop {peaks['loop']}")
+
+
+# --------------------------------------------------------------------------- report
+def machine(device: torch.device) -> list[str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    lines = [
+        f"- CPU: {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}",
+        f"- load average at start (1/5/15 min): "
+        + "/".join(f"{v:.1f}" for v in os.getloadavg()),
+        f"- Python {platform.python_version()}, torch {torch.__version__}, {platform.platform()}",
+    ]
+    if device.type == "cuda":
+        lines.append(f"- device: {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})")
+    else:
+        lines.append("- device: cpu")
+    return lines
+
+
+def _times(name: str, times: list[float]) -> str:
+    return f"{name} {statistics.median(times):.3f} s [{min(times):.3f}-{max(times):.3f}]"
+
+
+def report(results: list[dict], args: argparse.Namespace, device, command: str,
+           wall: float) -> str:
+    lines = [
+        "# multikd speed ratios",
+        "",
+        f"Made by `{command}` in {wall:.0f} s.",
+        "",
+        *machine(device),
+        f"- sizes: {args.batches} batches of {args.batch_size} images per epoch, "
+        f"{NUM_TEACHERS} x {args.teacher} teachers -> {args.student}, "
+        f"median of {args.reps} alternating repetitions",
+        "",
+        "Times are medians, with the fastest and slowest repetition in brackets.",
+        "",
+        "| measure | A | B | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        met = "-" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        lines.append(f"| {r['name']} | {_times(*r['a'])} | {_times(*r['b'])} | "
+                     f"{r['ratio']:.3f} | {r['target']} | {met} |")
+    lines.append("")
+    lines.extend(f"- {r['name'].split(':')[0]}: {r['note']}" for r in results if r["note"])
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = "python " + shlex.join(["experiments/bench_speed.py", *(argv or sys.argv[1:])])
+    t0 = time.perf_counter()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="multikd-speed-") as tmp:
+        bench = Bench(args, Path(tmp))
+        for measure in (bench_lockstep, bench_step, bench_cache, bench_batched):
+            result = measure(bench)
+            print(f"{result['name']}: {result['ratio']:.3f} ({_times(*result['a'])}, "
+                  f"{_times(*result['b'])}; target {result['target']})", flush=True)
+            results.append(result)
+    text = report(results, args, bench.device, command, time.perf_counter() - t0)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, text)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
