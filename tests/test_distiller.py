@@ -1,19 +1,18 @@
 """MultiTeacherDistiller: the total loss by hand, gradients, frozen teachers, sharing, state."""
 
 import copy
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from zoo_reference import zoo_facts
 
 from multikd.distiller import MultiTeacherDistiller
 from multikd.ensemble import EnsembleOutput, TeacherEnsemble
 from multikd.errors import ConfigError, ModelError, TrainingError
-from multikd.models import create_model, list_models
+from multikd.models import create_model
 from multikd.strategies import create_strategy
 
 CLASSES = 5
@@ -238,18 +237,14 @@ def test_learner_state_round_trip_restores_student_adapters_and_strategy():
 
 
 def test_zoo_teachers_and_student_with_default_last_stage_features():
-    if not {"resnet8", "resnet8x4"} <= set(list_models()):
-        pytest.skip("zoo models resnet8/resnet8x4 not registered yet")
-    reference = Path(__file__).resolve().parents[2] / "shared" / "reference" / "cifar_zoo.json"
     torch.manual_seed(0)
     ensemble = TeacherEnsemble([create_model("resnet8x4", 10), create_model("resnet8", 10)])
     strategy = create_strategy("ce-filter")
     d = MultiTeacherDistiller(create_model("resnet8", 10), ensemble, strategy, gamma=1.0)
     shapes = [a.out_shape for a in d.adapters]
-    if reference.exists():
-        zoo = json.loads(reference.read_text())
-        expected = [tuple(zoo[a]["stage_feature_shapes"][-1]) for a in ("resnet8x4", "resnet8")]
-        assert shapes == expected
+    zoo = zoo_facts()
+    expected = [tuple(zoo[a]["stage_feature_shapes"][-1]) for a in ("resnet8x4", "resnet8")]
+    assert shapes == expected
     x, y = _batch(4)
     _, losses, _ = d.train()(x, y % 10)
     losses["total"].backward()
