@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -24,6 +25,8 @@ import torch
 from multikd.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 from multikd.config import RunConfig, load_config, to_yaml
 from multikd.errors import CheckpointError, TrainingError
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config.yaml"
 METRICS = "metrics.csv"
@@ -75,8 +78,16 @@ class RunDir:
         return "empty"
 
     def prepare_new(self, overwrite: bool) -> None:
-        """Refuse to start over an existing run unless ``overwrite``; then clear its files."""
+        """Refuse to start over an existing run unless ``overwrite``.
+
+        A run that stopped before its first epoch ended (a bad teacher checkpoint, say) left
+        only its config.yaml: nothing trained can be lost, so a corrected command may start
+        there afresh.
+        """
         state = self.state()
+        if state == "unfinished" and not self.has_progress():
+            log.info("%s never finished an epoch; starting it afresh", self.path)
+            return
         if state != "empty" and not overwrite:
             if state == "finished":
                 raise TrainingError(
@@ -118,6 +129,10 @@ class RunDir:
 
     def has_checkpoint(self) -> bool:
         return self.file(CHECKPOINT).is_file()
+
+    def has_progress(self) -> bool:
+        """Whether any epoch's results were written (checkpoint, metrics or summary)."""
+        return any(self.file(name).exists() for name in (CHECKPOINT, METRICS, SUMMARY))
 
     def load_checkpoint(self, map_location="cpu") -> dict:
         path = self.file(CHECKPOINT)

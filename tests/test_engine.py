@@ -114,9 +114,22 @@ def test_unfinished_run_asks_for_resume(tmp_path, capsys):
     run_dir = tmp_path / "r"
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text("kind: teacher\n")
+    (run_dir / "metrics.csv").write_text("epoch,test_acc\n1,10.0\n")
     assert train_teacher(run_dir, "--epochs", "1") == 2
     err = capsys.readouterr().err
     assert "holds an unfinished run" in err and f"--resume {run_dir}" in err
+
+
+def test_a_start_that_failed_before_any_epoch_can_be_rerun_corrected(tmp_path, capsys):
+    """A bad checkpoint fails after config.yaml is written; nothing trained, so the corrected
+    command starts there without --resume or --overwrite."""
+    run_dir = tmp_path / "r"
+    assert train_teacher(run_dir, "--epochs", "1",
+                         "--set", f"model.checkpoint={tmp_path / 'missing.pt'}") == 2
+    assert "no checkpoint file" in capsys.readouterr().err
+    assert (run_dir / "config.yaml").exists() and not (run_dir / "metrics.csv").exists()
+    assert train_teacher(run_dir, "--epochs", "1") == 0
+    assert (run_dir / "summary.json").exists()
 
 
 def test_resume_takes_no_other_settings(teacher_run, capsys):
