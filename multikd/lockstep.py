@@ -108,7 +108,7 @@ def train_lockstep(configs: list[RunConfig]) -> list[str]:
             "(each run then uses all processes)"
         )
     members: list[_Member] = []
-    splits = teacher_acc = None
+    splits = teacher_acc = first_ensemble = None
     for cfg in pending:
         resuming = RunDir(cfg.output.run_dir).state() == "unfinished"
         distills = cfg.kind == "distill"
@@ -117,6 +117,9 @@ def train_lockstep(configs: list[RunConfig]) -> list[str]:
         splits = run.splits
         if distills and teacher_acc is None:
             teacher_acc = run.teacher_acc
+        if distills:
+            first_ensemble = first_ensemble or run.parts.ensemble
+            _share_teacher_weights(run.parts.ensemble, first_ensemble)
         members.append(_Member(run))
     starts = sorted({m.run.start_epoch for m in members})
     if len(starts) > 1:
@@ -124,6 +127,17 @@ def train_lockstep(configs: list[RunConfig]) -> list[str]:
     for start in starts:
         _train_together([m for m in members if m.run.start_epoch == start], start)
     return [c.output.run_dir for c in pending]
+
+
+def _share_teacher_weights(ensemble, source) -> None:
+    """Point ``ensemble``'s frozen teacher tensors at ``source``'s (the same checkpoints, as
+    ``check_compatible`` ensures), so a group of N students holds one copy of the teachers'
+    weights instead of N (a 68-member CIFAR-100 group would otherwise hold ~5 GB of copies)."""
+    if ensemble is source:
+        return
+    for mine, theirs in zip(ensemble.teachers, source.teachers):
+        mine.load_state_dict(theirs.state_dict(), assign=True)
+        mine.requires_grad_(False)
 
 
 def _shared_ensemble(members: list[_Member]):

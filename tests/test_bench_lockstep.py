@@ -142,3 +142,26 @@ def test_interrupted_sweep_resumes_without_redoing_finished_runs(separate, tmp_p
     assert len(report.resumed) == 5 and len(report.skipped) == 5 + 2 and not report.trained
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     _assert_same_runs(tmp_path, separate)
+
+
+def test_lockstep_members_share_one_copy_of_the_teacher_weights():
+    import torch
+
+    from multikd.ensemble import TeacherEnsemble
+    from multikd.lockstep import _share_teacher_weights
+    from multikd.models import create_model
+
+    torch.manual_seed(0)
+    source = TeacherEnsemble([create_model("resnet8", 10), create_model("resnet14", 10)])
+    member = TeacherEnsemble([create_model("resnet8", 10), create_model("resnet14", 10)])
+    for mine, theirs in zip(member.teachers, source.teachers):
+        mine.load_state_dict(theirs.state_dict())  # same checkpoints, separate storage
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    before = member(x, y).logits
+    _share_teacher_weights(member, source)
+    for mine, theirs in zip(member.teachers, source.teachers):
+        pairs = zip(mine.state_dict().values(), theirs.state_dict().values())
+        assert all(a.data_ptr() == b.data_ptr() for a, b in pairs)
+        assert not any(p.requires_grad for p in mine.parameters())
+    assert torch.equal(member(x, y).logits, before)
+    assert all(not t.training for t in member.teachers)
