@@ -28,6 +28,17 @@ NARROW = (16, 16, 32, 64)
 WIDE = (32, 64, 128, 256)
 
 
+def init_resnet_weights(model: nn.Module) -> None:
+    """He-normal convs (fan-out), unit BN scale and zero shift: the original CIFAR ResNets'
+    initialization (basic-block and bottleneck alike)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
 
@@ -77,16 +88,7 @@ class CifarResNet(nn.Module):
 
         self.feature_names = ["relu", "layer1", "layer2", "layer3"]
         self.pooled_feature_name = "flatten"
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """He-normal convs (fan-out), unit BN scale and zero shift, as the original."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_resnet_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

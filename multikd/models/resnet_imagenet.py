@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from multikd.models.registry import register_model
+from multikd.models.resnet import init_resnet_weights
 
 
 class Bottleneck(nn.Module):
@@ -75,16 +76,7 @@ class CifarResNetBottleneck(nn.Module):
 
         self.feature_names = ["relu", "layer1", "layer2", "layer3", "layer4"]
         self.pooled_feature_name = "flatten"
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """He-normal convs (fan-out), unit BN scale and zero shift, as the original."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_resnet_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
