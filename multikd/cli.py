@@ -507,4 +507,7 @@ def _cmd_plot(args) -> int:
     return 0
 
 
-_COMMAND_GROUPS = [_add_data, _add_models, _add_bench, _add_train_teacher, _add_distill, _add_eval, _add_results]
+# In the order a user meets them: data and models, training, sweeps, results.
+_COMMAND_GROUPS = [
+    _add_data, _add_models, _add_train_teacher, _add_distill, _add_eval, _add_bench, _add_results,
+]
