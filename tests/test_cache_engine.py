@@ -1,35 +1,21 @@
 """The teacher cache in the engine: a cached run equals the live one, a warm cache runs no
 teacher on training batches, and what the cache cannot serve is refused up front."""
 
-import csv
-import json
 
 import pytest
+from run_helpers import read_metrics, synthetic_args, train_two_teachers
 
 from multikd.cli import main
 from multikd.config import RunConfig, TeacherConfig, config_hash, resolve, set_value
 from multikd.ensemble import TeacherEnsemble
 
-SYNTH = {"num_classes": 10, "num_superclasses": 2, "train_size": 96, "test_size": 32, "seed": 0}
-DATA = [
-    "--dataset", "synthetic", "--set", "data.synthetic=" + json.dumps(SYNTH),
-    "--batch-size", "32", "--device", "cpu", "--quiet",
-]
+DATA = synthetic_args(train_size=96, test_size=32)
 TIMING = {"epoch_time_s", "images_per_s"}
-
-
-def read_metrics(run_dir) -> list[dict]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-    root = tmp_path_factory.mktemp("teachers")
-    for name, seed in (("tA", "0"), ("tB", "1")):
-        args = ["train-teacher", "--arch", "resnet8", "--epochs", "1", "--seed", seed]
-        assert main([*args, "--out", str(root / name), *DATA]) == 0
-    return root
+    return train_two_teachers(tmp_path_factory.mktemp("teachers"), DATA)
 
 
 def distill(teachers, out, *extra) -> int:

@@ -13,13 +13,13 @@ images share a batch. After 2 epochs the losses agree to within about 1e-3 and
 the test accuracy to about one image, so we allow 0.02 on losses and 3 images on accuracy.
 """
 
-import csv
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+from run_helpers import read_metrics
 
 from multikd.cli import main
 
@@ -34,11 +34,6 @@ ARGS = [
 ONE_IMAGE = 100.0 / SYNTH["test_size"]
 
 
-def _rows(run_dir):
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def test_two_gloo_processes_match_one_process(tmp_path):
     ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -50,7 +45,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert result.stdout.count("distill resnet8: test acc") == 1  # rank 0 alone reports
     assert main([*ARGS, "--out", str(single_dir)]) == 0
 
-    ddp, single = _rows(ddp_dir), _rows(single_dir)
+    ddp, single = read_metrics(ddp_dir), read_metrics(single_dir)
     assert len(ddp) == len(single) == 2  # one row per epoch, written once
     for a, b in zip(ddp, single):
         assert float(a["lr"]) == float(b["lr"])

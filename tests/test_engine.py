@@ -1,10 +1,10 @@
 """Training engine on tiny synthetic data: the run directory, schedule, faults, run-dir safety."""
 
-import csv
 import json
 
 import pytest
 import torch
+from run_helpers import read_metrics
 
 from multikd.cli import main
 from multikd.config import config_hash, load_config
@@ -21,11 +21,6 @@ TINY = [
     "--quiet",
 ]
 TIME_COLUMNS = {"epoch_time_s", "images_per_s"}
-
-
-def read_metrics(run_dir) -> list[dict]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def train_teacher(run_dir, *extra: str) -> int:

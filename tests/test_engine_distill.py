@@ -1,35 +1,23 @@
 """Distillation runs: teachers from teacher runs, per-teacher metrics, what is trained, and
 every bad teacher input as a clear CLI error."""
 
-import csv
 import json
 
 import pytest
 import torch
+from run_helpers import read_metrics, synthetic_args, train_two_teachers
 
 from multikd.cli import main
 from multikd.config import load_config
 
 SYNTH = {"num_classes": 10, "num_superclasses": 2, "train_size": 128, "test_size": 64, "seed": 0}
-DATA = [
-    "--dataset", "synthetic", "--set", "data.synthetic=" + json.dumps(SYNTH),
-    "--batch-size", "32", "--device", "cpu", "--quiet",
-]
-
-
-def read_metrics(run_dir) -> list[dict]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
+DATA = synthetic_args(train_size=SYNTH["train_size"], test_size=SYNTH["test_size"])
 
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
     """Two finished 1-epoch teacher runs of different seeds (named by their folders)."""
-    root = tmp_path_factory.mktemp("teachers")
-    for name, seed in (("tA", "0"), ("tB", "1")):
-        args = ["train-teacher", "--arch", "resnet8", "--epochs", "1", "--seed", seed]
-        assert main([*args, "--out", str(root / name), *DATA]) == 0
-    return root
+    return train_two_teachers(tmp_path_factory.mktemp("teachers"), DATA)
 
 
 @pytest.fixture(scope="module")

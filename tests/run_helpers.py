@@ -1,0 +1,31 @@
+"""Helpers shared by the tests that train tiny runs through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from multikd.cli import main
+
+
+def synthetic_args(train_size: int, test_size: int) -> list[str]:
+    """CLI flags for a tiny 10-class synthetic run on the CPU, batch 32, quiet."""
+    synth = {"num_classes": 10, "num_superclasses": 2, "train_size": train_size,
+             "test_size": test_size, "seed": 0}
+    return ["--dataset", "synthetic", "--set", "data.synthetic=" + json.dumps(synth),
+            "--batch-size", "32", "--device", "cpu", "--quiet"]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """metrics.csv of a run, one dict of strings per epoch."""
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def train_two_teachers(root: Path, data_args: list[str]) -> Path:
+    """Two finished 1-epoch resnet8 teacher runs, root/tA (seed 0) and root/tB (seed 1)."""
+    for name, seed in (("tA", "0"), ("tB", "1")):
+        args = ["train-teacher", "--arch", "resnet8", "--epochs", "1", "--seed", seed]
+        assert main([*args, "--out", str(root / name), *data_args]) == 0
+    return root
