@@ -24,6 +24,7 @@ import math
 import torch
 from torch import nn
 
+from multikd.models.init import init_fan_out_normal
 from multikd.models.registry import register_model
 
 # (expansion t, output channels c, blocks n, first stride s); t = None means "the model's t".
@@ -95,22 +96,7 @@ class MobileNetV2(nn.Module):
 
         self.feature_names = ["conv1"] + [f"blocks.{i}" for i in _FEATURE_STAGES]
         self.pooled_feature_name = "flatten"
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """He-normal convs (fan-out), unit BN, N(0, 0.01) classifier, as the original."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_fan_out_normal(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)

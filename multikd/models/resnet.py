@@ -22,21 +22,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from multikd.models.init import init_resnet_weights
 from multikd.models.registry import register_model
 
 NARROW = (16, 16, 32, 64)
 WIDE = (32, 64, 128, 256)
-
-
-def init_resnet_weights(model: nn.Module) -> None:
-    """He-normal convs (fan-out), unit BN scale and zero shift: the original CIFAR ResNets'
-    initialization (basic-block and bottleneck alike)."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from multikd.models.init import init_resnet_weights
 from multikd.models.registry import register_model
-from multikd.models.resnet import init_resnet_weights
 
 
 class Bottleneck(nn.Module):

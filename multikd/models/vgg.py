@@ -20,11 +20,10 @@ vgg16 (2,2,3,3,3), vgg19 (2,2,4,4,4); widths 64, 128, 256, 512, 512.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from multikd.models.init import init_fan_out_normal
 from multikd.models.registry import register_model
 
 WIDTHS = (64, 128, 256, 512, 512)
@@ -68,21 +67,7 @@ class VGG(nn.Module):
 
         self.feature_names = [f"block{i}" for i in range(5)]
         self.pooled_feature_name = "flatten"
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """Convs N(0, 2/(k*k*out)), zero biases, unit BN, N(0, 0.01) classifier, as the original."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_fan_out_normal(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool0(self.block0(x))

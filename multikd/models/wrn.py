@@ -18,11 +18,10 @@ Stage features (f0..f3): the stem conv, block1, block2, and block3 after the fin
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from multikd.models.init import init_fan_out_normal
 from multikd.models.registry import register_model
 
 
@@ -85,19 +84,7 @@ class WideResNet(nn.Module):
 
         self.feature_names = ["conv1", "block1", "block2", "relu"]
         self.pooled_feature_name = "flatten"
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """Convs N(0, 2/(k*k*out)), unit BN, zero linear bias, as the original."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_fan_out_normal(self, linear_std=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block3(self.block2(self.block1(self.conv1(x))))
