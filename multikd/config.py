@@ -50,7 +50,12 @@ class DataConfig:
     data_root: Optional[str] = _doc(None, "dataset folder (default: $MULTIKD_DATA, else ./data)")
     val_size: int = _doc(0, "validation images carved from the training set (0: none)")
     synthetic: dict = _doc({}, "options of the synthetic dataset (num_classes, train_size, ...)")
-    workers: int = _doc(0, "DataLoader worker processes")
+    workers: int = _doc(0, "DataLoader worker processes (per-sample pipeline only)")
+    pipeline: str = _doc(
+        "batched",
+        "batched: whole batches augmented on the training device (fast); per-sample: a torch "
+        "DataLoader over the dataset (uses data.workers); both give the same batches bit for bit",
+    )
 
 
 @dataclass
@@ -458,6 +463,12 @@ def _validate(cfg: RunConfig) -> None:
             f"{cfg.loss.gamma} (the feature loss needs the teachers' features every step); "
             "set --gamma 0 or leave runtime.teacher_cache empty"
         )
+    from multikd.data.batches import PIPELINES
+
+    if cfg.data.pipeline not in PIPELINES:
+        raise ConfigError(
+            f"unknown data.pipeline {cfg.data.pipeline!r}; valid: {', '.join(PIPELINES)}"
+        )
     feats = cfg.loss.teacher_features
     if feats is not None and len(feats) != len(cfg.teachers):
         raise ConfigError(
@@ -500,8 +511,8 @@ def to_yaml(config: RunConfig) -> str:
 def config_hash(config: RunConfig) -> str:
     """12 hex digits identifying the experiment: every key except where the run reads,
     writes and runs (the ``output`` section, ``data.data_root``, ``data.workers``,
-    ``runtime.device``, the teacher cache's folder and budget), so a run resumed on another
-    device or with another cache folder keeps its hash.
+    ``data.pipeline``, ``runtime.device``, the teacher cache's folder and budget), so a run
+    resumed on another device, pipeline or cache folder keeps its hash.
 
     The performance switches added later count only when they can change the numbers and
     are not at their defaults (``runtime.teacher_cache_dtype`` while a cache is on,
@@ -509,7 +520,8 @@ def config_hash(config: RunConfig) -> str:
     hashes."""
     data = config.to_dict()
     data.pop("output")
-    skipped = (("data", "data_root"), ("data", "workers"), ("runtime", "device"),
+    skipped = (("data", "data_root"), ("data", "workers"), ("data", "pipeline"),
+               ("runtime", "device"),
                ("runtime", "teacher_cache"), ("runtime", "teacher_cache_budget"))
     runtime = data["runtime"]
     if not runtime["teacher_cache"]:

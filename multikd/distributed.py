@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import Dataset, DistributedSampler, Subset
 
 
 @dataclass(frozen=True)
@@ -105,19 +105,14 @@ def wrap(learner: nn.Module, frozen: nn.Module | None, device: torch.device, env
     return DistributedDataParallel(learner, device_ids=device_ids)
 
 
-def train_loader(
-    dataset: Dataset, batch_size: int, seed: int, env: DistEnv, workers: int, device: torch.device
-) -> DataLoader:
-    """This rank's share of the shuffled training set, ``batch_size`` per rank."""
-    sampler = DistributedSampler(
+def train_sampler(dataset: Dataset, seed: int, env: DistEnv) -> DistributedSampler | None:
+    """This rank's share of the shuffled training set under torchrun; None in one process,
+    where the loader's own :class:`~multikd.data.EpochShuffleSampler` gives the same
+    global order."""
+    if not env.enabled:
+        return None
+    return DistributedSampler(
         dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=seed
-    )
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
     )
 
 

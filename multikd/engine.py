@@ -161,7 +161,8 @@ def evaluate_checkpoint(
     named = [("test", splits.test)] + ([("val", splits.val)] if splits.val is not None else [])
     for name, split in named:
         batch = min(batch_size, len(split))
-        loader = data.build_loader(split, batch, train=False, seed=seed, device=str(dev))
+        loader = data.build_loader(split, batch, train=False, seed=seed, device=str(dev),
+                                   pipeline="batched")
         correct, count, loss = evaluate(model, loader, dev).tolist()
         result[f"{name}_acc"] = 100.0 * correct / count
         result[f"{name}_loss"] = loss / count
@@ -278,21 +279,22 @@ class TrainingRun:
                 f"({len(s.train)} images); lower --batch-size"
             )
         per_rank = batch // env.world_size
-        seed, workers, dev = cfg.runtime.seed, cfg.data.workers, str(self.device)
-        if env.enabled:
-            self.train_loader = ddp.train_loader(s.train, per_rank, seed, env, workers, self.device)
-        else:
-            self.train_loader = data.build_loader(
-                s.train, batch, train=True, seed=seed, workers=workers, device=dev
-            )
+        options = {"seed": cfg.runtime.seed, "workers": cfg.data.workers,
+                   "device": str(self.device), "pipeline": cfg.data.pipeline}
+        if cfg.data.workers and cfg.data.pipeline == "batched":
+            log.info("data.workers is not used by the batched pipeline (batches are made on "
+                     "%s); set data.pipeline per-sample to use worker processes", self.device)
+        sampler = ddp.train_sampler(s.train, cfg.runtime.seed, env)
+        self.train_loader = data.build_loader(
+            s.train, per_rank, train=True, sampler=sampler, **options
+        )
         self.steps_per_epoch = len(self.train_loader)
         self.eval_loaders = {}
         for name, split in (("val", s.val), ("test", s.test)):
             if split is not None:
                 shard = ddp.eval_shard(split, env)
                 self.eval_loaders[name] = data.build_loader(
-                    shard, min(per_rank, len(shard)), train=False, seed=seed,
-                    workers=workers, device=dev,
+                    shard, min(per_rank, len(shard)), train=False, **options
                 )
 
     def _build_optimizer(self) -> None:

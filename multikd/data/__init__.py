@@ -9,9 +9,12 @@ root (``--data-root``, else ``$MULTIKD_DATA``, else ``./data``); nothing is ever
 - :mod:`.views`: the crop+flip augmentation as view ids, a pure function of
   (seed, epoch, index);
 - :mod:`.datasets`: :func:`build_datasets` (train / stratified val / test), :func:`describe`;
-- :mod:`.loaders`: :func:`build_loader`, reproducible to the bit.
+- :mod:`.loaders`: :func:`build_loader`, reproducible to the bit;
+- :mod:`.batches`: :class:`BatchedLoader`, the same batches made whole on the training
+  device (the fast path).
 """
 
+from multikd.data.batches import PIPELINES, BatchedLoader, PixelTable, augment_batch
 from multikd.data.cifar import (
     CIFAR10_NAMES,
     CIFAR100_COARSE_NAMES,
@@ -44,14 +47,17 @@ from multikd.data.views import (
     apply_view,
     view_of,
     view_params,
+    views_of,
 )
 from multikd.data.writer import write_fake_cifar
 
 __all__ = [
-    "CIFAR10_NAMES", "CIFAR100_COARSE_NAMES", "CIFAR100_FINE_BY_COARSE", "CIFAR100_FINE_NAMES",
-    "CIFAR_LAYOUTS", "CROP_OFFSETS", "DATASETS", "IDENTITY_VIEW", "NUM_VIEWS", "PAD",
-    "SYNTHETIC_DEFAULTS", "ChecksumReport", "CifarLayout", "DataSplits", "EpochShuffleSampler",
-    "ImageDataset", "apply_view", "build_datasets", "build_loader", "cifar_layout",
+    "BatchedLoader", "CIFAR100_COARSE_NAMES", "CIFAR100_FINE_BY_COARSE",
+    "CIFAR100_FINE_NAMES", "CIFAR10_NAMES", "CIFAR_LAYOUTS", "CROP_OFFSETS", "ChecksumReport",
+    "CifarLayout", "DATASETS", "DataSplits", "EpochShuffleSampler", "IDENTITY_VIEW",
+    "ImageDataset", "NUM_VIEWS", "PAD", "PIPELINES", "PixelTable", "SYNTHETIC_DEFAULTS",
+    "apply_view", "augment_batch", "build_datasets", "build_loader", "cifar_layout",
     "dataset_names", "describe", "load_cifar", "make_synthetic", "resolve_data_root",
-    "stratified_split", "verify_checksums", "view_of", "view_params", "write_fake_cifar",
+    "stratified_split", "verify_checksums", "view_of", "view_params", "views_of",
+    "write_fake_cifar",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from multikd.data.batches import PIPELINES, BatchedLoader
 from multikd.errors import DataError
 
 
@@ -45,7 +46,8 @@ def _base_dataset(dataset: Dataset) -> Dataset:
 
 
 def build_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0,
-                 workers: int = 0, device: str = "cpu", drop_last: bool = False) -> DataLoader:
+                 workers: int = 0, device: str = "cpu", drop_last: bool = False,
+                 pipeline: str = "per-sample", sampler: Sampler | None = None):
     """A loader whose batches depend only on (dataset, seed, epoch), never on global RNG.
 
     ``train``: shuffled by :class:`EpochShuffleSampler` (call ``loader.sampler.set_epoch(e)``
@@ -54,6 +56,12 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0,
     ``pin_memory`` only for CUDA devices. With ``workers > 0`` the workers persist across
     epochs and follow ``set_epoch`` through the dataset's shared-memory epoch. The loader's
     own generator seeds the workers, so iterating never draws from torch's global RNG.
+
+    ``pipeline``: ``"per-sample"``, a torch ``DataLoader`` (host tensors, ``workers``
+    processes), or ``"batched"``, a :class:`~multikd.data.batches.BatchedLoader` that
+    makes whole batches on ``device`` (the same batches, bit for bit; ``workers`` unused).
+    ``sampler`` replaces the default :class:`EpochShuffleSampler` (e.g. torch's
+    ``DistributedSampler``).
     """
     if batch_size < 1:
         raise DataError(f"batch size must be >= 1, got {batch_size}")
@@ -64,12 +72,18 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0,
         )
     if workers < 0:
         raise DataError(f"workers must be >= 0, got {workers}")
+    if pipeline not in PIPELINES:
+        raise DataError(f"unknown data pipeline {pipeline!r}; valid: {', '.join(PIPELINES)}")
+    if sampler is None:
+        sampler = EpochShuffleSampler(dataset, seed, shuffle=train)
+    if pipeline == "batched":
+        return BatchedLoader(dataset, batch_size, sampler, device, drop_last=drop_last)
     if workers > 0 and hasattr(_base_dataset(dataset), "share_epoch"):
         _base_dataset(dataset).share_epoch()
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochShuffleSampler(dataset, seed, shuffle=train),
+        sampler=sampler,
         num_workers=workers,
         pin_memory=str(device).startswith("cuda"),
         drop_last=drop_last,

@@ -10,6 +10,7 @@ on ``(index, view)``.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -51,3 +52,17 @@ def _mix64(*values: int) -> int:
 def view_of(seed: int, epoch: int, index: int) -> int:
     """The view of training sample ``index`` in ``epoch`` under ``seed``: ``hash mod 162``."""
     return _mix64(seed, epoch, index) % NUM_VIEWS
+
+
+def views_of(seed: int, epoch: int, indices) -> np.ndarray:
+    """:func:`view_of` of many sample indices at once (int64 array, same values): the hash
+    of ``(seed, epoch)`` is shared, and the last round runs on uint64 arrays, whose
+    arithmetic wraps modulo 2**64 like the masked Python integers."""
+    indices = np.asarray(indices)
+    if indices.size and indices.min() < 0:
+        raise ValueError("sample indices must be >= 0")
+    h = np.full(indices.shape, _mix64(seed, epoch), dtype=np.uint64)
+    h = (h ^ indices.astype(np.uint64)) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(31))) * np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(29)
+    return (h % np.uint64(NUM_VIEWS)).astype(np.int64)
