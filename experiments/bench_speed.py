@@ -21,6 +21,13 @@ them (A B A B ...) ``--reps`` times, and reports the median time of each and the
 - the teachers' forward pass batched (vmap over stacked state) against the loop, and the
       peak memory of each mode (CUDA: ``torch.cuda.max_memory_allocated``; not measured on
       the CPU, where torch's allocations are invisible to tracemalloc).
+- the data: one epoch of training batches brought to the device by the batched pipeline
+      (whole-batch augmentation on the device) against the per-sample DataLoader
+      (``--workers`` processes), after checking that both give the same batches.
+
+``--amp``, ``--channels-last`` and ``--compile`` switch the runs' fast paths on (the hand
+loop of P2 follows them: autocast + GradScaler, channels_last inputs, compiled models);
+``--pipeline`` picks the runs' data pipeline (P3 includes the data).
 
 The teachers have random weights (saved as checkpoints, loaded the way runs load them):
 speed does not depend on what they learned. The data is the synthetic set, one epoch =
@@ -45,7 +52,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from multikd import engine
+from multikd import data, engine
 from multikd.build import build_data
 from multikd.config import (
     DataConfig, ModelConfig, OptimConfig, OutputConfig, RunConfig, RuntimeConfig, StrategyConfig,
@@ -70,6 +77,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher", default="resnet32x4", help="teacher architecture")
     p.add_argument("--student", default="resnet8x4", help="student architecture")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--amp", action="store_true", help="mixed precision in every measure")
+    p.add_argument("--channels-last", action="store_true", help="channels_last in every measure")
+    p.add_argument("--compile", action="store_true", help="torch.compile the models (runs and "
+                   "hand loop alike)")
+    p.add_argument("--pipeline", default="batched", choices=("batched", "per-sample"),
+                   help="data pipeline of the runs (default batched)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="DataLoader workers of the per-sample pipeline (default 0)")
     p.add_argument("--out", default="results/speed.md", help="report file (markdown)")
     return p.parse_args(argv)
 
@@ -107,12 +122,16 @@ def alternate(timer: Timer, a, b, reps: int) -> tuple[list[float], list[float]]:
 def compared(name: str, a: tuple[str, list[float]], b: tuple[str, list[float]], target: str,
              speedup: bool = False, limit: float | None = None, note: str = "") -> dict:
     """One row: medians of A and B, their ratio (B/A with ``speedup``, else A/B) and
-    whether it meets ``limit`` (a floor for speed-ups, else a ceiling)."""
-    med_a, med_b = statistics.median(a[1]), statistics.median(b[1])
-    ratio = med_b / med_a if speedup else med_a / med_b
+    whether it meets ``limit`` (a floor for speed-ups, else a ceiling); also the same ratio
+    of the fastest repetitions (noise on a shared machine only ever adds time)."""
+    def ratio_of(x: float, y: float) -> float:
+        return y / x if speedup else x / y
+
+    ratio = ratio_of(statistics.median(a[1]), statistics.median(b[1]))
     met = None if limit is None else (ratio >= limit if speedup else ratio <= limit)
-    return {"name": name, "a": a, "b": b, "ratio": ratio, "target": target, "met": met,
-            "note": note}
+    fastest = ratio_of(min(a[1]), min(b[1]))
+    return {"name": name, "a": a, "b": b, "ratio": ratio, "fastest": fastest,
+            "target": target, "met": met, "note": note}
 
 
 # --------------------------------------------------------------------------- setup
@@ -141,13 +160,15 @@ class Bench:
         a = self.args
         cfg = RunConfig(
             kind="distill",
-            data=DataConfig(dataset="synthetic", synthetic=dict(self.synthetic)),
+            data=DataConfig(dataset="synthetic", synthetic=dict(self.synthetic),
+                            pipeline=a.pipeline, workers=a.workers),
             model=ModelConfig(arch=a.student),
             teachers=[TeacherConfig(arch=a.teacher, checkpoint=c, name=f"t{k}")
                       for k, c in enumerate(self.checkpoints)],
             strategy=StrategyConfig(name=strategy),
             optim=OptimConfig(batch_size=a.batch_size, epochs=1),
-            runtime=RuntimeConfig(device=a.device, seed=0,
+            runtime=RuntimeConfig(device=a.device, seed=0, amp=a.amp,
+                                  channels_last=a.channels_last, compile=a.compile,
                                   teacher_cache=str(self.root / "cache") if cache else ""),
             output=OutputConfig(run_dir=str(self.root / "runs" / name), quiet=True),
         )
@@ -167,7 +188,7 @@ class Bench:
         """The epoch's batches on the device: ``(x, y, batch as loaded)``."""
         out = []
         for batch in run.train_loader:
-            x, y = engine.to_device(batch[0], batch[1], self.device)
+            x, y = engine.to_device(batch[0], batch[1], self.device, self.args.channels_last)
             out.append((x, y, batch))
         return out
 
@@ -197,20 +218,31 @@ def bench_lockstep(bench: Bench) -> dict:
 
 # --------------------------------------------------------------------------- P2
 class HandLoop:
-    """The distiller's math written out: ca-mkd weights, CE + weighted KD, SGD."""
+    """The distiller's math written out: ca-mkd weights, CE + weighted KD, SGD; under the
+    run's AMP (autocast + GradScaler), channels_last and compile settings."""
 
     def __init__(self, run: engine.TrainingRun):
         cfg = run.cfg
+        self.device, self.amp = run.device, cfg.runtime.amp
         self.student = copy.deepcopy(run.parts.model).train()
         self.teachers = [copy.deepcopy(t).eval() for t in run.parts.ensemble.teachers]
+        if cfg.runtime.compile:  # the deep copies dropped the runs' compiled wrappers
+            for model in (self.student, *self.teachers):
+                model.compile()
         self.temperature = cfg.loss.temperature
         o = cfg.optim
         self.optimizer = torch.optim.SGD(
             self.student.parameters(), lr=o.lr, momentum=o.momentum,
             weight_decay=o.weight_decay, fused=run.device.type == "cuda",
         )
+        self.scaler = torch.amp.GradScaler(run.device.type,
+                                           enabled=self.amp and run.device.type == "cuda")
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with engine.autocast(self.device, self.amp):
+            return self._loss(x, y)
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             t_logits = torch.stack([t(x) for t in self.teachers]).float()  # [K,B,C]
             k = t_logits.shape[0]
@@ -228,8 +260,9 @@ class HandLoop:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         loss = self.loss(x, y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
 
 def bench_step(bench: Bench) -> dict:
@@ -318,6 +351,37 @@ def bench_batched(bench: Bench) -> dict:
                          f"{peaks['batched']}, loop {peaks['loop']}")
 
 
+# --------------------------------------------------------------------------- data pipeline
+def bench_pipeline(bench: Bench) -> dict:
+    """One epoch of training batches brought to the device: the batched pipeline against
+    the per-sample DataLoader (``--workers`` processes), after checking they are equal."""
+    args, device, train = bench.args, bench.device, bench.splits.train
+    loaders = {
+        pipeline: data.build_loader(train, args.batch_size, train=True, seed=0,
+                                    workers=args.workers, device=str(device), pipeline=pipeline)
+        for pipeline in ("batched", "per-sample")
+    }
+
+    def epoch(loader, keep: list | None = None):
+        loader.sampler.set_epoch(1)
+        for batch in loader:
+            x, y = engine.to_device(batch[0], batch[1], device, args.channels_last)
+            if keep is not None:
+                keep.append((x.cpu(), y.cpu()))
+
+    first, second = [], []
+    epoch(loaders["batched"], first)
+    epoch(loaders["per-sample"], second)
+    same = all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+               for a, b in zip(first, second, strict=True))
+    t_batched, t_sample = alternate(bench.timer, lambda: epoch(loaders["batched"]),
+                                    lambda: epoch(loaders["per-sample"]), args.reps)
+    return compared("Data: batched pipeline / per-sample DataLoader, one epoch to the device",
+                    ("batched", t_batched), ("per-sample", t_sample), "(< 1: batched faster)",
+                    note=f"the two pipelines' batches are {'equal' if same else 'NOT equal'}; "
+                         f"per-sample workers {args.workers}")
+
+
 # --------------------------------------------------------------------------- report
 def machine(device: torch.device) -> list[str]:
     cpu = platform.processor() or platform.machine()
@@ -330,7 +394,7 @@ def machine(device: torch.device) -> list[str]:
         pass
     lines = [
         f"- CPU: {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}",
-        f"- load average at start (1/5/15 min): "
+        "- load average at start (1/5/15 min): "
         + "/".join(f"{v:.1f}" for v in os.getloadavg()),
         f"- Python {platform.python_version()}, torch {torch.__version__}, {platform.platform()}",
     ]
@@ -356,16 +420,20 @@ def report(results: list[dict], args: argparse.Namespace, device, command: str,
         f"- sizes: {args.batches} batches of {args.batch_size} images per epoch, "
         f"{NUM_TEACHERS} x {args.teacher} teachers -> {args.student}, "
         f"median of {args.reps} alternating repetitions",
+        f"- runtime: amp {args.amp}, channels_last {args.channels_last}, compile {args.compile}, "
+        f"data pipeline {args.pipeline} (workers {args.workers})",
         "",
-        "Times are medians, with the fastest and slowest repetition in brackets.",
+        "Times are medians, with the fastest and slowest repetition in brackets. The ratio is",
+        "that of the medians (the one judged against the target); the next column is the",
+        "same ratio of the fastest repetitions.",
         "",
-        "| measure | A | B | ratio | target | met |",
-        "|---|---|---|---|---|---|",
+        "| measure | A | B | ratio | of fastest | target | met |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         met = "-" if r["met"] is None else ("yes" if r["met"] else "**no**")
         lines.append(f"| {r['name']} | {_times(*r['a'])} | {_times(*r['b'])} | "
-                     f"{r['ratio']:.3f} | {r['target']} | {met} |")
+                     f"{r['ratio']:.3f} | {r['fastest']:.3f} | {r['target']} | {met} |")
     lines.append("")
     lines.extend(f"- {r['name'].split(':')[0]}: {r['note']}" for r in results if r["note"])
     return "\n".join(lines) + "\n"
@@ -381,7 +449,7 @@ def main(argv=None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="multikd-speed-") as tmp:
         bench = Bench(args, Path(tmp))
-        for measure in (bench_lockstep, bench_step, bench_cache, bench_batched):
+        for measure in (bench_lockstep, bench_step, bench_cache, bench_batched, bench_pipeline):
             result = measure(bench)
             print(f"{result['name']}: {result['ratio']:.3f} ({_times(*result['a'])}, "
                   f"{_times(*result['b'])}; target {result['target']})", flush=True)
