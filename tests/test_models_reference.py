@@ -32,6 +32,13 @@ def test_every_reference_architecture_is_registered():
     assert set(ARCHS) <= set(list_models())
     for arch in ARCHS:
         assert canonical_name(arch.lower()) == arch
+        assert canonical_name(arch.upper()) == arch
+    assert canonical_name("ResNet8x4") == "resnet8x4"
+
+
+def test_unknown_model_suggests_registered_names():
+    with pytest.raises(ModelError, match=r"Did you mean MobileNetV2\?|Did you mean MobileNetV2,"):
+        canonical_name("mobilenetv3")
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -28,7 +28,7 @@ def register_model(name: str, *aliases: str) -> Callable[[ModelBuilder], ModelBu
         if name in _BUILDERS:
             raise ValueError(f"model {name!r} is registered twice")
         _BUILDERS[name] = builder
-        for alias in {name.lower(), *(a.lower() for a in aliases)} - {name}:
+        for alias in {name.lower(), *(a.lower() for a in aliases)}:
             _ALIASES[alias] = name
         return builder
 
@@ -41,12 +41,14 @@ def list_models() -> list[str]:
 
 
 def canonical_name(name: str) -> str:
-    """The registered name for ``name`` or an alias; a clear error listing valid names."""
+    """The registered name for ``name`` or an alias, in any letter case; a clear error
+    listing valid names."""
     if name in _BUILDERS:
         return name
     if name.lower() in _ALIASES:
         return _ALIASES[name.lower()]
-    close = difflib.get_close_matches(name, list(_BUILDERS) + list(_ALIASES), n=3)
+    matches = difflib.get_close_matches(name.lower(), sorted(_ALIASES), n=6)
+    close = list(dict.fromkeys(_ALIASES[m] for m in matches))[:3]
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ModelError(
         f"unknown model {name!r}.{hint} Valid names: {', '.join(list_models())}, "
