@@ -268,6 +268,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", "--run-dir", dest="out", metavar="DIR", help="run directory")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--amp", action="store_true", default=None, help="mixed precision")
+    p.add_argument("--channels-last", action="store_true", default=None,
+                   help="channels_last memory format (faster convolutions with --amp on GPUs)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the models (compiles once at start)")
     p.add_argument(
         "--quiet", action="store_true", default=None, help="no progress bar, warnings only"
     )
@@ -289,6 +293,8 @@ _RUN_FLAGS = {
     "out": "output.run_dir",
     "device": "runtime.device",
     "amp": "runtime.amp",
+    "channels_last": "runtime.channels_last",
+    "compile": "runtime.compile",
     "quiet": "output.quiet",
     "arch": "model.arch",
     "kind": "kind",
