@@ -76,9 +76,12 @@ class MultiTeacherDistiller(nn.Module):
     has no features, so it needs ``gamma == 0``).
 
     Teacher outputs are checked for NaN/inf (a TrainingError naming the teacher) on the
-    first batch, and on every batch on the CPU. On other devices later batches are not
-    checked, to avoid a host sync per step: a non-finite teacher output then makes the
-    losses non-finite (zero weights multiply, they do not mask), which the engine reports.
+    first batch, and on every later batch on the CPU while :attr:`check_every_cpu_batch`
+    is True (the default; a CPU run waits for nothing, but the check costs ops). On other
+    devices later batches are not checked, to avoid a host sync per step: a non-finite
+    teacher output then makes the losses non-finite (zero weights multiply, they do not
+    mask), which the engine reports. Setting ``check_every_cpu_batch = False`` gives a CPU
+    run the same sync-free steps, e.g. to verify that a step reads nothing on the host.
 
     Only the student and the adapters train (:meth:`trainable_parameters`); the teachers
     stay frozen and in eval mode through ``.train()``. ``state_dict()`` holds student,
@@ -126,6 +129,8 @@ class MultiTeacherDistiller(nn.Module):
         self.student_feature = None
         self._tap: FeatureTap | None = None
         self._finite_checked = False
+        self.check_every_cpu_batch = True
+        self._zero: torch.Tensor | None = None
         example = ensemble.example_input if example_input is None else example_input
         if self.use_features:
             self.student_feature = student_feature or _last_stage(student, "student")
@@ -195,16 +200,25 @@ class MultiTeacherDistiller(nn.Module):
             )
             targets = [feature.detach() for feature in teacher_out.features]
             feat = feature_loss(adapted, targets, feat_weights)
+            total = _scaled(self.alpha, ce) + _scaled(self.beta, kd) + _scaled(self.gamma, feat)
         else:
-            feat = torch.zeros((), device=logits.device)
-        total = self.alpha * ce + self.beta * kd + self.gamma * feat
-        info = {
-            "teachers": list(self.ensemble.names),
-            "weights": weights.detach().mean(1),
-            "ce": teacher_out.ce_mean.detach().float(),
-            "kept": selection.kept.detach().float().mean(1),
-        }
+            # gamma * 0 adds exactly +0: leaving the term out changes no total
+            feat = self._zero_on(logits.device)
+            total = _scaled(self.alpha, ce) + _scaled(self.beta, kd)
+        with torch.no_grad():  # no graph: the detach()es it saves would be ops
+            info = {
+                "teachers": list(self.ensemble.names),
+                "weights": weights.mean(1),
+                "ce": teacher_out.ce_mean.detach().float(),
+                "kept": selection.kept.float().mean(1),
+            }
         return logits, {"ce": ce, "kd": kd, "feat": feat, "total": total}, info
+
+    def _zero_on(self, device: torch.device) -> torch.Tensor:
+        """The logged ``feat`` loss without features: one 0 made once per device."""
+        if self._zero is None or self._zero.device != device:
+            self._zero = torch.zeros((), device=device)
+        return self._zero
 
     def _check_teacher_out(
         self, out: EnsembleOutput, y: torch.Tensor, device: torch.device
@@ -232,7 +246,7 @@ class MultiTeacherDistiller(nn.Module):
                         f"sample but its adapter was built for {shape}: the shared teacher pass "
                         "must tap the same teacher features as this distiller"
                     )
-        if not self._finite_checked or device.type == "cpu":
+        if not self._finite_checked or (self.check_every_cpu_batch and device.type == "cpu"):
             check_finite(out.ce, out.logits, self.ensemble.names)
             self._finite_checked = True
 
@@ -284,6 +298,11 @@ def _last_stage(model: nn.Module, role: str) -> str:
             "teacher_features, as in model.named_modules())"
         )
     return names[-1]
+
+
+def _scaled(weight: float, loss: torch.Tensor) -> torch.Tensor:
+    """``weight * loss``, without the op when the weight is 1 (``1.0 * x`` is exactly x)."""
+    return loss if weight == 1.0 else weight * loss
 
 
 def _loss_weight(name: str, value) -> float:

@@ -17,10 +17,15 @@ from multikd.errors import TrainingError
 
 
 class EpochMeter:
-    """One epoch's sums on the device: ``[count, correct, Σ n·loss_part..., Σ n·w_k...,
-    Σ n·ce_k..., Σ n·kept_k...]`` (parts named by the learner's ``losses`` dict, teacher
-    diagnostics by its ``info`` keys ``weights``, ``ce``, ``kept``), and ``first_bad``: the
-    first step whose total loss was not finite (``inf`` while there is none).
+    """One epoch's sums: the image count on the host (known there: ``y.numel()``), and on
+    the device ``[correct, Σ n·loss_part..., Σ n·w_k..., Σ n·ce_k..., Σ n·kept_k...]``
+    in float64 (parts named by the learner's ``losses`` dict, teacher diagnostics by its
+    ``info`` keys ``weights``, ``ce``, ``kept``).
+
+    A non-finite total loss makes its running sum non-finite for good, so a read sees it
+    without a per-step check; the step where it first appeared is found, on that rare
+    read only, among the per-step values kept since the last read (references to tensors
+    ``add`` made anyway, so keeping them costs no op).
     """
 
     TEACHER_COLUMNS = {"weights": "w", "ce": "ce", "kept": "kept"}
@@ -30,46 +35,67 @@ class EpochMeter:
         self.env = env
         self.epoch = epoch
         self.run_path = run_path
+        self.count = 0
         self.sums: torch.Tensor | None = None
-        self.first_bad = torch.full((), math.inf, dtype=torch.float64, device=device)
         self.loss_names: list[str] = []
         self.teacher_keys: list[str] = []
+        self._since_read: list[tuple[int, torch.Tensor]] = []
 
     def add(
         self, step: int, logits: torch.Tensor, y: torch.Tensor, losses: dict, info: dict
     ) -> None:
-        """Add one batch (no host sync)."""
+        """Add one batch: 8 ops, no host sync (every value scaled by the batch's image
+        count n exactly as ``value.double() * n`` would be, so the sums do not change)."""
         if self.sums is None:
             self.loss_names = list(losses)
             self.teacher_keys = [k for k in self.TEACHER_COLUMNS if k in info]
-        n = torch.full((1,), float(y.numel()), dtype=torch.float64, device=self.device)
-        parts = [n, (logits.detach().argmax(1) == y).sum().double().reshape(1)]
-        parts.append(torch.stack([losses[k].detach().double() for k in self.loss_names]) * n)
-        parts.extend(info[k].detach().double().reshape(-1) * n for k in self.teacher_keys)
-        values = torch.cat(parts)
-        self.sums = values if self.sums is None else self.sums + values
-        finite = torch.isfinite(losses["total"].detach())
-        seen_bad = self.first_bad < math.inf
-        self.first_bad = torch.where(finite | seen_bad, self.first_bad, float(step))
+        n = y.numel()
+        self.count += n
+        with torch.no_grad():
+            correct = (logits.argmax(1) == y).sum(dtype=torch.float64)
+            # float64 by type promotion (correct is float64); every cast to it is exact
+            values = torch.cat([
+                torch.stack([correct, *(losses[k] for k in self.loss_names)]),
+                *(info[k] for k in self.teacher_keys),  # each [K]
+            ])
+            values[1:].mul_(n)
+            if self.sums is None:
+                self.sums = values.clone()
+            else:
+                self.sums.add_(values)
+        self._since_read.append((step, values))
 
     def _read(self) -> list[float]:
-        """Sums over all ranks (one host sync); a TrainingError if a loss was not finite."""
-        bad = ddp.all_reduce_min(self.first_bad.reshape(1).clone(), self.env)
-        sums = ddp.all_reduce_sum(self.sums.clone(), self.env)
-        first_bad, *values = torch.cat([bad, sums]).tolist()
-        if first_bad < math.inf:
-            kept = (
-                f"The last good checkpoint (end of epoch {self.epoch - 1}) is kept in "
-                f"{self.run_path}"
-                if self.epoch > 1
-                else f"No checkpoint was written to {self.run_path}"
-            )
-            raise TrainingError(
-                f"the training loss became NaN or infinite at epoch {self.epoch}, step "
-                f"{int(first_bad) + 1}; training stopped. {kept}. Lower the learning rate, "
-                "turn off --amp, or check the data and the loss weights"
-            )
+        """``[count, correct, sums...]`` over all ranks (one host sync); a TrainingError
+        if a total loss was not finite."""
+        count = torch.full((1,), float(self.count), dtype=torch.float64, device=self.device)
+        values = ddp.all_reduce_sum(torch.cat([count, self.sums]), self.env).tolist()
+        if not math.isfinite(values[2 + self.loss_names.index("total")]):
+            self._raise_not_finite()
+        self._since_read.clear()
         return values
+
+    def _raise_not_finite(self) -> None:
+        """The first step (over all ranks) whose total loss was not finite, as an error.
+        Every rank gets here: the all-reduced sum is not finite on all of them."""
+        column = 1 + self.loss_names.index("total")
+        totals = [float(v[column]) for _, v in self._since_read]
+        bad = [step for (step, _), total in zip(self._since_read, totals)
+               if not math.isfinite(total)]
+        first = torch.full((1,), float(min(bad, default=math.inf)), dtype=torch.float64,
+                           device=self.device)
+        first_bad = ddp.all_reduce_min(first, self.env).item()
+        kept = (
+            f"The last good checkpoint (end of epoch {self.epoch - 1}) is kept in "
+            f"{self.run_path}"
+            if self.epoch > 1
+            else f"No checkpoint was written to {self.run_path}"
+        )
+        raise TrainingError(
+            f"the training loss became NaN or infinite at epoch {self.epoch}, step "
+            f"{int(first_bad) + 1}; training stopped. {kept}. Lower the learning rate, "
+            "turn off --amp, or check the data and the loss weights"
+        )
 
     def _named(self, sums: list[float], teacher_names) -> dict:
         count = sums[0]

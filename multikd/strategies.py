@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from multikd.errors import StrategyError, TrainingError
 
@@ -288,9 +287,12 @@ class RandomTeacher(Strategy):
         self._generator = torch.Generator().manual_seed(self.seed)
 
     def _select(self, ce, logits, labels):
-        k = int(torch.randint(ce.shape[0], (), generator=self._generator))
-        chosen = torch.zeros_like(ce, dtype=torch.bool)
-        chosen[k] = True
+        # the draw stays a 0-dim CPU tensor, which the comparison takes as a scalar kernel
+        # argument: int(draw) would be a host read (of a CPU tensor, so no GPU sync, but a
+        # read that a CPU-only check of the step could not tell from a real one)
+        draw = torch.randint(ce.shape[0], (), generator=self._generator)
+        chosen = (torch.arange(ce.shape[0], device=ce.device) == draw).unsqueeze(1)
+        chosen = chosen.expand_as(ce)
         return Selection(chosen.to(ce.dtype), chosen)
 
     def state_dict(self) -> dict:
@@ -325,6 +327,7 @@ class Fixed(Strategy):
             )
         self.weights_given = values
         self._column: torch.Tensor | None = None
+        self._kept: torch.Tensor | None = None
 
     def _select(self, ce, logits, labels):
         if len(self.weights_given) != ce.shape[0]:
@@ -336,8 +339,8 @@ class Fixed(Strategy):
             # built once per device: a host-to-device copy every step would wait for the device
             v = torch.tensor(self.weights_given, dtype=torch.float32).unsqueeze(1)
             self._column = (v / v.sum()).to(ce.device)
-        v = self._column
-        return Selection(v.expand_as(ce), (v > 0).expand_as(ce))
+            self._kept = self._column > 0
+        return Selection(self._column.expand_as(ce), self._kept.expand_as(ce))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -347,8 +350,10 @@ def _score(ce: torch.Tensor, granularity: str) -> torch.Tensor:
 
 
 def _best_mask(score: torch.Tensor) -> torch.Tensor:
-    """``[K,G]`` bool, True at the lowest score of each column (lower index on ties)."""
-    return F.one_hot(score.argmin(0), score.shape[0]).T.bool()
+    """``[K,G]`` bool, True at the lowest score of each column (lower index on ties).
+    A scatter: ``one_hot`` would read the indices' range on the host (on the CPU)."""
+    best = score.argmin(0, keepdim=True)
+    return torch.zeros_like(score, dtype=torch.bool).scatter_(0, best, True)
 
 
 def _check_shapes(ce: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
