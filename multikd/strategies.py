@@ -227,18 +227,30 @@ class ConfidenceAware(Strategy):
 
 @register_strategy("ebkd")
 class EntropyBased(Strategy):
-    """Entropy-based weights, our reading of Kwon et al., "Adaptive knowledge distillation
-    based on entropy", ICASSP 2020 (a more certain teacher gets a larger weight): per sample
-    the prediction entropy ``H_ki = -sum_c p_kic log p_kic`` with ``p = softmax(logits)``
+    """Entropy-based weights (EBKD; Kwon et al., "Adaptive knowledge distillation based on
+    entropy", ICASSP 2020): a more certain teacher gets a larger weight. The form is the
+    one the field's comparisons run, the EBKD baseline in the public code of CA-MKD (Zhang
+    et al., ICASSP 2022), whose results Gu et al. 2023 compare against: per sample the
+    prediction entropy ``H_ki = -sum_c p_kic log p_kic`` with ``p = softmax(logits)``
     (T = 1), and
 
-        w_ki = softmax_k(-H_ki) = exp(-H_ki) / sum_j exp(-H_ji)
+        w_ki = (1 - H_ki / sum_j H_ji) / (K - 1)
 
+    That code uses ``1 - H_ki / sum_j H_ji`` (summing to K - 1) and divides every
+    strategy's summed loss by K; the 1 / (K - 1) here makes the weights sum to 1 like every
+    strategy's, so strategies differ only in how they share the weight. One teacher gets
+    weight 1; where every teacher is certain (``sum_j H_ji = 0``) the weights are 1 / K.
     Labels are not used. Everyone is kept."""
 
     def _select(self, ce, logits, labels):
-        entropy = torch.special.entr(torch.softmax(logits.float(), dim=-1)).sum(-1)
-        return Selection(torch.softmax(-entropy, dim=0), torch.ones_like(ce, dtype=torch.bool))
+        k = ce.shape[0]
+        kept = torch.ones_like(ce, dtype=torch.bool)
+        if k == 1:
+            return Selection(torch.ones_like(ce), kept)
+        entropy = torch.special.entr(torch.softmax(logits.float(), dim=-1)).sum(-1)  # [K,B]
+        total = entropy.sum(0, keepdim=True)
+        share = torch.where(total > 0, entropy / total, 1.0 / k)
+        return Selection((1.0 - share) / (k - 1), kept)
 
 
 @register_strategy("best")

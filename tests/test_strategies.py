@@ -88,10 +88,24 @@ def test_ebkd():
 
     expected = [[0.0] * 3 for _ in range(3)]
     for i in range(3):
-        w = _softmax([-entropy(LOGITS[k][i]) for k in range(3)])
+        h = [entropy(LOGITS[k][i]) for k in range(3)]
         for k in range(3):
-            expected[k][i] = w[k]
-    _assert_weights(_select("ebkd"), expected)
+            expected[k][i] = (1 - h[k] / sum(h)) / 2
+    sel = _select("ebkd")
+    _assert_weights(sel, expected)
+    assert sel.kept.all()
+    # sample 0: teacher 2 (logits [3,0,1]) is the most certain, teacher 1 ([0,1,0]) the least
+    assert sel.weights[:, 0].argsort(descending=True).tolist() == [2, 0, 1]
+
+
+def test_ebkd_one_teacher_and_certain_teachers():
+    one = create_strategy("ebkd").weights(
+        torch.tensor([CE[0]]), torch.tensor([LOGITS[0]]), torch.tensor(LABELS)
+    )
+    assert one.tolist() == [[1.0, 1.0, 1.0]]
+    certain = torch.tensor([[[1e4, 0.0, 0.0]], [[0.0, 1e4, 0.0]]])  # entropies exactly 0
+    weights = create_strategy("ebkd").weights(torch.zeros(2, 1), certain, torch.tensor([0]))
+    assert weights.tolist() == [[0.5], [0.5]]
 
 
 def test_best_per_batch_and_per_sample():
