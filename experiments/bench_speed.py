@@ -15,7 +15,8 @@ them (A B A B ...) ``--reps`` times, and reports the median time of each and the
 - P2  the engine's ``train_step`` (MultiTeacherDistiller with ca-mkd weights, meters,
       scheduler) against a bare hand-written loop doing the same math (teachers under
       no_grad, per-teacher CE, ``w = (1 - softmax_k CE) / (K - 1)``, CE + T^2-weighted KD,
-      backward, SGD step). Both losses are checked equal first. Target <= 1.05.
+      backward, SGD step). Both losses are checked equal first. Target <= 1.05. The
+      note gives the ops each dispatches per step and the engine step's host syncs.
 - P3  one logit-only training epoch (loader, teachers, student step) served by a warm
       float16 teacher cache against the live teachers. Target >= 3x faster.
 - the teachers' forward pass batched (vmap over stacked state) against the loop, and the
@@ -59,6 +60,7 @@ from multikd.config import (
     TeacherConfig, resolve,
 )
 from multikd.ensemble import TeacherEnsemble
+from multikd.hostsync import HostSyncDetector
 from multikd.models import create_model
 from multikd.atomic import atomic_write_text
 
@@ -287,7 +289,26 @@ def bench_step(bench: Bench) -> dict:
     return compared("P2 distiller step (engine train_step) / hand-written loop",
                     ("engine", t_engine), ("hand loop", t_hand), "<= 1.05", limit=1.05,
                     note=f"first-batch loss: engine {engine_loss:.6f}, hand loop "
-                         f"{hand_loss:.6f}")
+                         f"{hand_loss:.6f}; {hot_path(run, hand, batches)}")
+
+
+def hot_path(run: engine.TrainingRun, hand: HandLoop, batches: list[tuple]) -> str:
+    """Ops dispatched by one steady-state step of each (a proxy for kernel launches) and
+    the host syncs of the engine's step (``multikd.hostsync``; on the CPU every read of a
+    tensor counts, i.e. what would sync on a GPU, with the CPU-only NaN check off)."""
+    x, y, _ = batches[0]
+    include_cpu = run.device.type == "cpu"
+    run.parts.module.check_every_cpu_batch = False
+    try:  # step 0 does not log (output.log_interval is 50)
+        with HostSyncDetector(include_cpu=include_cpu) as watch_engine:
+            run.train_step(0, x, y)
+    finally:
+        run.parts.module.check_every_cpu_batch = True
+    with HostSyncDetector(include_cpu=include_cpu) as watch_hand:
+        hand.step(x, y)
+    syncs = ", ".join(f"{e.op} at {e.where}" for e in watch_engine.syncs) or "none"
+    return (f"ops per step: engine {watch_engine.total_ops}, hand loop {watch_hand.total_ops}; "
+            f"host syncs in an engine step that does not log: {syncs}")
 
 
 # --------------------------------------------------------------------------- P3
