@@ -85,6 +85,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "hand loop alike)")
     p.add_argument("--pipeline", default="batched", choices=("batched", "per-sample"),
                    help="data pipeline of the runs (default batched)")
+    p.add_argument("--data-batches", type=int, default=20,
+                   help="batches of the data-pipeline measure (default 20)")
+    p.add_argument("--data-batch-size", type=int, default=128,
+                   help="images per batch of the data-pipeline measure (default 128, as on CIFAR)")
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader workers of the per-sample pipeline (default 0)")
     p.add_argument("--out", default="results/speed.md", help="report file (markdown)")
@@ -375,10 +379,15 @@ def bench_batched(bench: Bench) -> dict:
 # --------------------------------------------------------------------------- data pipeline
 def bench_pipeline(bench: Bench) -> dict:
     """One epoch of training batches brought to the device: the batched pipeline against
-    the per-sample DataLoader (``--workers`` processes), after checking they are equal."""
-    args, device, train = bench.args, bench.device, bench.splits.train
+    the per-sample DataLoader (``--workers`` processes), after checking they are equal.
+    Its own sizes (``--data-batches`` x ``--data-batch-size``): the data path costs little
+    next to the models at the other measures' small CPU sizes."""
+    args, device = bench.args, bench.device
+    size = args.data_batches * args.data_batch_size
+    synthetic = {**bench.synthetic, "train_size": size}
+    train = data.build_datasets("synthetic", seed=0, synthetic=synthetic).train
     loaders = {
-        pipeline: data.build_loader(train, args.batch_size, train=True, seed=0,
+        pipeline: data.build_loader(train, args.data_batch_size, train=True, seed=0,
                                     workers=args.workers, device=str(device), pipeline=pipeline)
         for pipeline in ("batched", "per-sample")
     }
@@ -399,7 +408,8 @@ def bench_pipeline(bench: Bench) -> dict:
                                     lambda: epoch(loaders["per-sample"]), args.reps)
     return compared("Data: batched pipeline / per-sample DataLoader, one epoch to the device",
                     ("batched", t_batched), ("per-sample", t_sample), "(< 1: batched faster)",
-                    note=f"the two pipelines' batches are {'equal' if same else 'NOT equal'}; "
+                    note=f"{args.data_batches} batches of {args.data_batch_size} images; the "
+                         f"two pipelines' batches are {'equal' if same else 'NOT equal'}; "
                          f"per-sample workers {args.workers}")
 
 
