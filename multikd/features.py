@@ -9,7 +9,10 @@ model's ``forward`` is never rewritten, so zoo, timm and user models tap the sam
     tap.remove()                    # or use ``with FeatureTap(...) as tap:``
 
 Tensors are kept as produced (autograd intact), so a loss on a tapped feature trains the
-model that produced it.
+model that produced it. The one exception is layout: modules a model lists in its
+``nhwc_features`` attribute (timm models that keep maps channels-last, e.g. Swin) produce
+``[B, H, W, C]``, and the tap hands out the NCHW view ``permute(0, 3, 1, 2)`` of it, so
+every tapped map is channels-first.
 """
 
 from __future__ import annotations
@@ -33,13 +36,18 @@ class FeatureTap:
         missing = [n for n in self.names if n not in modules]
         if missing:
             raise ModelError(_unknown_names_message(missing, list(modules)))
+        self._nhwc = set(getattr(model, "nhwc_features", ())) & set(self.names)
         self._captured: dict[str, torch.Tensor] = {}
         self._handles = [
             modules[name].register_forward_hook(self._make_hook(name)) for name in self.names
         ]
 
     def _make_hook(self, name: str):
+        channels_last = name in self._nhwc
+
         def hook(_module, _inputs, output):
+            if channels_last and isinstance(output, torch.Tensor) and output.dim() == 4:
+                output = output.permute(0, 3, 1, 2)
             self._captured[name] = output
 
         return hook

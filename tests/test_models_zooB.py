@@ -151,3 +151,30 @@ def test_timm_unknown_name_suggests_close_matches():
 def test_timm_bad_option_is_a_model_error():
     with pytest.raises(ModelError, match="no_such_option"):
         create_model("timm:resnet18", no_such_option=1)
+
+
+def test_timm_channels_last_stages_are_tapped_channels_first(no_network):
+    from multikd.distiller import MultiTeacherDistiller
+    from multikd.ensemble import TeacherEnsemble
+    from multikd.strategies import create_strategy
+
+    small_swin = {"img_size": 32, "patch_size": 2, "window_size": 2, "embed_dim": 16,
+                  "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)}
+    swin = create_model("timm:swin_tiny_patch4_window7_224", num_classes=10, **small_swin).eval()
+    assert swin.nhwc_features == tuple(swin.feature_names)
+    raw = {}
+    modules = dict(swin.named_modules())
+    for name in swin.feature_names:
+        modules[name].register_forward_hook(
+            lambda _m, _i, out, name=name: raw.__setitem__(name, out))
+    with torch.no_grad(), FeatureTap(swin, swin.feature_names) as tap:
+        _, feats = tap(torch.randn(2, 3, 32, 32))
+    assert [tuple(f.shape) for f in feats.values()] == [
+        (2, 16, 16, 16), (2, 32, 8, 8), (2, 64, 4, 4), (2, 128, 2, 2)]
+    for name, feature in feats.items():
+        assert torch.equal(feature, raw[name].permute(0, 3, 1, 2))
+    # a Swin teacher's last stage reaches the adapter as (C, H, W), not (H, W, C)
+    distiller = MultiTeacherDistiller(
+        create_model("resnet8", num_classes=10), TeacherEnsemble([swin]),
+        create_strategy("uniform"), gamma=1.0)
+    assert distiller.adapters[0].out_shape == (128, 2, 2)

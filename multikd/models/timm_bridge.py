@@ -16,8 +16,10 @@ and is given the two attributes every zoo model has, so it taps the same way:
   (``model.get_classifier()``), with the classifier's input, so its output is the pooled
   pre-logits vector [B, D]. The state_dict does not change.
 
-Taps return what the modules produce: NCHW maps for CNNs, tokens [B, N, D] for ViT-style
-blocks and NHWC maps for models that keep that layout (e.g. Swin).
+Taps return NCHW maps for CNN stages and tokens [B, N, D] for ViT-style blocks. Models
+that keep their maps channels-last (timm's ``output_fmt == "NHWC"``, e.g. Swin) list
+their stages in ``nhwc_features`` too, and :class:`~multikd.features.FeatureTap` hands
+those out as NCHW views, so adapters and feature losses see channels first everywhere.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ def create_timm_model(name: str, num_classes: int = 100, **kwargs) -> nn.Module:
             "Pass only keyword arguments that this timm architecture accepts."
         ) from err
     model.feature_names = _stage_feature_names(model, name, kwargs, timm)
+    if getattr(model, "output_fmt", "NCHW") == "NHWC":  # e.g. Swin keeps maps channels-last
+        model.nhwc_features = tuple(model.feature_names)
     model.pooled_feature_name = _attach_pooled_tap(model, name)
     return model
 
