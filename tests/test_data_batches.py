@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -92,6 +94,15 @@ def test_batched_loader_follows_subsets_and_distributed_samplers(splits):
     shard = Subset(Subset(splits.test, range(1, 70, 2)), range(0, 35, 3))
     assert_same_batches(data.build_loader(shard, 8, train=False),
                         data.build_loader(shard, 8, train=False, pipeline="batched"))
+
+
+def test_loaders_over_one_dataset_share_its_device_copy(splits):
+    first = data.build_loader(splits.test, 8, train=False, pipeline="batched")
+    second = data.build_loader(splits.test, 16, train=False, pipeline="batched")
+    assert first._images.data_ptr() == second._images.data_ptr()
+    assert splits.test.on_device("cpu")[1] is second._labels
+    # worker processes receive the dataset without its device copies
+    assert pickle.loads(pickle.dumps(splits.test))._on_device == {}
 
 
 def test_batched_loader_errors_name_the_choices():

@@ -109,8 +109,7 @@ class BatchedLoader:
         self.drop_last = drop_last
         self.device = torch.device(device)
         self._base, self._positions = _base_and_positions(dataset)
-        self._images = self._base.images.to(self.device)
-        self._labels = self._base.labels.to(self.device)
+        self._images, self._labels = self._base.on_device(self.device)
         self._normalize = PixelTable(self._base.mean, self._base.std, self.device)
 
     def __len__(self) -> int:

@@ -40,6 +40,7 @@ class ImageDataset(Dataset):
         self.seed = int(seed)
         self.return_index = return_index
         self._epoch = torch.zeros((), dtype=torch.int64)
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -54,6 +55,19 @@ class ImageDataset(Dataset):
     def share_epoch(self) -> None:
         """Keep the epoch in shared memory (for worker processes that outlive an epoch)."""
         self._epoch.share_memory_()
+
+    def on_device(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(uint8 images [N,3,32,32], labels [N])`` on ``device``, copied once per device
+        and shared by every loader over this dataset (the runs of a lockstep group share
+        their splits, so they hold one copy, not one per run)."""
+        device = torch.device(device)
+        if device not in self._on_device:
+            self._on_device[device] = (self.images.to(device), self.labels.to(device))
+        return self._on_device[device]
+
+    def __getstate__(self) -> dict:
+        """Pickled for loader worker processes without the device copies."""
+        return {**self.__dict__, "_on_device": {}}
 
     def view(self, index: int) -> int:
         """The augmentation view of sample ``index`` this epoch (identity when not augmenting)."""
