@@ -8,7 +8,7 @@ them (A B A B ...) ``--reps`` times, and reports the median time of each and the
 
 - P1  a strategy table (6 strategies, 3 resnet32x4 teachers -> resnet8x4): the per-batch
       work of lockstep (one shared teacher pass, then each run's ``TrainingRun.train_step``
-      with it, as ``multikd.lockstep`` does) against 6 separate runs (each run's
+      with it, as ``multikd.train.lockstep`` does) against 6 separate runs (each run's
       ``train_step`` runs its own teachers, as ``multikd distill`` does). Setup and
       evaluation are left out: lockstep shares those too (the teachers' test accuracy is
       measured once), so whole runs gain at least as much. Target <= 0.35.
@@ -53,14 +53,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from multikd import data, engine
-from multikd.build import build_data
-from multikd.config import (
+from multikd import data
+from multikd.train import engine
+from multikd.train.build import build_data
+from multikd.train.config import (
     DataConfig, ModelConfig, OptimConfig, OutputConfig, RunConfig, RuntimeConfig, StrategyConfig,
     TeacherConfig, resolve,
 )
-from multikd.ensemble import TeacherEnsemble
-from multikd.hostsync import HostSyncDetector
+from multikd.method.ensemble import TeacherEnsemble
+from multikd.train.hostsync import HostSyncDetector
 from multikd.models import create_model
 from multikd.atomic import atomic_write_text
 
@@ -298,7 +299,7 @@ def bench_step(bench: Bench) -> dict:
 
 def hot_path(run: engine.TrainingRun, hand: HandLoop, batches: list[tuple]) -> str:
     """Ops dispatched by one steady-state step of each (a proxy for kernel launches) and
-    the host syncs of the engine's step (``multikd.hostsync``; on the CPU every read of a
+    the host syncs of the engine's step (``multikd.train.hostsync``; on the CPU every read of a
     tensor counts, i.e. what would sync on a GPU, with the CPU-only NaN check off)."""
     x, y, _ = batches[0]
     include_cpu = run.device.type == "cpu"

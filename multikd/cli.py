@@ -92,7 +92,7 @@ def _add_data(sub) -> None:
 
 def _cmd_data_info(args) -> int:
     from multikd import data
-    from multikd.config import parse_assignment, parse_value
+    from multikd.train.config import parse_assignment, parse_value
 
     synthetic = dict(parse_assignment(text) for text in args.synthetic)
     synthetic = {key: parse_value(value) for key, value in synthetic.items()}
@@ -224,18 +224,18 @@ def _add_bench(sub) -> None:
 
 
 def _cmd_bench(args) -> int:
-    from multikd import bench, suite
+    from multikd.bench import runner, suite
 
     if (args.suite is None) == (args.preset is None):
         raise MultikdError("give either a suite file or --preset NAME (e.g. --preset smoke)")
     path = suite.preset_path(args.preset) if args.preset else args.suite
     if args.dry_run:
-        plan = bench.make_plan(path, args.out, args.data_root, args.teachers_dir, args.sets)
+        plan = runner.make_plan(path, args.out, args.data_root, args.teachers_dir, args.sets)
         print(suite.describe(plan))
         for run in plan.runs:
             print(run.config.output.run_dir)
         return 0
-    report = bench.run_bench(
+    report = runner.run_bench(
         path, args.out, data_root=args.data_root, teachers_dir=args.teachers_dir,
         lockstep=args.lockstep, sets=args.sets,
     )
@@ -346,8 +346,8 @@ def _add_distill(sub) -> None:
 
 def _run_config(args):
     """The RunConfig that the flags of train-teacher/distill describe (not yet resolved)."""
-    from multikd.config import build_config, parse_assignment, parse_teacher, parse_value
-    from multikd.runio import teachers_from_runs
+    from multikd.train.config import build_config, parse_assignment, parse_teacher, parse_value
+    from multikd.train.runio import teachers_from_runs
 
     values = {key: getattr(args, flag) for flag, key in _RUN_FLAGS.items()
               if getattr(args, flag, None) is not None}
@@ -365,8 +365,8 @@ def _run_config(args):
 
 
 def _cmd_train(args) -> int:
-    from multikd import engine
-    from multikd.config import resolve, to_yaml
+    from multikd.train import engine
+    from multikd.train.config import resolve, to_yaml
     from multikd.errors import ConfigError
 
     if args.resume:
@@ -393,7 +393,7 @@ def _cmd_train(args) -> int:
 
 
 def _print_summary(summary: dict) -> None:
-    from multikd.distributed import detect
+    from multikd.train.distributed import detect
 
     if not detect().is_main:
         return
@@ -425,10 +425,10 @@ def _add_eval(sub) -> None:
 
 
 def _cmd_eval(args) -> int:
-    from multikd import engine
-    from multikd.config import parse_assignment, parse_value
+    from multikd.train import engine
+    from multikd.train.config import parse_assignment, parse_value
     from multikd.errors import ConfigError
-    from multikd.runio import CHECKPOINT, RunDir
+    from multikd.train.runio import CHECKPOINT, RunDir
 
     synthetic = {}
     for text in args.synthetic:
@@ -494,7 +494,7 @@ def _add_results(sub) -> None:
 
 
 def _cmd_table(args) -> int:
-    from multikd import results
+    from multikd.bench import results
 
     table = results.load_table(args.runs_dir, metric=args.metric)
     if args.out:
@@ -506,7 +506,7 @@ def _cmd_table(args) -> int:
 
 
 def _cmd_plot(args) -> int:
-    from multikd import plots
+    from multikd.bench import plots
 
     for path in plots.plot_runs(args.runs_dir, args.out):
         print(path)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from multikd.adapters import FeatureAdapter, build_adapters
+from multikd.method.adapters import FeatureAdapter, build_adapters
 from multikd.errors import ModelError
 
 

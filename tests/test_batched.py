@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from multikd.batched import BATCHED, LOOP, TeacherRunner, group_teachers
+from multikd.method.batched import BATCHED, LOOP, TeacherRunner, group_teachers
 from multikd.errors import ModelError
-from multikd.features import FeatureTap
+from multikd.models.taps import FeatureTap
 from multikd.models import create_model
 
 
@@ -145,7 +145,7 @@ def test_a_group_vmap_cannot_serve_falls_back_to_the_loop_with_a_logged_reason(
     make, reason, caplog
 ):
     teachers = [m.eval() for m in make()]
-    with caplog.at_level(logging.WARNING, logger="multikd.batched"):
+    with caplog.at_level(logging.WARNING, logger="multikd.method.batched"):
         runner = TeacherRunner(teachers)
     assert runner.modes == [LOOP, LOOP]
     assert runner.groups[0].reason.startswith(reason)
@@ -170,7 +170,7 @@ def test_errors_training_mode_and_bad_feature_names():
 
 
 def test_the_ensemble_runs_its_teachers_batched_on_request():
-    from multikd.ensemble import TeacherEnsemble
+    from multikd.method.ensemble import TeacherEnsemble
 
     teachers = _zoo("resnet8", "resnet8", "wrn_16_1")
     names = ["layer3", "layer2", "block2"]

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from multikd import engine
-from multikd.bench import run_bench
-from multikd.runio import RunDir
-from multikd.suite import parse_suite
+from multikd.train import engine
+from multikd.bench.runner import run_bench
+from multikd.train.runio import RunDir
+from multikd.bench.suite import parse_suite
 
 TIME_COLUMNS = ("epoch_time_s", "images_per_s")
 
@@ -147,8 +147,8 @@ def test_interrupted_sweep_resumes_without_redoing_finished_runs(separate, tmp_p
 def test_lockstep_members_share_one_copy_of_the_teacher_weights():
     import torch
 
-    from multikd.ensemble import TeacherEnsemble
-    from multikd.lockstep import _share_teacher_weights
+    from multikd.method.ensemble import TeacherEnsemble
+    from multikd.train.lockstep import _share_teacher_weights
     from multikd.models import create_model
 
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from multikd.errors import ConfigError
-from multikd.suite import expand, load_suite, parse_suite, preset_path
+from multikd.bench.suite import expand, load_suite, parse_suite, preset_path
 
 REPO = Path(__file__).resolve().parents[1]
 

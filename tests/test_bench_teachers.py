@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from multikd.bench import check_same_experiment, run_bench, verify_teachers
+from multikd.bench.runner import check_same_experiment, run_bench, verify_teachers
 from multikd.errors import ConfigError, TrainingError
 from multikd.models import create_model
-from multikd.runio import RunDir
-from multikd.suite import expand, parse_suite
+from multikd.train.runio import RunDir
+from multikd.bench.suite import expand, parse_suite
 
 
 def _suite(expected_acc=None) -> dict:

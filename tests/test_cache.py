@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import default_collate
 
 from multikd import data
-from multikd.cache import (
+from multikd.train.cache import (
     HEADER_BYTES,
     RUN_MULTIPLE,
     CachedTeachers,
@@ -18,7 +18,7 @@ from multikd.cache import (
     dataset_fingerprint,
     teacher_fingerprint,
 )
-from multikd.ensemble import TeacherEnsemble
+from multikd.method.ensemble import TeacherEnsemble
 from multikd.errors import ConfigError, DataError
 from multikd.models import create_model
 
@@ -244,7 +244,7 @@ def test_a_damaged_file_is_detected_and_rebuilt_never_trusted(
     paths = _filled_once(tmp_path, teachers, train)
     damage(paths[1])
     live = Counting(TeacherEnsemble(teachers))
-    with caplog.at_level(logging.WARNING, logger="multikd.cache"):
+    with caplog.at_level(logging.WARNING, logger="multikd.train.cache"):
         cached = CachedTeachers(live, _open(tmp_path, teachers, train))
     assert message in caplog.text
     for served, ref in _epoch(cached, train, 0):
@@ -277,7 +277,7 @@ def test_a_stale_bitmap_or_leftover_temp_file_is_ignored(tmp_path, teachers, tra
     _open(tmp_path, teachers, train).close()  # rebuilds teacher 0's table (new instance id)
     paths[0].with_suffix(".filled").write_bytes(bitmap)  # the old instance's bitmap comes back
     (tmp_path / f".{paths[0].stem}.abc.tmp").write_bytes(b"half a table")
-    with caplog.at_level(logging.WARNING, logger="multikd.cache"):
+    with caplog.at_level(logging.WARNING, logger="multikd.train.cache"):
         cache = _open(tmp_path, teachers, train)
     assert "does not belong" in caplog.text
     assert cache.tables[0].filled.sum() == 0 and cache.tables[1].filled.sum() == len(train)
@@ -299,7 +299,7 @@ def test_budget_caches_a_prefix_of_samples_and_disables_below_one_sample(
         assert torch.equal(served.logits, ref.logits)
     assert cached.cache.hits - hits == 10 and cached.cache.misses - misses == len(train) - 10
 
-    with caplog.at_level(logging.WARNING, logger="multikd.cache"):
+    with caplog.at_level(logging.WARNING, logger="multikd.train.cache"):
         tiny = CachedTeachers(Counting(TeacherEnsemble(teachers)),
                               _open(tmp_path / "tiny", teachers, train, budget=row))
     assert "disabled" in caplog.text and not tiny.cache.enabled
@@ -314,7 +314,7 @@ def test_fp16_overflow_is_served_live_and_not_stored(tmp_path, caplog):
     cache = TeacherLogitCache(tmp_path, ["k"], num_samples=4, num_views=2, num_classes=3,
                               dtype=torch.float16)
     logits = torch.tensor([[[1.0, 2.0, 3.0], [1e6, 0.0, 0.0]]])
-    with caplog.at_level(logging.WARNING, logger="multikd.cache"):
+    with caplog.at_level(logging.WARNING, logger="multikd.train.cache"):
         assert cache.store(torch.tensor([0, 1]), torch.tensor([1, 1]), logits) == 1
     assert "overflow" in caplog.text
     hit, got = cache.lookup(torch.tensor([0, 1]), torch.tensor([1, 1]))

@@ -6,8 +6,8 @@ import pytest
 from run_helpers import read_metrics, synthetic_args, train_two_teachers
 
 from multikd.cli import main
-from multikd.config import RunConfig, TeacherConfig, config_hash, resolve, set_value
-from multikd.ensemble import TeacherEnsemble
+from multikd.train.config import RunConfig, TeacherConfig, config_hash, resolve, set_value
+from multikd.method.ensemble import TeacherEnsemble
 
 DATA = synthetic_args(train_size=96, test_size=32)
 TIMING = {"epoch_time_s", "images_per_s"}
@@ -107,8 +107,8 @@ def test_cache_folder_and_budget_do_not_change_the_experiments_hash():
 
 
 def test_lockstep_group_is_served_by_one_warm_cache(runs, tmp_path):
-    from multikd.config import load_config
-    from multikd.lockstep import train_lockstep
+    from multikd.train.config import load_config
+    from multikd.train.lockstep import train_lockstep
 
     root, _ = runs
     configs = []
@@ -134,9 +134,9 @@ def test_lockstep_group_is_served_by_one_warm_cache(runs, tmp_path):
 
 
 def test_lockstep_refuses_members_that_differ_in_the_cache(runs, tmp_path):
-    from multikd.config import load_config
+    from multikd.train.config import load_config
     from multikd.errors import ConfigError
-    from multikd.lockstep import check_compatible
+    from multikd.train.lockstep import check_compatible
 
     root, _ = runs
     with_cache = load_config(root / "warm" / "config.yaml")

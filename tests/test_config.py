@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import yaml
 
-from multikd.config import (
+from multikd.train.config import (
     RunConfig,
     TeacherConfig,
     build_config,

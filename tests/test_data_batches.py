@@ -11,7 +11,7 @@ from torch.utils.data import DistributedSampler, Subset, TensorDataset
 
 from multikd import data
 from multikd.cli import main
-from multikd.config import RunConfig, config_hash, resolve
+from multikd.train.config import RunConfig, config_hash, resolve
 from multikd.errors import ConfigError, DataError
 from tests.run_helpers import read_metrics, synthetic_args
 

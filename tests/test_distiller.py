@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 from zoo_reference import zoo_facts
 
-from multikd.distiller import MultiTeacherDistiller
-from multikd.ensemble import EnsembleOutput, TeacherEnsemble
+from multikd.method.distiller import MultiTeacherDistiller
+from multikd.method.ensemble import EnsembleOutput, TeacherEnsemble
 from multikd.errors import ConfigError, ModelError, TrainingError
 from multikd.models import create_model
-from multikd.strategies import create_strategy
+from multikd.method.strategies import create_strategy
 
 CLASSES = 5
 

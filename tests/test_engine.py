@@ -7,9 +7,9 @@ import torch
 from run_helpers import read_metrics
 
 from multikd.cli import main
-from multikd.config import config_hash, load_config
-from multikd.distiller import SupervisedLearner
-from multikd.engine import evaluate_checkpoint
+from multikd.train.config import config_hash, load_config
+from multikd.method.distiller import SupervisedLearner
+from multikd.train.engine import evaluate_checkpoint
 from multikd.models import create_model
 
 SYNTH = {"num_classes": 10, "num_superclasses": 2, "train_size": 192, "test_size": 64, "seed": 0}

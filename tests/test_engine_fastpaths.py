@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from multikd.cli import main
-from multikd.runio import RunDir
+from multikd.train.runio import RunDir
 from tests.run_helpers import read_metrics, synthetic_args
 
 TIMING = {"epoch_time_s", "images_per_s"}

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from multikd.schedule import LRSchedule
+from multikd.train.schedule import LRSchedule
 
 
 def test_multistep_drops_after_each_milestone_epoch():

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multikd.ensemble import EnsembleOutput, TeacherEnsemble
+from multikd.method.ensemble import EnsembleOutput, TeacherEnsemble
 from multikd.errors import DataError, ModelError
 
 

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 
-from multikd import distributed as ddp
-from multikd import engine
-from multikd.build import build_data
-from multikd.config import (
+from multikd.train import distributed as ddp
+from multikd.train import engine
+from multikd.train.build import build_data
+from multikd.train.config import (
     DataConfig,
     LossConfig,
     ModelConfig,
@@ -25,10 +25,10 @@ from multikd.config import (
     resolve,
 )
 from multikd.errors import TrainingError
-from multikd.hostsync import HostSyncDetector
-from multikd.meters import EpochMeter
+from multikd.train.hostsync import HostSyncDetector
+from multikd.train.meters import EpochMeter
 from multikd.models import create_model
-from multikd.strategies import list_strategies
+from multikd.method.strategies import list_strategies
 
 SYNTH = {"num_classes": 10, "num_superclasses": 2, "train_size": 32, "test_size": 8, "seed": 0}
 LOG_INTERVAL = 3  # 4 steps of 8: step 0 warms up, 1 and 3 are plain steps, 2 is a log step
@@ -209,7 +209,7 @@ def _assert_hot_path(found: dict[int, list]) -> None:
                   if step not in (0, log_step) for s in syncs]
     assert not unexpected, "host syncs outside the log step:\n" + "\n".join(unexpected)
     reads = [f"{s.op} at {s.where}" for s in found[log_step]]
-    assert len(reads) == 1 and reads[0].startswith("Tensor.tolist at multikd/meters.py"), reads
+    assert len(reads) == 1 and reads[0].startswith("Tensor.tolist at multikd/train/meters.py"), reads
 
 
 @pytest.mark.parametrize("strategy", list_strategies())

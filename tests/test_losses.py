@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from multikd.losses import (
+from multikd.method.losses import (
     feature_loss,
     kd_loss,
     mse_logit_loss,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from multikd.errors import ModelError
-from multikd.features import FeatureTap
+from multikd.models.taps import FeatureTap
 from multikd.models import canonical_name, create_model, list_models
 from multikd.models.meta import describe_architecture
 from zoo_reference import (

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from multikd.errors import ModelError
-from multikd.features import FeatureTap
+from multikd.models.taps import FeatureTap
 from multikd.models import create_model
 from multikd.models.shufflenetv1 import ChannelShuffle
 ZOO_B = ["MobileNetV2", "ShuffleV1", "ShuffleV2"]
@@ -154,9 +154,9 @@ def test_timm_bad_option_is_a_model_error():
 
 
 def test_timm_channels_last_stages_are_tapped_channels_first(no_network):
-    from multikd.distiller import MultiTeacherDistiller
-    from multikd.ensemble import TeacherEnsemble
-    from multikd.strategies import create_strategy
+    from multikd.method.distiller import MultiTeacherDistiller
+    from multikd.method.ensemble import TeacherEnsemble
+    from multikd.method.strategies import create_strategy
 
     small_swin = {"img_size": 32, "patch_size": 2, "window_size": 2, "embed_dim": 16,
                   "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)}

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from multikd import cli
-from multikd.results import (
+from multikd.bench.results import (
     ALONE, ResultsError, collect_runs, format_table, load_table, strategy_table, tex_escape,
     write_table,
 )
@@ -190,7 +190,7 @@ def test_unfinished_runs_skipped_with_warning(runs_dir, caplog):
     (runs_dir / "trio" / "resnet8" / "broken").mkdir()
     (runs_dir / "trio" / "resnet8" / "broken" / "summary.json").write_text("{not json")
     (runs_dir / "no_summary").mkdir()
-    with caplog.at_level(logging.WARNING, logger="multikd.results"):
+    with caplog.at_level(logging.WARNING, logger="multikd.bench.results"):
         df = collect_runs(runs_dir)
     assert len(df) == len(RUNS) and len(df.attrs["skipped"]) == 2
     assert "uniform_s2" in caplog.text and "broken" in caplog.text and "running" in caplog.text
@@ -237,7 +237,7 @@ def test_write_table_atomic_and_rejects_unknowns(runs_dir, tmp_path):
 
 
 def test_plots_written_as_png(runs_dir, tmp_path):
-    from multikd.plots import plot_runs
+    from multikd.bench.plots import plot_runs
 
     paths = plot_runs(runs_dir, tmp_path / "plots")
     assert sorted(p.name for p in paths) == [
@@ -279,8 +279,8 @@ def test_cli_plot(runs_dir, tmp_path, capsys):
 
 
 def test_plot_curves_are_means_over_seeds(runs_dir):
-    from multikd.plots import mean_curves
-    from multikd.results import method_labels
+    from multikd.bench.plots import mean_curves
+    from multikd.bench.results import method_labels
 
     df = collect_runs(runs_dir)
     df["method"] = method_labels(df)
@@ -293,7 +293,7 @@ def test_plot_curves_are_means_over_seeds(runs_dir):
 
 
 def test_write_results_tables_and_plots(runs_dir, tmp_path):
-    from multikd.results import write_results
+    from multikd.bench.outputs import write_results
 
     paths = write_results(runs_dir, tmp_path / "out")
     names = sorted(str(p.relative_to(tmp_path / "out")) for p in paths)

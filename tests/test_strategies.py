@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from multikd.errors import StrategyError, TrainingError
-from multikd.strategies import check_finite, create_strategy, list_strategies
+from multikd.method.strategies import check_finite, create_strategy, list_strategies
 
 # K = 3 teachers, B = 3 samples, C = 3 classes, labels [0, 1, 2]
 CE = [[0.2, 1.5, 1.2], [0.9, 0.3, 0.7], [2.5, 2.0, 1.0]]

@@ -1,5 +1,7 @@
 """Datasets: CIFAR-100/CIFAR-10 from a local folder, the synthetic CIFAR-like set, loaders.
 
+Imports only ``errors`` and ``atomic`` from the package (never ``models`` or anything above).
+
 Everything here works offline. CIFAR files are read from torchvision's layout under a data
 root (``--data-root``, else ``$MULTIKD_DATA``, else ``./data``); nothing is ever downloaded.
 

@@ -2,7 +2,8 @@
 
 ``create_model(name, num_classes=100, checkpoint=None, **kw)`` is the one entry point;
 ``list_models()`` shows the zoo. ``timm:<name>`` builds any timm architecture (never
-downloading pretrained weights).
+downloading pretrained weights). :class:`~multikd.models.taps.FeatureTap` reads any module's
+stage outputs by name. Imports only ``errors`` and ``atomic`` (never ``data`` or above).
 """
 
 from __future__ import annotations

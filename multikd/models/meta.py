@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from multikd.features import FeatureTap
+from multikd.models.taps import FeatureTap
 
 _RANDOM_INITS = {
     "normal_", "uniform_", "trunc_normal_", "kaiming_normal_", "kaiming_uniform_",

@@ -18,7 +18,7 @@ and is given the two attributes every zoo model has, so it taps the same way:
 
 Taps return NCHW maps for CNN stages and tokens [B, N, D] for ViT-style blocks. Models
 that keep their maps channels-last (timm's ``output_fmt == "NHWC"``, e.g. Swin) list
-their stages in ``nhwc_features`` too, and :class:`~multikd.features.FeatureTap` hands
+their stages in ``nhwc_features`` too, and :class:`~multikd.models.taps.FeatureTap` hands
 those out as NCHW views, so adapters and feature losses see channels first everywhere.
 """
 

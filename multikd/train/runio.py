@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from multikd.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
-from multikd.config import RunConfig, load_config, to_yaml
+from multikd.train.config import RunConfig, load_config, to_yaml
 from multikd.errors import CheckpointError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class RunDir:
 def teachers_from_runs(run_dirs: list[str]) -> list:
     """One TeacherConfig per finished run directory: its architecture, its checkpoint.pt,
     and the directory's name as the teacher's name."""
-    from multikd.config import TeacherConfig
+    from multikd.train.config import TeacherConfig
 
     teachers = []
     for path in run_dirs:

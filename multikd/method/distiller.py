@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multikd.adapters import build_adapters
-from multikd.ensemble import EnsembleOutput, TeacherEnsemble
+from multikd.method.adapters import build_adapters
+from multikd.method.ensemble import EnsembleOutput, TeacherEnsemble
 from multikd.errors import ConfigError, ModelError, StrategyError
-from multikd.features import FeatureTap
-from multikd.losses import feature_loss, multi_teacher_kd_loss, multi_teacher_mse_loss
-from multikd.strategies import Strategy, check_finite
+from multikd.models.taps import FeatureTap
+from multikd.method.losses import feature_loss, multi_teacher_kd_loss, multi_teacher_mse_loss
+from multikd.method.strategies import Strategy, check_finite
 
 LOGIT_LOSSES = ("kd", "mse")
 FEATURE_WEIGHTS = ("strategy", "uniform")
@@ -46,8 +46,8 @@ class SupervisedLearner(nn.Module):
 
 
 class MultiTeacherDistiller(nn.Module):
-    """A student learning from a frozen :class:`~multikd.ensemble.TeacherEnsemble` whose
-    teachers a :class:`~multikd.strategies.Strategy` weights per batch (Gu et al. 2023's
+    """A student learning from a frozen :class:`~multikd.method.ensemble.TeacherEnsemble` whose
+    teachers a :class:`~multikd.method.strategies.Strategy` weights per batch (Gu et al. 2023's
     CE-screened, feature + logit multi-teacher distillation, see DESIGN.md):
 
         total = alpha * CE(s, y)
@@ -57,10 +57,10 @@ class MultiTeacherDistiller(nn.Module):
 
     with ``w = strategy.select(ce, logits, y).weights`` and ``v = w``
     (``feature_weights="strategy"``) or ``v = 1/K`` (``"uniform"``); KD_T is Hinton's
-    T^2-scaled KL (:mod:`multikd.losses`). ``f_s`` is the student's ``student_feature``
+    T^2-scaled KL (:mod:`multikd.method.losses`). ``f_s`` is the student's ``student_feature``
     (default: its last stage, ``student.feature_names[-1]``), ``f_tk`` teacher k's
     ``teacher_features[k]`` (default: the ensemble's taps where set, else each teacher's
-    last stage), and ``a_k`` the :class:`~multikd.adapters.FeatureAdapter` to teacher k's
+    last stage), and ``a_k`` the :class:`~multikd.method.adapters.FeatureAdapter` to teacher k's
     shape, built from one dry forward pass on ``example_input`` (default: the ensemble's,
     zeros ``[1,3,32,32]``). The distiller sets the ensemble's taps to those teacher
     features. With ``gamma == 0`` there are no adapters and no taps, the teachers' features
@@ -71,7 +71,7 @@ class MultiTeacherDistiller(nn.Module):
     ``info`` = ``{"teachers": names, "weights": [K] batch-mean weights, "ce": [K] batch-mean
     teacher CE, "kept": [K] fraction of the batch where the teacher was kept}`` (detached
     tensors on the batch's device). ``teacher_out`` is an
-    :class:`~multikd.ensemble.EnsembleOutput` computed elsewhere (one teacher pass shared
+    :class:`~multikd.method.ensemble.EnsembleOutput` computed elsewhere (one teacher pass shared
     by several students, or cached logits via ``EnsembleOutput.from_logits``; the latter
     has no features, so it needs ``gamma == 0``).
 

@@ -482,7 +482,7 @@ def _resolve_strategy(cfg: RunConfig) -> None:
     run's seed unless its own ``seed`` is given, so seeds vary its draws like the rest."""
     import inspect
 
-    from multikd.strategies import STRATEGIES, create_strategy
+    from multikd.method.strategies import STRATEGIES, create_strategy
 
     create_strategy(cfg.strategy.name, **cfg.strategy.params)
     cls = STRATEGIES[cfg.strategy.name.strip().lower().replace("_", "-")]

@@ -2,7 +2,7 @@
 multi-teacher weighted forms, plus the weighted feature loss.
 
 Shapes: student logits ``[B,C]``, teacher logits ``[K,B,C]`` (K teachers), teacher weights
-``[K,B]`` (non-negative, each column summing to 1, see :mod:`multikd.strategies`). Every
+``[K,B]`` (non-negative, each column summing to 1, see :mod:`multikd.method.strategies`). Every
 multi-teacher loss is ``mean_i sum_k w_ki * l_ki``: per sample a weighted sum over teachers,
 then the batch mean. Losses are computed in float32 even under autocast (soft targets at
 high T and small KL values lose their precision in half precision).

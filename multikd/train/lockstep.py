@@ -34,10 +34,10 @@ import time
 
 from tqdm import tqdm
 
-from multikd.config import RunConfig, resolve
+from multikd.train.config import RunConfig, resolve
 from multikd.errors import ConfigError
-from multikd.rng import rng_state, set_rng_state
-from multikd.runio import RunDir
+from multikd.train.rng import rng_state, set_rng_state
+from multikd.train.runio import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,8 @@ def train_lockstep(configs: list[RunConfig]) -> list[str]:
 
     Returns the run directories that were trained now.
     """
-    from multikd import engine
-    from multikd.distributed import detect
+    from multikd.train import engine
+    from multikd.train.distributed import detect
 
     configs = [resolve(c) for c in configs]
     pending = [c for c in configs if RunDir(c.output.run_dir).state() != "finished"]
@@ -165,7 +165,7 @@ def _shared_cache(members: list[_Member], features: bool):
 
 
 def _train_together(members: list[_Member], start: int) -> None:
-    from multikd.engine import autocast, to_device
+    from multikd.train.engine import autocast, to_device
 
     lead = members[0].run
     cfg, device = lead.cfg, lead.device

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multikd.batched import TeacherRunner
+from multikd.method.batched import TeacherRunner
 from multikd.errors import DataError, ModelError
 
 DEFAULT_INPUT_SHAPE = (1, 3, 32, 32)
@@ -72,9 +72,9 @@ class TeacherEnsemble(nn.Module):
     where several teachers share one. ``num_classes`` is found by one dry forward pass on
     ``example_input`` (default zeros ``[1,3,32,32]``); teachers that disagree are a
     :class:`~multikd.errors.ModelError`. The teachers run through a
-    :class:`~multikd.batched.TeacherRunner`: ``batched=True`` runs same-architecture
+    :class:`~multikd.method.batched.TeacherRunner`: ``batched=True`` runs same-architecture
     teachers as one vmapped pass (off by default: on an H100 it was faster only for some
-    architectures and batch sizes, at up to 3x the activation memory; see multikd.batched).
+    architectures and batch sizes, at up to 3x the activation memory; see multikd.method.batched).
     """
 
     def __init__(

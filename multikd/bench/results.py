@@ -1,7 +1,7 @@
 """Run directories → pandas tables: mean ± sample std over seeds, last vs best vs val-selected.
 
 A run directory is any folder under ``RUNS_DIR`` holding ``summary.json`` (see
-:mod:`multikd.runio`). Only *finished* runs (``status == "finished"``) enter a table; any
+:mod:`multikd.train.runio`). Only *finished* runs (``status == "finished"``) enter a table; any
 other run is listed in a warning and in ``collect_runs(root).attrs["skipped"]``.
 
 The comparison table (:func:`strategy_table`) has one row per student architecture and
@@ -40,7 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from multikd.errors import MultikdError
-from multikd.runio import METRICS, SUMMARY, atomic_write_text
+from multikd.train.runio import METRICS, SUMMARY, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -517,32 +517,6 @@ def write_table(table: pd.DataFrame, path: str | Path, fmt: str = "md") -> Path:
     path = Path(path)
     atomic_write_text(path, format_table(table, fmt))
     return path
-
-
-def write_results(
-    root: str | Path, out_dir: str | Path, formats=("md", "csv"), plots: bool = True
-) -> list[Path]:
-    """Tables and plots of the finished runs under ``root``, written into ``out_dir``.
-
-    Writes ``table_<metric>.<fmt>`` for metric last and best (and val when some run has a
-    val-selected accuracy) in each of ``formats``, and, if ``plots``, the PNG files of
-    :func:`multikd.plots.plot_collected` under ``out_dir/plots``. Returns the paths written.
-    """
-    df = collect_runs(root)
-    metrics = ["last", "best"]
-    val = METRIC_COLUMNS["val"]
-    if val in df and pd.to_numeric(df[val], errors="coerce").notna().any():
-        metrics.append("val")
-    out_dir = Path(out_dir)
-    written = []
-    for metric in metrics:
-        table = strategy_table(df, metric=metric)
-        written += [write_table(table, out_dir / f"table_{metric}.{fmt}", fmt) for fmt in formats]
-    if plots:
-        from multikd.plots import plot_collected
-
-        written += plot_collected(df, out_dir / "plots")
-    return written
 
 
 def read_metrics(run_path: str | Path) -> pd.DataFrame | None:

@@ -446,9 +446,9 @@ class TeacherLogitCache:
 class CachedTeachers:
     """Teacher outputs of a batch from the cache where present, the live teachers elsewhere.
 
-    ``ensemble`` is a :class:`~multikd.ensemble.TeacherEnsemble` (called as
+    ``ensemble`` is a :class:`~multikd.method.ensemble.TeacherEnsemble` (called as
     ``ensemble(x, y, features=False)``) whose teachers ``cache`` was keyed for.
-    ``cached(x, y, indices, views)`` returns an :class:`~multikd.ensemble.EnsembleOutput`
+    ``cached(x, y, indices, views)`` returns an :class:`~multikd.method.ensemble.EnsembleOutput`
     (float32 logits ``[K,B,C]``, per-sample CE ``[K,B]``, no features) for ``x [B,...]``
     with labels ``y [B]`` and the samples' dataset indices and views (CPU int tensors as
     the loader yields them with ``return_index``). The live teachers run only on the
@@ -476,7 +476,7 @@ class CachedTeachers:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
                  views: torch.Tensor):
-        from multikd.ensemble import EnsembleOutput
+        from multikd.method.ensemble import EnsembleOutput
 
         self._commit(wait=False)
         hit, cached = self.cache.lookup(indices, views)

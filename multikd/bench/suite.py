@@ -3,7 +3,7 @@
 A suite names the dataset, the training recipe, the teachers (trained by the suite or taken
 from published checkpoints), which teacher set is distilled into which students, the
 strategies compared, and the seeds. :func:`expand` turns it into plain
-:class:`~multikd.config.RunConfig` objects, one per run, each with its own run directory::
+:class:`~multikd.train.config.RunConfig` objects, one per run, each with its own run directory::
 
     OUT/teachers/<teacher id>/                      one teacher (train-teacher layout)
     OUT/runs/<set>/<student>/student_s<seed>/       the student alone (kind: student)
@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from multikd.config import RunConfig, TeacherConfig, load_yaml, parse_assignment, resolve, set_value
+from multikd.train.config import RunConfig, TeacherConfig, load_yaml, parse_assignment, resolve, set_value
 from multikd.errors import ConfigError, MultikdError
 
 VARIANTS = ("logits", "logits+feat")
@@ -419,7 +419,7 @@ def _strategies(raw, where: str) -> list[StrategySpec]:
 
 def check_strategies(suite: Suite) -> None:
     """Build every strategy once so unknown names and bad parameters fail before training."""
-    from multikd.strategies import create_strategy
+    from multikd.method.strategies import create_strategy
 
     for spec in suite.strategies:
         try:

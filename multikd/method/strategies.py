@@ -4,7 +4,7 @@ A strategy maps the teachers' per-sample cross-entropy ``ce [K,B]``, their logit
 ``logits [K,B,C]`` and the labels ``labels [B]`` to a :class:`Selection`:
 
 - ``weights [K,B]``: non-negative, every column (sample) sums to 1; the losses use
-  ``mean_i sum_k w_ki * l_ki`` (:mod:`multikd.losses`);
+  ``mean_i sum_k w_ki * l_ki`` (:mod:`multikd.method.losses`);
 - ``kept [K,B]`` (bool): which teachers the strategy selected for each sample. A filtered
   teacher has weight 0 and ``kept`` False; a teacher that was selected but given a tiny
   weight is still kept. Strategies that only weight (uniform, ca-mkd, ebkd) keep everyone.

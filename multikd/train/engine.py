@@ -35,14 +35,14 @@ from torch import nn
 from tqdm import tqdm
 
 import multikd
-from multikd import distributed as ddp
-from multikd.build import Learner, build_data, build_learner, build_teacher_cache, pick_device
-from multikd.config import RunConfig, config_hash, resolve
+from multikd.train import distributed as ddp
+from multikd.train.build import Learner, build_data, build_learner, build_teacher_cache, pick_device
+from multikd.train.config import RunConfig, config_hash, resolve
 from multikd.errors import CheckpointError, ConfigError
-from multikd.meters import EpochMeter
-from multikd.rng import rng_state, seed_everything, set_rng_state
-from multikd.runio import RunDir
-from multikd.schedule import LRSchedule
+from multikd.train.meters import EpochMeter
+from multikd.train.rng import rng_state, seed_everything, set_rng_state
+from multikd.train.runio import RunDir
+from multikd.train.schedule import LRSchedule
 
 log = logging.getLogger(__name__)
 
@@ -411,7 +411,7 @@ class TrainingRun:
         if len(batch) != 4:
             raise ConfigError(
                 "the teacher cache needs each training sample's index and view: build the data "
-                "with runtime.teacher_cache set (multikd.build.build_data)"
+                "with runtime.teacher_cache set (multikd.train.build.build_data)"
             )
         with autocast(self.device, self.cfg.runtime.amp):
             return self.teacher_cache(x, y, batch[2], batch[3])

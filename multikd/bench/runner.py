@@ -10,10 +10,10 @@ where it stopped when the same command is run again):
    student uses it, compared with what it should be (its own run's last test accuracy, or
    the suite's ``expected_acc`` for a published file, within ``acc_tolerance`` points) and
    recorded in ``OUT/teachers.json``;
-3. students: lockstep groups (one teacher set, one seed; see :mod:`multikd.lockstep`) or,
+3. students: lockstep groups (one teacher set, one seed; see :mod:`multikd.train.lockstep`) or,
    with ``lockstep=False``, one engine run after the other. Finished runs are skipped,
    unfinished ones resumed from their last checkpoint;
-4. the table and plots of :mod:`multikd.results` are written into ``OUT``.
+4. the table and plots of :mod:`multikd.bench.results` are written into ``OUT``.
 
 A run directory that holds a different experiment than the suite now asks for (the suite
 or ``--set`` changed) is an error, never silently mixed into the table.
@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from multikd.config import RunConfig, config_hash, to_yaml
+from multikd.train.config import RunConfig, config_hash, to_yaml
 from multikd.errors import ConfigError, TrainingError
-from multikd.runio import RunDir, atomic_write_text
-from multikd.suite import Plan, Suite, TeacherJob, describe, expand, load_suite
+from multikd.train.runio import RunDir, atomic_write_text
+from multikd.bench.suite import Plan, Suite, TeacherJob, describe, expand, load_suite
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _run_plan(plan: Plan, lockstep: bool, results: bool) -> BenchReport:
             " in lockstep" if lockstep else "",
         )
         if lockstep:
-            from multikd.lockstep import train_lockstep
+            from multikd.train.lockstep import train_lockstep
 
             before = {c.output.run_dir: RunDir(c.output.run_dir).state() for c in configs}
             train_lockstep(configs)
@@ -126,7 +126,7 @@ def _run_plan(plan: Plan, lockstep: bool, results: bool) -> BenchReport:
                 _note(report, config, _run_alone(config))
 
     if results:
-        from multikd.results import write_results
+        from multikd.bench.outputs import write_results
 
         report.outputs = write_results(out, out)
     return report
@@ -186,7 +186,7 @@ def check_same_experiment(config: RunConfig) -> None:
 
 def _run_alone(config: RunConfig) -> str:
     """Train, resume or skip one run with the engine; its state before this call."""
-    from multikd import engine
+    from multikd.train import engine
 
     run_dir = config.output.run_dir
     state = RunDir(run_dir).state()
@@ -202,7 +202,7 @@ def _run_alone(config: RunConfig) -> str:
 
 
 def _measured_test_acc(job: TeacherJob) -> float:
-    from multikd import engine
+    from multikd.train import engine
 
     d = job.config.data
     result = engine.evaluate_checkpoint(

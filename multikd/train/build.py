@@ -1,4 +1,4 @@
-"""From a resolved :class:`~multikd.config.RunConfig` to the objects a run trains.
+"""From a resolved :class:`~multikd.train.config.RunConfig` to the objects a run trains.
 
 The model being trained is built right after seeding and before anything else draws random
 numbers, so with the same seed the student starts from the same weights in the student-alone
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from multikd.config import RunConfig
-from multikd.distiller import SupervisedLearner
+from multikd.train.config import RunConfig
+from multikd.method.distiller import SupervisedLearner
 from multikd.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Learner:
-    """What the engine trains: ``module`` (the learner contract of multikd.distiller), the
+    """What the engine trains: ``module`` (the learner contract of multikd.method.distiller), the
     trained ``model`` inside it, and for distillation the frozen ``ensemble`` and the
     ``strategy`` (whose state, if any, is checkpointed)."""
 
@@ -63,9 +63,9 @@ def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
     if cfg.kind != "distill":
         return Learner(SupervisedLearner(model), model)
 
-    from multikd.distiller import MultiTeacherDistiller
-    from multikd.ensemble import TeacherEnsemble
-    from multikd.strategies import create_strategy
+    from multikd.method.distiller import MultiTeacherDistiller
+    from multikd.method.ensemble import TeacherEnsemble
+    from multikd.method.strategies import create_strategy
 
     strategy = create_strategy(cfg.strategy.name, **cfg.strategy.params)
     teachers = []
@@ -104,7 +104,7 @@ def build_teacher_cache(cfg: RunConfig, ensemble, train_set, device: torch.devic
     rt = cfg.runtime
     if not rt.teacher_cache or ensemble is None:
         return None
-    from multikd.cache import CachedTeachers, TeacherLogitCache
+    from multikd.train.cache import CachedTeachers, TeacherLogitCache
 
     compute = (f"device={device.type}|amp={rt.amp}|channels_last={rt.channels_last}"
                f"|batched={rt.batched_teachers}")

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from multikd import distributed as ddp
+from multikd.train import distributed as ddp
 from multikd.errors import TrainingError
 
 

@@ -16,7 +16,7 @@ resnet56 0.49-0.88 (bf16, batch 256: 1.22). Peak activation memory is about 3x t
 (the G members' activations live at once). On 1 CPU thread: wrn_40_2 1.4, resnet32x4
 0.70. cuDNN's grouped convolutions are slower than its dense ones for most of these
 shapes, so batching pays only for small batches of wide teachers: it is opt-in
-(``batched=True``), and ``multikd.ensemble.TeacherEnsemble`` defaults to the loop.
+(``batched=True``), and ``multikd.method.ensemble.TeacherEnsemble`` defaults to the loop.
 On CUDA, vmap cannot run channels_last convolutions (torch 2.11: "NYI: querying
 is_contiguous inside of vmap"): the check then falls back to the loop, with that reason.
 
@@ -39,7 +39,7 @@ not a different function.
 Features. Forward hooks do work inside vmap when they are registered on the module that
 ``functional_call`` evaluates: the hook sees the batched intermediate, and returning it from
 the vmapped function un-batches it to ``[G, B, ...]``. The runner therefore taps features
-on its own meta copy in batched groups (and with :class:`~multikd.features.FeatureTap` on
+on its own meta copy in batched groups (and with :class:`~multikd.models.taps.FeatureTap` on
 the teacher itself in loop groups); both modes serve logits and features. Hooks that a
 caller registered on the teachers themselves do not run in batched groups.
 
@@ -61,7 +61,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from multikd.errors import ModelError
-from multikd.features import FeatureTap
+from multikd.models.taps import FeatureTap
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,38 @@
+"""What a suite's output folder gets from its finished runs: the tables, then the plots.
+
+Tables come from :mod:`multikd.bench.results` and plots from :mod:`multikd.bench.plots`,
+which reads those tables' rows; this module is the one place both are written together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from multikd.bench.plots import plot_collected
+from multikd.bench.results import METRIC_COLUMNS, collect_runs, strategy_table, write_table
+
+
+def write_results(
+    root: str | Path, out_dir: str | Path, formats=("md", "csv"), plots: bool = True
+) -> list[Path]:
+    """Tables and plots of the finished runs under ``root``, written into ``out_dir``.
+
+    Writes ``table_<metric>.<fmt>`` for metric last and best (and val when some run has a
+    val-selected accuracy) in each of ``formats``, and, if ``plots``, the PNG files of
+    :func:`multikd.bench.plots.plot_collected` under ``out_dir/plots``. Returns the paths written.
+    """
+    df = collect_runs(root)
+    metrics = ["last", "best"]
+    val = METRIC_COLUMNS["val"]
+    if val in df and pd.to_numeric(df[val], errors="coerce").notna().any():
+        metrics.append("val")
+    out_dir = Path(out_dir)
+    written = []
+    for metric in metrics:
+        table = strategy_table(df, metric=metric)
+        written += [write_table(table, out_dir / f"table_{metric}.{fmt}", fmt) for fmt in formats]
+    if plots:
+        written += plot_collected(df, out_dir / "plots")
+    return written
