@@ -1,18 +1,33 @@
 """Feature adapters: map the student's tapped feature to each teacher's feature shape.
 
-One adapter per teacher (FitNets' regressor, Romero et al. 2015, in its common 1x1-conv
-form): resize, then 1x1 convolution + BatchNorm (+ optional ReLU):
+One adapter per teacher, of one of three kinds (``ADAPTER_KINDS``):
 
-- spatial size: when the student map is at least as large as the teacher's in both
-  dimensions it is shrunk by adaptive average pooling (an exact average over the pixels
-  that fall in each output cell, e.g. 2x2 blocks for 8x8 -> 4x4); otherwise it is
-  enlarged by bilinear interpolation (``align_corners=False``). Resizing first keeps the
-  convolution at the teacher's resolution;
-- channels: the 1x1 convolution (no bias; BN supplies it) maps C_s to C_t.
+- ``conv1x1`` (multikd's default; FitNets' regressor, Romero et al. 2015, in its common
+  1x1 form): resize, then 1x1 convolution (no bias; BN supplies it) + BatchNorm
+  (+ ReLU with ``relu=True``);
+- ``embed``: CA-MKD's ``Embed`` (Rorozhl/CA-MKD ``models/util.py`` ``Embed`` with
+  ``convs=False``, applied by ``CalWeight.forward``): resize, then 1x1 convolution *with*
+  bias + BatchNorm + ReLU;
+- ``convreg``: FitNet's ``ConvReg`` of RepDistiller (HobbitLong/RepDistiller
+  ``models/util.py`` ``ConvReg``, as extended in CA-MKD's copy), which changes the spatial
+  size by the convolution itself, by the ratio of the student's height ``s_H`` to the
+  teacher's ``t_H``: ``s_H == 2 t_H``: 3x3 conv, stride 2, padding 1; ``2 s_H == t_H``: 4x4
+  transposed conv, stride 2, padding 1; ``s_H >= t_H``: a valid conv of kernel
+  ``(1 + s_H - t_H, 1 + s_W - t_W)``; ``4 s_H == t_H``: bilinear upsampling to the
+  teacher's size, then 3x3 conv, padding 1. Convs with bias, then BatchNorm + ReLU. Other
+  ratios raise a :class:`~multikd.errors.ModelError` (RepDistiller raises too; CA-MKD's
+  copy would build a 3x3 conv whose output does not match the teacher).
 
-Vector features (``(D,)``, e.g. pooled pre-classifier vectors ``[B,D]``) are adapted the
-same way as ``(D,1,1)`` maps, i.e. by a linear map + BN. Shapes are per sample, without
-the batch dimension; they come from one dry forward pass, so any student/teacher pair works.
+Resizing (``conv1x1``, ``embed``): when the student map is at least as large as the
+teacher's in both dimensions it is shrunk by adaptive average pooling (an exact average
+over the pixels of each output cell, e.g. 2x2 blocks for 8x8 -> 4x4); otherwise it is
+enlarged by bilinear interpolation (``align_corners=False``), as CA-MKD's ``CalWeight``
+does. (CA-MKD resizes the already resized map again for each further teacher; with
+teachers of one resolution, its recipe, that is the same thing.)
+
+Vector features (``(D,)``, e.g. pooled pre-classifier vectors ``[B,D]``) are adapted as
+``(D,1,1)`` maps, i.e. by a linear map + BN. Shapes are per sample, without the batch
+dimension; they come from one dry forward pass, so any student/teacher pair works.
 """
 
 from __future__ import annotations
@@ -26,10 +41,14 @@ from torch import nn
 from multikd.errors import ModelError
 
 Shape = tuple[int, ...]
+ADAPTER_KINDS = ("conv1x1", "embed", "convreg")
 
 
 class FeatureAdapter(nn.Module):
-    """``[B, *in_shape] -> [B, *out_shape]`` for shapes ``(C,H,W)``, or ``(D,)`` on both sides."""
+    """``[B, *in_shape] -> [B, *out_shape]`` for shapes ``(C,H,W)``, or ``(D,)`` on both
+    sides: resize, 1x1 conv (no bias), BN, optional ReLU (kind ``conv1x1``)."""
+
+    kind = "conv1x1"
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], relu: bool = False):
         super().__init__()
@@ -41,9 +60,12 @@ class FeatureAdapter(nn.Module):
                 f"of shape {self.out_shape}: tap features of the same kind on both sides "
                 "(stage maps (C,H,W) for both, or pooled vectors (D,) for both)"
             )
+        self.relu = relu
+        self._build()
+
+    def _build(self) -> None:
         self.conv = nn.Conv2d(self.in_shape[0], self.out_shape[0], kernel_size=1, bias=False)
         self.bn = nn.BatchNorm2d(self.out_shape[0])
-        self.relu = relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.in_shape:
@@ -53,34 +75,111 @@ class FeatureAdapter(nn.Module):
                 "training image size"
             )
         vector = x.dim() == 2
-        if vector:
-            x = x[:, :, None, None]
-        else:
-            x = self._resize(x, self.out_shape[1:])
-        x = self.bn(self.conv(x))
+        x = x[:, :, None, None] if vector else x
+        x = self.bn(self._transform(x))
         if self.relu:
             x = F.relu(x)
         return x.flatten(1) if vector else x
 
-    @staticmethod
-    def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        if (h, w) == size:
-            return x
-        if h >= size[0] and w >= size[1]:
-            return F.adaptive_avg_pool2d(x, size)
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    def _transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything before the BatchNorm: resize, then the 1x1 convolution."""
+        return self.conv(_resize(x, tuple(self.out_shape[1:]) or (1, 1)))
 
     def extra_repr(self) -> str:
-        return f"{self.in_shape} -> {self.out_shape}, relu={self.relu}"
+        return f"{self.kind}: {self.in_shape} -> {self.out_shape}, relu={self.relu}"
+
+
+class EmbedAdapter(FeatureAdapter):
+    """CA-MKD's ``Embed``: resize, 1x1 conv with bias, BN, ReLU (kind ``embed``)."""
+
+    kind = "embed"
+
+    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int]):
+        super().__init__(in_shape, out_shape, relu=True)
+
+    def _build(self) -> None:
+        self.conv = nn.Conv2d(self.in_shape[0], self.out_shape[0], kernel_size=1, bias=True)
+        self.bn = nn.BatchNorm2d(self.out_shape[0])
+
+
+class ConvRegAdapter(FeatureAdapter):
+    """RepDistiller's FitNet ``ConvReg``: a convolution chosen by the size ratio, BN, ReLU
+    (kind ``convreg``; the cases are in the module doc)."""
+
+    kind = "convreg"
+
+    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int]):
+        self._upsample = False
+        super().__init__(in_shape, out_shape, relu=True)
+
+    def _build(self) -> None:
+        (s_c, *s_hw), (t_c, *t_hw) = self.in_shape, self.out_shape
+        s_h, s_w = s_hw or (1, 1)
+        t_h, t_w = t_hw or (1, 1)
+        if s_h == 2 * t_h:
+            self.conv = nn.Conv2d(s_c, t_c, kernel_size=3, stride=2, padding=1)
+        elif 2 * s_h == t_h:
+            self.conv = nn.ConvTranspose2d(s_c, t_c, kernel_size=4, stride=2, padding=1)
+        elif s_h >= t_h and s_w >= t_w:
+            self.conv = nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
+        elif 4 * s_h == t_h:
+            self._upsample = True
+            self.conv = nn.Conv2d(s_c, t_c, kernel_size=3, padding=1)
+        else:
+            raise ModelError(
+                f"the convreg adapter cannot map a student map of {s_h}x{s_w} to a teacher "
+                f"map of {t_h}x{t_w} (RepDistiller's ConvReg handles a student twice, half or "
+                "a quarter of the teacher's size, or larger in both sides); tap other stages "
+                "or use loss.adapter conv1x1 / embed, which resize by interpolation"
+            )
+        self.bn = nn.BatchNorm2d(t_c)
+        with torch.no_grad():
+            out = self.conv(torch.zeros(1, s_c, *(self.out_shape[1:] if self._upsample
+                                                  else (s_h, s_w))))
+        if tuple(out.shape[2:]) != (t_h, t_w):
+            raise ModelError(
+                f"the convreg adapter maps a {s_h}x{s_w} student map to {tuple(out.shape[2:])}, "
+                f"not the teacher's {t_h}x{t_w} (widths and heights scale differently); use "
+                "loss.adapter conv1x1 or embed"
+            )
+
+    def _transform(self, x: torch.Tensor) -> torch.Tensor:
+        if self._upsample:
+            x = F.interpolate(x, size=self.out_shape[1:], mode="bilinear", align_corners=False)
+        return self.conv(x)
+
+
+_KINDS = {"conv1x1": FeatureAdapter, "embed": EmbedAdapter, "convreg": ConvRegAdapter}
+
+
+def build_adapter(
+    in_shape: Sequence[int], out_shape: Sequence[int], kind: str = "conv1x1", relu: bool = False
+) -> FeatureAdapter:
+    """One adapter of ``kind`` (``ADAPTER_KINDS``); ``relu`` applies to ``conv1x1`` only
+    (``embed`` and ``convreg`` always end in ReLU, as their sources do)."""
+    if kind not in _KINDS:
+        raise ModelError(f"unknown adapter kind {kind!r}; choose one of {', '.join(ADAPTER_KINDS)}")
+    if kind == "conv1x1":
+        return FeatureAdapter(in_shape, out_shape, relu=relu)
+    return _KINDS[kind](in_shape, out_shape)
 
 
 def build_adapters(
-    student_shape: Sequence[int], teacher_shapes: Sequence[Sequence[int]], relu: bool = False
+    student_shape: Sequence[int], teacher_shapes: Sequence[Sequence[int]], relu: bool = False,
+    kind: str = "conv1x1",
 ) -> nn.ModuleList:
-    """One :class:`FeatureAdapter` per teacher, from the student's feature shape to each
+    """One adapter of ``kind`` per teacher, from the student's feature shape to each
     teacher's (in the ensemble's order)."""
-    return nn.ModuleList(FeatureAdapter(student_shape, t, relu=relu) for t in teacher_shapes)
+    return nn.ModuleList(build_adapter(student_shape, t, kind, relu) for t in teacher_shapes)
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    if h >= size[0] and w >= size[1]:
+        return F.adaptive_avg_pool2d(x, size)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def _check_shape(shape: Sequence[int], side: str) -> Shape:
