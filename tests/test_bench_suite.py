@@ -161,3 +161,30 @@ def test_bench_cli_reports_bad_suite(tmp_path, capsys):
     assert main(["bench", str(bad), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("multikd: error: ") and "ghost" in err and "Traceback" not in err
+
+
+def test_reference_suites_resolve_each_baseline_to_its_public_code(tmp_path):
+    """ca-mkd.yaml: each strategy in the loss its source's code computes; single-teacher.yaml:
+    mdistiller's KD and DKD weights."""
+    plan = expand(load_suite(REPO / "experiments" / "cifar100" / "ca-mkd.yaml"), tmp_path)
+    assert len(plan.runs) == 6 * 3 and len(plan.teachers) == 3
+    by_label = {r.label: r.config for r in plan.runs if r.seed == 0}
+    assert sorted(by_label) == ["aekd", "aver", "ca-mkd+feat", "ebkd", "fitnet-mkd+feat",
+                                "student"]
+    camkd, fitnet = by_label["ca-mkd+feat"].loss, by_label["fitnet-mkd+feat"].loss
+    assert (camkd.gamma, camkd.teacher_reduction, camkd.feature_weights, camkd.adapter,
+            camkd.feature_stage, camkd.feature_start_epoch) == (
+        50.0, "mean", "teacher-head", "embed", -1, 2)
+    assert (fitnet.gamma, fitnet.adapter, fitnet.feature_stage, fitnet.feature_start_epoch) == (
+        100.0, "convreg", 2, 2)
+    assert by_label["ebkd"].loss.teacher_reduction == "mean"
+    assert by_label["aver"].loss.teacher_reduction == "sum" and by_label["aver"].loss.gamma == 0
+    assert by_label["aekd"].strategy.params == {"C": 0.6}
+    assert all(c.optim.nesterov and c.data.drop_last for c in by_label.values())
+
+    plan = expand(load_suite(REPO / "experiments" / "cifar100" / "single-teacher.yaml"), tmp_path)
+    assert len(plan.runs) == 2 * 4 * 3 and len(plan.teachers) == 2
+    by_label = {r.label: r.config for r in plan.runs if r.seed == 0 and r.student == "vgg8"}
+    assert (by_label["kd"].loss.alpha, by_label["kd"].loss.beta) == (0.1, 0.9)
+    assert by_label["dkd-beta6"].loss.logit_loss == "dkd"
+    assert by_label["dkd-beta6"].loss.logit_params == {"alpha": 1.0, "beta": 6.0, "warmup": 20}

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from multikd.errors import StrategyError, TrainingError
-from multikd.method.strategies import check_finite, create_strategy, list_strategies
+from multikd.method.strategies import (
+    StepContext, check_finite, create_strategy, list_strategies,
+)
 
 # K = 3 teachers, B = 3 samples, C = 3 classes, labels [0, 1, 2]
 CE = [[0.2, 1.5, 1.2], [0.9, 0.3, 0.7], [2.5, 2.0, 1.0]]
@@ -20,9 +22,18 @@ LABELS = [0, 1, 2]
 BATCH_MEAN = [sum(row) / 3 for row in CE]  # 0.9667, 0.6333, 1.8333
 
 
+STUDENT = [[0.5, 0.0, -0.5], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0]]
+
+
+def _context():
+    """What the distiller hands strategies that weight teachers by the student (aekd)."""
+    return StepContext(torch.tensor(STUDENT), 4.0, 1)
+
+
 def _select(name, **params):
     strategy = create_strategy(name, **params)
-    return strategy.select(torch.tensor(CE), torch.tensor(LOGITS), torch.tensor(LABELS))
+    return strategy.select(torch.tensor(CE), torch.tensor(LOGITS), torch.tensor(LABELS),
+                           context=_context())
 
 
 def _columns(weights_per_teacher):
@@ -180,8 +191,8 @@ def test_permuting_teachers_permutes_weights(name, params):
     perm = torch.tensor([2, 0, 1])
     ce, logits, labels = torch.tensor(CE), torch.tensor(LOGITS), torch.tensor(LABELS)
     strategy = create_strategy(name, **params)
-    base = strategy.select(ce, logits, labels)
-    permuted = strategy.select(ce[perm], logits[perm], labels)
+    base = strategy.select(ce, logits, labels, context=_context())
+    permuted = strategy.select(ce[perm], logits[perm], labels, context=_context())
     torch.testing.assert_close(permuted.weights, base.weights[perm])
     assert torch.equal(permuted.kept, base.kept[perm])
 

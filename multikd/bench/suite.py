@@ -41,7 +41,7 @@ _SUITE_KEYS = {
     "teachers": "teacher id -> {arch, seed, published, expected_acc, recipe}",
     "teacher_sets": "set name -> list of teacher ids",
     "pairs": "list of {teachers: SET, students: [ARCH, ...]}",
-    "strategies": "list of strategy names or {name, params, label}",
+    "strategies": "list of strategy names or {name, params, label, loss, variants}",
     "variants": f"subset of {list(VARIANTS)} (default: both)",
     "baseline": "also train each student alone (default: true)",
     "seeds": "list of seeds (default: [0])",
@@ -51,7 +51,7 @@ _SUITE_KEYS = {
     "default: torch's choice)",
 }
 _TEACHER_KEYS = ("arch", "seed", "published", "expected_acc", "recipe")
-_STRATEGY_KEYS = ("name", "params", "label")
+_STRATEGY_KEYS = ("name", "params", "label", "loss", "variants")
 _RESERVED = ("kind", "model", "teachers", "strategy", "runtime.seed", "output.run_dir")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
@@ -70,9 +70,15 @@ class TeacherSpec:
 
 @dataclass
 class StrategySpec:
+    """One strategy entry: its column ``label``, registered ``name`` and ``params``, loss
+    keys of its own runs (``loss``, over the recipe's and the features'), and the
+    ``variants`` it runs in (None: the suite's)."""
+
     label: str
     name: str
     params: dict = field(default_factory=dict)
+    loss: dict = field(default_factory=dict)
+    variants: list[str] | None = None
 
 
 @dataclass
@@ -240,7 +246,8 @@ def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in mapping.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and dotted not in ("data.synthetic", "strategy.params"):
+        if isinstance(value, dict) and dotted not in ("data.synthetic", "strategy.params",
+                                                     "loss.logit_params"):
             flat.update(_flatten(value, f"{dotted}."))
         else:
             flat[dotted] = value
@@ -407,7 +414,17 @@ def _strategies(raw, where: str) -> list[StrategySpec]:
             raise ConfigError(
                 f"{at}: the label 'student' is reserved for the student-alone baseline"
             )
-        specs.append(StrategySpec(label, str(entry["name"]), dict(params)))
+        loss = _mapping(entry.get("loss", {}), f"{at}.loss")
+        _check_config({"loss": loss}, f"{at}.loss")
+        variants = entry.get("variants")
+        if variants is not None and (
+            not isinstance(variants, list) or not variants
+            or any(v not in VARIANTS for v in variants)
+        ):
+            raise ConfigError(
+                f"{at}.variants must be a non-empty list from {list(VARIANTS)}, got {variants!r}"
+            )
+        specs.append(StrategySpec(label, str(entry["name"]), dict(params), dict(loss), variants))
     labels = [s.label for s in specs]
     dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
     if dupes:
@@ -520,7 +537,7 @@ def expand(
 
 def _labels(suite: Suite) -> list[tuple[StrategySpec | None, str]]:
     cells: list[tuple[StrategySpec | None, str]] = [(None, "logits")] if suite.baseline else []
-    return cells + [(s, v) for s in suite.strategies for v in suite.variants]
+    return cells + [(s, v) for s in suite.strategies for v in (s.variants or suite.variants)]
 
 
 def run_label(strategy: StrategySpec | None, variant: str) -> str:
@@ -550,7 +567,7 @@ def _student_run(
         config.strategy.name = strategy.name
         config.strategy.params = copy.deepcopy(strategy.params)
         if variant == "logits+feat":
-            _apply(config, {"loss": suite.features}, [])
+            _apply(config, {"loss": {**suite.features, **strategy.loss}}, [])
             if config.loss.gamma <= 0:
                 raise ConfigError(
                     f"suite {suite.source}: the logits+feat variant needs "
@@ -558,6 +575,7 @@ def _student_run(
                     f"(gamma is {config.loss.gamma}); set the feature-loss weight there"
                 )
         else:
+            _apply(config, {"loss": strategy.loss}, [])
             config.loss.gamma = 0.0
     _apply(config, {}, sets)
     return StudentRun(resolve(config), set_name, student, label, seed)

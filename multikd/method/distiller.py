@@ -4,6 +4,7 @@ A *learner* is an ``nn.Module`` whose ``forward(x, y)`` returns
 ``(student_logits [B,C], losses: dict[str, Tensor], info: dict)``; ``losses["total"]`` is
 what the optimizer minimizes, every other entry is logged by name. ``trainable_parameters()``
 lists exactly what the optimizer may update, so frozen teachers can never be trained.
+``set_epoch(epoch)`` (1-based) is called by the engine before each epoch's first step.
 """
 
 from __future__ import annotations
@@ -15,15 +16,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multikd.method.adapters import build_adapters
-from multikd.method.ensemble import EnsembleOutput, TeacherEnsemble
 from multikd.errors import ConfigError, ModelError, StrategyError
+from multikd.method.adapters import ADAPTER_KINDS, build_adapters
+from multikd.method.ensemble import EnsembleOutput, TeacherEnsemble
+from multikd.method.logit_losses import (
+    LOGIT_LOSS_DEFAULTS,
+    LOGIT_LOSSES,
+    dkd_warmup_factor,
+    logit_loss_per_teacher,
+)
+from multikd.method.losses import feature_loss, weighted_teacher_mean
+from multikd.method.strategies import StepContext, Strategy, check_finite
 from multikd.models.taps import FeatureTap
-from multikd.method.losses import feature_loss, multi_teacher_kd_loss, multi_teacher_mse_loss
-from multikd.method.strategies import Strategy, check_finite
 
-LOGIT_LOSSES = ("kd", "mse")
-FEATURE_WEIGHTS = ("strategy", "uniform")
+FEATURE_WEIGHTS = ("strategy", "uniform", "teacher-head")
+TEACHER_REDUCTIONS = ("sum", "mean")
+TAPS = ("stages", "repdistiller")
+REFERENCE = "reference"
 
 
 class SupervisedLearner(nn.Module):
@@ -44,6 +53,9 @@ class SupervisedLearner(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.student.parameters() if p.requires_grad]
 
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing depends on the epoch here (the learner contract has the hook)."""
+
 
 class MultiTeacherDistiller(nn.Module):
     """A student learning from a frozen :class:`~multikd.method.ensemble.TeacherEnsemble` whose
@@ -51,29 +63,46 @@ class MultiTeacherDistiller(nn.Module):
     CE-screened, feature + logit multi-teacher distillation, see DESIGN.md):
 
         total = alpha * CE(s, y)
-              + beta  * mean_i sum_k w_ki * KD_T(s_i, t_ki)           (logit_loss="kd")
-                        [or mean_i sum_k w_ki * MSE(s_i, t_ki)        (logit_loss="mse")]
-              + gamma * mean_i sum_k v_ki * mean_e (a_k(f_s)_i - f_tk,i)^2
+              + beta  * r_w * mean_i sum_k w_ki * L(s_i, t_ki)
+              + gamma * r_v * mean_i sum_k v_ki * mean_e (a_k(f_s)_i - f_tk,i)^2
 
-    with ``w = strategy.select(ce, logits, y).weights`` and ``v = w``
-    (``feature_weights="strategy"``) or ``v = 1/K`` (``"uniform"``); KD_T is Hinton's
-    T^2-scaled KL (:mod:`multikd.method.losses`). ``f_s`` is the student's ``student_feature``
-    (default: its last stage, ``student.feature_names[-1]``), ``f_tk`` teacher k's
-    ``teacher_features[k]`` (default: the ensemble's taps where set, else each teacher's
-    last stage), and ``a_k`` the :class:`~multikd.method.adapters.FeatureAdapter` to teacher k's
-    shape, built from one dry forward pass on ``example_input`` (default: the ensemble's,
-    zeros ``[1,3,32,32]``). The distiller sets the ensemble's taps to those teacher
-    features. With ``gamma == 0`` there are no adapters and no taps, the teachers' features
-    are not requested, and ``feat`` is logged as 0.
+    - ``w = strategy.select(ce, logits, y).weights`` (columns sum to 1);
+    - ``L`` the per-teacher logit loss ``logit_loss`` (:mod:`multikd.method.logit_losses`:
+      ``kd`` Hinton's T^2-scaled KL, ``mse``, ``dkd`` (times its warmup factor
+      ``min(epoch / warmup, 1)``), ``dist``), on z-scored logits when
+      ``logit_standardize``; ``logit_params`` are the loss's own parameters;
+    - ``teacher_reduction``: ``sum`` (r = 1) or ``mean`` (r = m / K with m the per-sample
+      mass of the source's own weights, :meth:`Strategy.weight_mass`: the source's
+      ``sum_ik w_ik l_ik / (B K)``); ``r_v`` likewise for the feature weights (m = K for
+      ``uniform``, 1 for ``teacher-head``);
+    - ``v``: ``feature_weights`` ``strategy`` (v = w), ``uniform`` (1/K) or ``teacher-head``
+      (CA-MKD: ``v_ki = (1 - softmax_k CE(head_k(a_k(f_s))_i, y_i)) / (K - 1)``, teacher
+      k's own pooling + classifier (``forward_head``) on the adapted student feature, with
+      gradient through the weights);
+    - ``f_s`` the student's ``student_feature``, ``f_tk`` teacher k's ``teacher_features[k]``
+      (default: stage ``feature_stage`` of ``model.feature_names``, or of
+      ``model.repdistiller_feature_names`` with ``taps="repdistiller"``, where a model lists
+      RepDistiller's taps separately (WRN: before the last BN + ReLU)), ``a_k`` the adapter
+      of kind ``adapter`` (:mod:`multikd.method.adapters`) to teacher k's shape, built from
+      one dry forward pass on ``example_input`` (default: the ensemble's, zeros
+      ``[1,3,32,32]``);
+    - the feature term counts from epoch ``feature_start_epoch`` on (:meth:`set_epoch`;
+      CA-MKD's loop leaves it out in epoch 1: it is computed, so adapter BatchNorm statistics
+      move as there, but not added); ``feature_grad=False`` detaches it (CA-MKD's FitNet-MKD).
+
+    Every option that is ``"reference"`` (or None for the two stage/epoch numbers) takes
+    the strategy's value (:attr:`Strategy.reference`), so e.g. ``ca-mkd`` computes the loss
+    of CA-MKD's public code. With ``gamma == 0`` there are no adapters and no taps, the
+    teachers' features are not requested, and ``feat`` is logged as 0.
 
     ``forward(x, y, teacher_out=None)`` returns ``(logits [B,C], losses, info)``:
-    ``losses`` = ``{"ce", "kd", "feat", "total"}`` (scalars, ``total`` is minimized) and
-    ``info`` = ``{"teachers": names, "weights": [K] batch-mean weights, "ce": [K] batch-mean
-    teacher CE, "kept": [K] fraction of the batch where the teacher was kept}`` (detached
-    tensors on the batch's device). ``teacher_out`` is an
-    :class:`~multikd.method.ensemble.EnsembleOutput` computed elsewhere (one teacher pass shared
-    by several students, or cached logits via ``EnsembleOutput.from_logits``; the latter
-    has no features, so it needs ``gamma == 0``).
+    ``losses`` = ``{"ce", "kd", "feat", "total"}`` (scalars, ``total`` is minimized; ``kd``
+    is the reduced logit term whatever ``logit_loss`` is) and ``info`` = ``{"teachers":
+    names, "weights": [K] batch-mean weights, "ce": [K] batch-mean teacher CE, "kept": [K]
+    fraction of the batch where the teacher was kept}`` (detached tensors on the batch's
+    device). ``teacher_out`` is an :class:`~multikd.method.ensemble.EnsembleOutput`
+    computed elsewhere (one teacher pass shared by several students, or cached logits via
+    ``EnsembleOutput.from_logits``; the latter has no features, so it needs ``gamma == 0``).
 
     Teacher outputs are checked for NaN/inf (a TrainingError naming the teacher) on the
     first batch, and on every later batch on the CPU while :attr:`check_every_cpu_batch`
@@ -100,10 +129,18 @@ class MultiTeacherDistiller(nn.Module):
         gamma: float = 0.0,
         temperature: float = 4.0,
         logit_loss: str = "kd",
+        logit_params: dict | None = None,
+        logit_standardize: bool = False,
+        teacher_reduction: str = REFERENCE,
         student_feature: str | None = None,
         teacher_features: Sequence[str | None] | None = None,
-        feature_weights: str = "strategy",
+        feature_weights: str = REFERENCE,
+        adapter: str = REFERENCE,
         adapter_relu: bool = False,
+        feature_stage: int | None = None,
+        taps: str = "stages",
+        feature_start_epoch: int | None = None,
+        feature_grad: bool = True,
         example_input: torch.Tensor | None = None,
     ):
         super().__init__()
@@ -114,6 +151,7 @@ class MultiTeacherDistiller(nn.Module):
                 "strategy must be a multikd Strategy (see create_strategy), got "
                 f"{type(strategy).__name__}"
             )
+        ref = strategy.reference_loss()
         self.alpha = _loss_weight("alpha", alpha)
         self.beta = _loss_weight("beta", beta)
         self.gamma = _loss_weight("gamma", gamma)
@@ -121,21 +159,51 @@ class MultiTeacherDistiller(nn.Module):
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {temperature}")
         self.logit_loss = _choice("logit_loss", logit_loss, LOGIT_LOSSES)
-        self.feature_weights = _choice("feature_weights", feature_weights, FEATURE_WEIGHTS)
+        self.logit_params = dict(logit_params or {})
+        self.logit_standardize = bool(logit_standardize)
+        self._warmup = None
+        if self.logit_loss == "dkd":
+            self._warmup = self.logit_params.get("warmup", LOGIT_LOSS_DEFAULTS["dkd"]["warmup"])
+        self.teacher_reduction = _choice(
+            "teacher_reduction", _or_ref(teacher_reduction, ref, "teacher_reduction"),
+            TEACHER_REDUCTIONS,
+        )
+        self.feature_weights = _choice(
+            "feature_weights", _or_ref(feature_weights, ref, "feature_weights"), FEATURE_WEIGHTS
+        )
+        self.adapter = _choice("adapter", _or_ref(adapter, ref, "adapter"), ADAPTER_KINDS)
+        self.feature_stage = ref["feature_stage"] if feature_stage is None else int(feature_stage)
+        self.taps = _choice("taps", taps, TAPS)
+        self.feature_start_epoch = (
+            ref["feature_start_epoch"] if feature_start_epoch is None else int(feature_start_epoch)
+        )
+        self.feature_grad = bool(feature_grad)
         self.student = student
         self.ensemble = ensemble
         self.strategy = strategy
+        self.epoch = 1
         self.use_features = self.gamma > 0
+        self.may_leave_parameters_unused = self.use_features and self.feature_start_epoch > 1
         self.student_feature = None
         self._tap: FeatureTap | None = None
         self._finite_checked = False
         self.check_every_cpu_batch = True
         self._zero: torch.Tensor | None = None
+        # checked once here: a typo in logit_params fails at build, not at the first step
+        logit_loss_per_teacher(
+            self.logit_loss, torch.zeros(1, 2), torch.zeros(1, 1, 2),
+            torch.zeros(1, dtype=torch.long), self.temperature, self._loss_params(),
+            self.logit_standardize,
+        )
         example = ensemble.example_input if example_input is None else example_input
         if self.use_features:
-            self.student_feature = student_feature or _last_stage(student, "student")
+            self.student_feature = student_feature or _stage(
+                student, "student", self.feature_stage, self.taps
+            )
             self._tap = FeatureTap(student, [self.student_feature])
             ensemble.set_feature_names(self._teacher_features(teacher_features))
+            if self.feature_weights == "teacher-head":
+                self._check_heads()
         student_out = _dry_run(student, self._tap, example)
         if student_out[0].dim() != 2:
             raise ModelError(
@@ -151,10 +219,43 @@ class MultiTeacherDistiller(nn.Module):
         if self.use_features:
             student_shape = tuple(student_out[1][self.student_feature].shape[1:])
             self.adapters = build_adapters(
-                student_shape, ensemble.feature_shapes(example), relu=adapter_relu
+                student_shape, ensemble.feature_shapes(example), relu=adapter_relu,
+                kind=self.adapter,
             )
         else:
             self.adapters = nn.ModuleList()
+
+    def set_epoch(self, epoch: int) -> None:
+        """The 1-based epoch the next steps belong to (DKD's warmup, the feature term's start)."""
+        self.epoch = int(epoch)
+
+    def _loss_params(self) -> dict:
+        """The logit loss's parameters: its published defaults (``LOGIT_LOSS_DEFAULTS``)
+        updated with ``logit_params``; DKD's ``warmup`` is applied here, not in the loss."""
+        merged = {**LOGIT_LOSS_DEFAULTS.get(self.logit_loss, {}), **self.logit_params}
+        return {k: v for k, v in merged.items() if k != "warmup"}
+
+    def _check_heads(self) -> None:
+        """``teacher-head`` feature weights run each teacher's own head on the adapted student
+        feature: the tap must be the stage that head reads (the last) and the head must exist."""
+        for teacher, name, tapped in zip(
+            self.ensemble.teachers, self.ensemble.names, self.ensemble.feature_names
+        ):
+            stages = list(getattr(teacher, "feature_names", ()) or ())
+            if not getattr(teacher, "head_reads_last_stage", False) or not stages:
+                raise ConfigError(
+                    f"loss.feature_weights teacher-head runs each teacher's classifier head on "
+                    f"the adapted student feature, but teacher {name!r} "
+                    f"({type(teacher).__name__}) has no forward_head that reads its last stage "
+                    "(the CIFAR zoo's models do; timm's forward_head reads forward_features); "
+                    "use feature_weights strategy or uniform"
+                )
+            if tapped != stages[-1]:
+                raise ConfigError(
+                    f"loss.feature_weights teacher-head needs teacher {name!r}'s last stage "
+                    f"{stages[-1]!r} (its head reads it), but {tapped!r} is tapped; leave "
+                    "loss.teacher_features and loss.feature_stage at their defaults"
+                )
 
     @property
     def teacher_names(self) -> list[str]:
@@ -170,7 +271,7 @@ class MultiTeacherDistiller(nn.Module):
                 )
             return names
         return [
-            tapped or _last_stage(teacher, f"teacher {name!r}")
+            tapped or _stage(teacher, f"teacher {name!r}", self.feature_stage, self.taps)
             for teacher, tapped, name in zip(
                 self.ensemble.teachers, self.ensemble.feature_names, self.ensemble.names
             )
@@ -184,27 +285,31 @@ class MultiTeacherDistiller(nn.Module):
             logits, tapped = self._tap(x)
         else:
             logits = self.student(x)
-        selection = self.strategy.select(teacher_out.ce, teacher_out.logits, y, check=False)
+        context = None
+        if self.strategy.needs_student:
+            context = StepContext(logits.detach(), self.temperature, self.epoch)
+        selection = self.strategy.select(
+            teacher_out.ce, teacher_out.logits, y, check=False, context=context
+        )
         weights = selection.weights
         teacher_logits = teacher_out.logits.detach()
         ce = F.cross_entropy(logits, y)
-        if self.logit_loss == "kd":
-            kd = multi_teacher_kd_loss(logits, teacher_logits, weights, self.temperature)
-        else:
-            kd = multi_teacher_mse_loss(logits, teacher_logits, weights)
+        per_teacher = logit_loss_per_teacher(
+            self.logit_loss, logits, teacher_logits, y, self.temperature, self._loss_params(),
+            self.logit_standardize,
+        )
+        kd = _scaled(self._reduction_scale(self.strategy.weight_mass(weights.shape[0]),
+                                           weights.shape[0]),
+                     weighted_teacher_mean(per_teacher, weights))
+        if self._warmup is not None:
+            kd = _scaled(dkd_warmup_factor(self.epoch, self._warmup), kd)
+        total = _scaled(self.alpha, ce) + _scaled(self.beta, kd)
         if self.use_features:
-            student_feature = tapped[self.student_feature]
-            adapted = [adapter(student_feature) for adapter in self.adapters]
-            feat_weights = weights if self.feature_weights == "strategy" else torch.full_like(
-                weights, 1.0 / weights.shape[0]
-            )
-            targets = [feature.detach() for feature in teacher_out.features]
-            feat = feature_loss(adapted, targets, feat_weights)
-            total = _scaled(self.alpha, ce) + _scaled(self.beta, kd) + _scaled(self.gamma, feat)
+            feat = self._feature_term(tapped[self.student_feature], teacher_out, weights, y)
+            if self.epoch >= self.feature_start_epoch:
+                total = total + _scaled(self.gamma, feat)
         else:
-            # gamma * 0 adds exactly +0: leaving the term out changes no total
             feat = self._zero_on(logits.device)
-            total = _scaled(self.alpha, ce) + _scaled(self.beta, kd)
         with torch.no_grad():  # no graph: the detach()es it saves would be ops
             info = {
                 "teachers": list(self.ensemble.names),
@@ -213,6 +318,37 @@ class MultiTeacherDistiller(nn.Module):
                 "kept": selection.kept.float().mean(1),
             }
         return logits, {"ce": ce, "kd": kd, "feat": feat, "total": total}, info
+
+    def _feature_term(self, student_feature, teacher_out, weights, y) -> torch.Tensor:
+        """``r_v * mean_i sum_k v_ki * mean_e (a_k(f_s)_i - f_tk,i)^2`` (see the class doc)."""
+        k = weights.shape[0]
+        adapted = [adapter(student_feature) for adapter in self.adapters]
+        if self.feature_weights == "strategy":
+            v, mass = weights, self.strategy.weight_mass(k)
+        elif self.feature_weights == "uniform":
+            v, mass = torch.full_like(weights, 1.0 / k), float(k)
+        else:
+            v, mass = self._head_weights(adapted, y), 1.0
+        targets = [feature.detach() for feature in teacher_out.features]
+        feat = _scaled(self._reduction_scale(mass, k), feature_loss(adapted, targets, v))
+        return feat if self.feature_grad else feat.detach()
+
+    def _head_weights(self, adapted: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """CA-MKD's feature weights ``[K,B]``: ``(1 - softmax_k CE(head_k(a_k(f_s)), y)) /
+        (K - 1)``, on the graph (``distiller_zoo/CAMKD.py`` ``CAMKD.forward`` on the output
+        of ``models/util.py`` ``CalWeight.forward``); one teacher gets weight 1."""
+        head_ce = torch.stack([
+            F.cross_entropy(teacher.forward_head(a).float(), y, reduction="none")
+            for teacher, a in zip(self.ensemble.teachers, adapted)
+        ])
+        k = head_ce.shape[0]
+        if k == 1:
+            return torch.ones_like(head_ce)
+        return (1.0 - torch.softmax(head_ce, dim=0)) / (k - 1)
+
+    def _reduction_scale(self, mass: float, k: int) -> float:
+        """1 for ``teacher_reduction="sum"``; ``mass / K`` for ``"mean"``."""
+        return 1.0 if self.teacher_reduction == "sum" else mass / k
 
     def _zero_on(self, device: torch.device) -> torch.Tensor:
         """The logged ``feat`` loss without features: one 0 made once per device."""
@@ -289,15 +425,32 @@ def _dry_run(student: nn.Module, tap: FeatureTap | None, example: torch.Tensor):
         student.train(was_training)
 
 
-def _last_stage(model: nn.Module, role: str) -> str:
-    names = getattr(model, "feature_names", None)
+def _or_ref(value, reference: dict, key: str):
+    """``reference[key]`` where ``value`` is ``"reference"``, else ``value``."""
+    return reference[key] if value == REFERENCE else value
+
+
+def _stage(model: nn.Module, role: str, stage: int, taps: str = "stages") -> str:
+    """The module name of stage ``stage`` (Python index) of ``model``'s listed stages:
+    ``model.repdistiller_feature_names`` when ``taps == "repdistiller"`` and the model lists
+    them, else ``model.feature_names``."""
+    names = None
+    if taps == "repdistiller":
+        names = getattr(model, "repdistiller_feature_names", None)
+    names = names or getattr(model, "feature_names", None)
     if not names:
         raise ConfigError(
             f"the {role} ({type(model).__name__}) does not list its stage features "
             "(model.feature_names); name the module to tap (student_feature / "
             "teacher_features, as in model.named_modules())"
         )
-    return names[-1]
+    if not -len(names) <= stage < len(names):
+        raise ConfigError(
+            f"loss.feature_stage {stage} is out of range for the {role} "
+            f"({type(model).__name__}), whose {len(names)} stages are {names}; use 0.."
+            f"{len(names) - 1} or -1 for the last"
+        )
+    return names[stage]
 
 
 def _scaled(weight: float, loss: torch.Tensor) -> torch.Tensor:

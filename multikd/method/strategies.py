@@ -37,6 +37,18 @@ GRANULARITIES = ("batch", "sample")
 
 
 @dataclass
+class StepContext:
+    """What a strategy may read each step besides the teachers' ``ce``, ``logits`` and the
+    labels: the student's logits ``[B,C]`` (detached), the distillation temperature, the
+    1-based epoch. The distiller fills it for strategies whose :attr:`Strategy.needs_student`
+    is True; the others never see it."""
+
+    student_logits: torch.Tensor | None = None
+    temperature: float = 4.0
+    epoch: int = 1
+
+
+@dataclass
 class Selection:
     """A strategy's decision for one batch: ``weights [K,B]`` and ``kept [K,B]`` (bool)."""
 
@@ -49,17 +61,53 @@ class Strategy:
     and take their parameters as keyword arguments of ``__init__``."""
 
     name = ""
+    needs_student = False
+    """True for strategies that weight teachers by the student's output (read from the
+    :class:`StepContext` that :meth:`select` is given)."""
+    reference: dict = {}
+    """The loss settings of the source's public code where they differ from multikd's
+    defaults, keyed by ``loss`` config key: ``teacher_reduction`` (``"sum"``, or ``"mean"``:
+    the weighted sum over teachers divided by K), ``feature_weights``, ``adapter``,
+    ``feature_stage``, ``feature_start_epoch``. ``loss.<key>: reference`` (the default)
+    resolves to these, see :func:`reference_loss`."""
+    reference_weight_mass = None
+    """Per-sample total of the source's own weights as a function of K, when it is not 1
+    (EBKD's ``1 - H_k / sum H`` sums to K - 1): the ``mean`` reduction scales by it, so
+    ``mean`` is the source's ``sum_ik w_ik l_ik / (B K)`` on the source's own weights."""
 
     def select(
-        self, ce: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, *, check: bool = True
+        self, ce: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, *, check: bool = True,
+        context: StepContext | None = None,
     ) -> Selection:
         """Weights and kept mask for one batch. ``check`` verifies that ``ce`` and
         ``logits`` are finite (one host sync; :class:`~multikd.errors.TrainingError`
-        naming the teacher otherwise)."""
+        naming the teacher otherwise). ``context`` is required by strategies that
+        :attr:`needs_student`."""
         _check_shapes(ce, logits, labels)
         if check:
             check_finite(ce, logits)
+        if self.needs_student:
+            if context is None or context.student_logits is None:
+                raise StrategyError(
+                    f"strategy {self.name!r} weights teachers by the student's logits: pass "
+                    "select(..., context=StepContext(student_logits=...)) (the distiller does)"
+                )
+            return self._select_in_context(ce.float(), logits, labels, context)
         return self._select(ce.float(), logits, labels)
+
+    @classmethod
+    def reference_loss(cls) -> dict:
+        """The loss settings that reproduce this strategy's public code:
+        :data:`REFERENCE_LOSS_DEFAULTS` updated with :attr:`reference`."""
+        return {**REFERENCE_LOSS_DEFAULTS, **cls.reference}
+
+    def weight_mass(self, k: int) -> float:
+        """Per-sample total of the source's weights for K teachers (1 unless the source's
+        weights are not normalised; see :attr:`reference_weight_mass`)."""
+        return 1.0 if self.reference_weight_mass is None else float(self.reference_weight_mass(k))
+
+    def _select_in_context(self, ce, logits, labels, context: StepContext) -> Selection:
+        raise NotImplementedError
 
     def weights(self, ce: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Teacher weights ``[K,B]``: non-negative, each column sums to 1."""
@@ -129,6 +177,26 @@ def create_strategy(name: str, **params) -> Strategy:
     return cls(**params)
 
 
+REFERENCE_LOSS_DEFAULTS = {
+    "teacher_reduction": "sum",
+    "feature_weights": "strategy",
+    "adapter": "conv1x1",
+    "feature_stage": -1,
+    "feature_start_epoch": 1,
+}
+"""What ``loss.<key>: reference`` means for a strategy whose source sets nothing else."""
+
+
+def reference_loss(name: str) -> dict:
+    """:meth:`Strategy.reference_loss` of the strategy registered as ``name``."""
+    key = str(name).strip().lower().replace("_", "-")
+    if key not in STRATEGIES:
+        raise StrategyError(
+            f"unknown strategy {name!r}; valid strategies: {', '.join(list_strategies())}"
+        )
+    return STRATEGIES[key].reference_loss()
+
+
 def check_finite(
     ce: torch.Tensor, logits: torch.Tensor, names: Sequence[str] | None = None
 ) -> None:
@@ -149,11 +217,41 @@ def check_finite(
 @register_strategy("uniform")
 class Uniform(Strategy):
     """Plain average of the teachers (AVER; You et al. 2017, "Learning from multiple
-    teacher networks", KDD): ``w_ki = 1/K``. Everyone is kept."""
+    teacher networks", KDD): ``w_ki = 1/K``. Everyone is kept.
+
+    Equal to the ``AVERAGE_LOSS`` baseline of CA-MKD's public code (``helper/loops.py``,
+    ``train_distill_multi_teacher``: ``torch.stack(loss_div_list).mean(0)``) under either
+    ``loss.teacher_reduction``: its own weights are 1 each (mass K), so ``mean`` and
+    ``sum`` coincide."""
+
+    reference_weight_mass = staticmethod(lambda k: k)
 
     def _select(self, ce, logits, labels):
         k = ce.shape[0]
         return Selection(torch.full_like(ce, 1.0 / k), torch.ones_like(ce, dtype=torch.bool))
+
+
+@register_strategy("fitnet-mkd")
+class FitNetMKD(Uniform):
+    """FitNet-MKD: FitNets hints (Romero et al., ICLR 2015) from every teacher, averaged,
+    beside AVER's averaged KD, the baseline of CA-MKD's public code (``helper/loops.py``
+    ``train_distill_multi_teacher`` with ``--distill hint --ensemble_method AVERAGE_LOSS``,
+    ``scripts/run.sh``: ``-b 100``):
+
+        L_hint = (1/K) sum_k mean_(i,e) (r_k(f_s)_ie - f_tk,ie)^2
+
+    on the middle stage (``--hint_layer 2``: ``feature_names[2]``) through RepDistiller's
+    ``ConvReg`` adapter (``models/util.py``): the ``reference`` of ``loss.feature_stage``
+    and ``loss.adapter``; weights ``w_ki = 1/K`` as :class:`Uniform`, no hint in the first
+    epoch (the loop's ``if epoch == 1``). Use it with ``loss.gamma`` > 0 (the reference's
+    100).
+
+    Deliberate deviation: the reference computes ``torch.mean(torch.tensor(
+    loss_hint_list))``, and ``torch.tensor`` copies the values out of the graph, so its hint
+    term is logged but trains nothing. multikd's hint trains the student and the adapters;
+    ``loss.feature_grad: false`` gives the reference's detached form."""
+
+    reference = {"adapter": "convreg", "feature_stage": 2, "feature_start_epoch": 2}
 
 
 @register_strategy("ce-filter")
@@ -215,7 +313,28 @@ class ConfidenceAware(Strategy):
         w_ki = (1 - softmax_k(CE_ki)) / (K - 1)
 
     so a teacher more confident in the true label weighs more; the K terms 1 - softmax
-    sum to K - 1, hence each column sums to 1. A single teacher gets weight 1."""
+    sum to K - 1, hence each column sums to 1. A single teacher gets weight 1.
+
+    Reference: CA-MKD's public code (github.com/Rorozhl/CA-MKD), ``helper/loops.py``
+    ``train_distill_multi_teacher``, branch ``CAMKD``: ``attention = (1 - softmax(loss_t,
+    dim=0)) / (teacher_num - 1)`` on per-sample teacher CE, and ``loss_div = (attention *
+    loss_div).sum() / (bsz * teacher_num)``: the weighted sum over teachers is divided by
+    K, the ``loss.teacher_reduction: mean`` that ``reference`` resolves to here (``sum``
+    gives K times that distillation weight). With features (``loss.gamma`` > 0) the
+    reference (``distiller_zoo/CAMKD.py`` ``CAMKD.forward``, ``models/util.py``
+    ``CalWeight``) weights teacher k's feature MSE not by these weights but by
+    ``(1 - softmax_k CE(head_k(embed_k(f_s)), y)) / (K - 1)``, the CE of teacher k's own
+    classifier head on the adapted student feature, gradient included
+    (``loss.feature_weights: teacher-head``), with an ``embed`` adapter (1x1 conv + BN +
+    ReLU), the features of the last stage, the same ``/ (B K)`` reduction, and no feature
+    term in the first epoch (``if epoch == 1``); all of these are its ``reference``."""
+
+    reference = {
+        "teacher_reduction": "mean",
+        "feature_weights": "teacher-head",
+        "adapter": "embed",
+        "feature_start_epoch": 2,
+    }
 
     def _select(self, ce, logits, labels):
         k = ce.shape[0]
@@ -240,7 +359,15 @@ class EntropyBased(Strategy):
     strategy's summed loss by K; the 1 / (K - 1) here makes the weights sum to 1 like every
     strategy's, so strategies differ only in how they share the weight. One teacher gets
     weight 1; where every teacher is certain (``sum_j H_ji = 0``) the weights are 1 / K.
-    Labels are not used. Everyone is kept."""
+    Labels are not used. Everyone is kept.
+
+    ``loss.teacher_reduction: reference`` is that code's ``mean``: ``loss_div =
+    (weight * loss_div).sum() / (bsz * teacher_num)`` on its own weights, which sum to
+    K - 1 (``helper/loops.py`` ``train_distill_multi_teacher``, branch ``EBKD``), i.e.
+    (K - 1) / K times the ``sum`` form on the weights above."""
+
+    reference = {"teacher_reduction": "mean"}
+    reference_weight_mass = staticmethod(lambda k: k - 1)
 
     def _select(self, ce, logits, labels):
         k = ce.shape[0]
@@ -414,3 +541,6 @@ def _choice(strategy: str, name: str, value, choices: Sequence[str]) -> str:
             f"strategy {strategy!r}: {name} must be one of {', '.join(choices)}; got {value!r}"
         )
     return value
+
+
+from multikd.method import aekd  # noqa: E402,F401  (registers "aekd")

@@ -75,6 +75,8 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """CIFAR MobileNetV2; ``forward(x)`` returns logits [B, num_classes]."""
 
+    head_reads_last_stage = True  # forward_head(output of feature_names[-1])
+
     def __init__(self, num_classes: int = 100, width_mult: float = 0.5, expand_ratio: int = 6):
         super().__init__()
         channels = int(32 * width_mult)
@@ -102,8 +104,13 @@ class MobileNetV2(nn.Module):
         x = self.conv1(x)
         for stage in self.blocks:
             x = stage(x)
-        x = self.flatten(self.avgpool(self.conv2(x)))
-        return self.classifier(x)
+        return self.forward_head(x)
+
+    def forward_head(self, feature: torch.Tensor) -> torch.Tensor:
+        """Logits from the output of ``feature_names[-1]`` (the rest of :meth:`forward`):
+        CA-MKD's teacher-head feature weights run a teacher's own head on an adapted student
+        feature (Rorozhl/CA-MKD ``models/util.py`` ``CalWeight.forward``)."""
+        return self.classifier(self.flatten(self.avgpool(self.conv2(feature))))
 
 
 def _round_up(value: int, divisor: int) -> int:

@@ -59,6 +59,8 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-``depth`` for 32x32 inputs; ``forward(x)`` returns logits [B, num_classes]."""
 
+    head_reads_last_stage = True  # forward_head(output of feature_names[-1])
+
     def __init__(
         self, depth: int, widths: tuple[int, int, int, int] = NARROW, num_classes: int = 100
     ):
@@ -82,8 +84,13 @@ class CifarResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(self.flatten(self.avgpool(x)))
+        return self.forward_head(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_head(self, feature: torch.Tensor) -> torch.Tensor:
+        """Logits from the output of ``feature_names[-1]`` (the rest of :meth:`forward`):
+        CA-MKD's teacher-head feature weights run a teacher's own head on an adapted student
+        feature (Rorozhl/CA-MKD ``models/util.py`` ``CalWeight.forward``)."""
+        return self.fc(self.flatten(self.avgpool(feature)))
 
 
 def _stage(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:

@@ -56,6 +56,8 @@ class Bottleneck(nn.Module):
 class CifarResNetBottleneck(nn.Module):
     """Bottleneck ResNet for 32x32 inputs; ``forward(x)`` returns logits [B, num_classes]."""
 
+    head_reads_last_stage = True  # forward_head(output of feature_names[-1])
+
     def __init__(self, blocks: tuple[int, int, int, int], num_classes: int = 100):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
@@ -80,8 +82,13 @@ class CifarResNetBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.linear(self.flatten(self.avgpool(x)))
+        return self.forward_head(self.layer4(self.layer3(self.layer2(self.layer1(x)))))
+
+    def forward_head(self, feature: torch.Tensor) -> torch.Tensor:
+        """Logits from the output of ``feature_names[-1]`` (the rest of :meth:`forward`):
+        CA-MKD's teacher-head feature weights run a teacher's own head on an adapted student
+        feature (Rorozhl/CA-MKD ``models/util.py`` ``CalWeight.forward``)."""
+        return self.linear(self.flatten(self.avgpool(feature)))
 
 
 @register_model("ResNet50", "resnet50")

@@ -75,6 +75,8 @@ class Bottleneck(nn.Module):
 class ShuffleNetV1(nn.Module):
     """CIFAR ShuffleNet v1; ``forward(x)`` returns logits [B, num_classes]."""
 
+    head_reads_last_stage = True  # forward_head(output of feature_names[-1])
+
     def __init__(
         self,
         num_classes: int = 100,
@@ -104,8 +106,13 @@ class ShuffleNetV1(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.linear(self.flatten(self.avgpool(x)))
+        return self.forward_head(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_head(self, feature: torch.Tensor) -> torch.Tensor:
+        """Logits from the output of ``feature_names[-1]`` (the rest of :meth:`forward`):
+        CA-MKD's teacher-head feature weights run a teacher's own head on an adapted student
+        feature (Rorozhl/CA-MKD ``models/util.py`` ``CalWeight.forward``)."""
+        return self.linear(self.flatten(self.avgpool(feature)))
 
 
 @register_model("ShuffleV1", "shufflenetv1", "shufflev1")

@@ -91,6 +91,8 @@ class DownBlock(nn.Module):
 class ShuffleNetV2(nn.Module):
     """CIFAR ShuffleNetV2; ``forward(x)`` returns logits [B, num_classes]."""
 
+    head_reads_last_stage = True  # forward_head(output of feature_names[-1])
+
     def __init__(self, num_classes: int = 100, net_size: float = 1.0):
         super().__init__()
         if net_size not in _CONFIGS:
@@ -117,8 +119,13 @@ class ShuffleNetV2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        x = self.relu2(self.bn2(self.conv2(x)))
+        return self.forward_head(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_head(self, feature: torch.Tensor) -> torch.Tensor:
+        """Logits from the output of ``feature_names[-1]`` (the rest of :meth:`forward`):
+        CA-MKD's teacher-head feature weights run a teacher's own head on an adapted student
+        feature (Rorozhl/CA-MKD ``models/util.py`` ``CalWeight.forward``)."""
+        x = self.relu2(self.bn2(self.conv2(feature)))
         return self.linear(self.flatten(self.avgpool(x)))
 
 

@@ -50,6 +50,8 @@ def _block(cin: int, cout: int, convs: int) -> nn.Sequential:
 class VGG(nn.Module):
     """CIFAR VGG-BN; ``forward(x)`` returns logits [B, num_classes]."""
 
+    head_reads_last_stage = True  # forward_head(output of feature_names[-1])
+
     def __init__(self, depths: tuple[int, ...], num_classes: int = 100):
         super().__init__()
         cins = (3,) + WIDTHS[:-1]
@@ -73,8 +75,13 @@ class VGG(nn.Module):
         x = self.pool0(self.block0(x))
         x = self.pool1(self.block1(x))
         x = self.pool2(self.block2(x))
-        x = self.block4(self.block3(x))
-        return self.classifier(self.flatten(self.pool4(x)))
+        return self.forward_head(self.block4(self.block3(x)))
+
+    def forward_head(self, feature: torch.Tensor) -> torch.Tensor:
+        """Logits from the output of ``feature_names[-1]`` (the rest of :meth:`forward`):
+        CA-MKD's teacher-head feature weights run a teacher's own head on an adapted student
+        feature (Rorozhl/CA-MKD ``models/util.py`` ``CalWeight.forward``)."""
+        return self.classifier(self.flatten(self.pool4(feature)))
 
 
 def _register(name: str) -> None:

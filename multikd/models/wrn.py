@@ -64,7 +64,15 @@ class NetworkBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WRN-``depth``-``widen_factor`` for 32x32 inputs; ``forward(x)`` returns logits."""
+    """WRN-``depth``-``widen_factor`` for 32x32 inputs; ``forward(x)`` returns logits.
+
+    ``feature_names`` ends with ``relu`` (block3 after the final ``bn1`` + ReLU, what the
+    head pools); ``repdistiller_feature_names`` ends with ``block3`` instead, the
+    pre-activation map (values can be negative) that RepDistiller's ``models/wrn.py`` returns
+    as f3 and its feature losses use.
+    """
+
+    head_reads_last_stage = True  # forward_head(output of feature_names[-1])
 
     def __init__(self, depth: int, widen_factor: int, num_classes: int = 100):
         super().__init__()
@@ -83,13 +91,21 @@ class WideResNet(nn.Module):
         self.fc = nn.Linear(widths[3], num_classes)
 
         self.feature_names = ["conv1", "block1", "block2", "relu"]
+        # RepDistiller's models/wrn.py takes its last feature f3 from block3, before the
+        # final bn1 + ReLU (values can be negative): loss.taps repdistiller uses these
+        self.repdistiller_feature_names = ["conv1", "block1", "block2", "block3"]
         self.pooled_feature_name = "flatten"
         init_fan_out_normal(self, linear_std=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block3(self.block2(self.block1(self.conv1(x))))
-        x = self.relu(self.bn1(x))
-        return self.fc(self.flatten(self.avgpool(x)))
+        return self.forward_head(self.relu(self.bn1(x)))
+
+    def forward_head(self, feature: torch.Tensor) -> torch.Tensor:
+        """Logits from the output of ``feature_names[-1]`` (the rest of :meth:`forward`):
+        CA-MKD's teacher-head feature weights run a teacher's own head on an adapted student
+        feature (Rorozhl/CA-MKD ``models/util.py`` ``CalWeight.forward``)."""
+        return self.fc(self.flatten(self.avgpool(feature)))
 
 
 def _register(depth: int, widen_factor: int) -> None:

@@ -84,10 +84,18 @@ def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
         gamma=loss.gamma,
         temperature=loss.temperature,
         logit_loss=loss.logit_loss,
+        logit_params=loss.logit_params,
+        logit_standardize=loss.logit_standardize,
+        teacher_reduction=loss.teacher_reduction,
         student_feature=loss.student_feature,
         teacher_features=loss.teacher_features,
         feature_weights=loss.feature_weights,
+        adapter=loss.adapter,
         adapter_relu=loss.adapter_relu,
+        feature_stage=loss.feature_stage,
+        taps=loss.taps,
+        feature_start_epoch=loss.feature_start_epoch,
+        feature_grad=loss.feature_grad,
     )
     return Learner(distiller, model, distiller.ensemble, strategy, tuple(names))
 

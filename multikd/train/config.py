@@ -30,6 +30,7 @@ import yaml
 from multikd.errors import ConfigError
 
 KINDS = ("teacher", "student", "distill")
+REFERENCE = "reference"
 SMALL_LR_ARCHS = ("mobilenetv2", "shufflev1", "shufflev2")
 """Students trained with lr 0.01 instead of 0.05 by the field's convention (CRD, mdistiller)."""
 
@@ -51,6 +52,9 @@ class DataConfig:
     val_size: int = _doc(0, "validation images carved from the training set (0: none)")
     synthetic: dict = _doc({}, "options of the synthetic dataset (num_classes, train_size, ...)")
     workers: int = _doc(0, "DataLoader worker processes (per-sample pipeline only)")
+    drop_last: bool = _doc(
+        False, "skip the last incomplete training batch (CA-MKD's loop does: `continue`)"
+    )
     pipeline: str = _doc(
         "batched",
         "batched: whole batches augmented on the training device (fast); per-sample: a torch "
@@ -81,21 +85,62 @@ class StrategyConfig:
 
 @dataclass
 class LossConfig:
+    """The loss of a distillation run. ``reference`` (and null for the two numbers) takes the
+    value of the strategy's public code (``Strategy.reference``; resolved and recorded in
+    config.yaml), e.g. ``ca-mkd`` gets CA-MKD's reduction, feature weights, adapter and
+    epoch-1 rule."""
+
     alpha: float = _doc(1.0, "weight of the hard-label cross-entropy")
     beta: float = _doc(1.0, "weight of the weighted multi-teacher logit loss")
     gamma: float = _doc(0.0, "weight of the feature loss (0: logits only)")
     temperature: float = _doc(4.0, "softmax temperature T of the KD term")
-    logit_loss: str = _choice("kd", ("kd", "mse"), "T^2-scaled KL (Hinton) or logit MSE (Caruana)")
+    logit_loss: str = _choice(
+        "kd", ("kd", "mse", "dkd", "dist"),
+        "per-teacher logit loss: kd (Hinton), mse (Caruana), dkd (Zhao 2022), dist (Huang 2022)",
+    )
+    logit_params: dict = _doc(
+        {}, "the logit loss's own parameters (dkd: alpha, beta, warmup; dist: beta, gamma, tau)"
+    )
+    logit_standardize: bool = _doc(
+        False, "z-score student and teacher logits before the logit loss (Sun et al. 2024)"
+    )
+    teacher_reduction: str = _choice(
+        "reference", ("reference", "sum", "mean"),
+        "sum: mean_i sum_k w_ki l_ki; mean: the source's sum_ik w_ik l_ik / (B K) on its own "
+        "weights; reference: the strategy's (ca-mkd, ebkd: mean; others: sum)",
+    )
     student_feature: Optional[str] = _doc(
-        None, "student module tapped for the feature loss (default: its last stage)"
+        None, "student module tapped for the feature loss (default: stage loss.feature_stage)"
     )
     teacher_features: Optional[list[str]] = _doc(
-        None, "module tapped per teacher (default: each one's last stage)"
+        None, "module tapped per teacher (default: each one's stage loss.feature_stage)"
+    )
+    feature_stage: Optional[int] = _doc(
+        None, "stage index into feature_names tapped on both sides (null: the strategy's "
+        "reference, -1 = last; fitnet-mkd: 2)"
+    )
+    taps: str = _choice(
+        "stages", ("stages", "repdistiller"),
+        "stage list: the zoo's stage outputs, or RepDistiller's taps (WRN: before the last BN+ReLU)",
     )
     feature_weights: str = _choice(
-        "strategy", ("strategy", "uniform"), "feature-loss weights: the strategy's, or 1/K each"
+        "reference", ("reference", "strategy", "uniform", "teacher-head"),
+        "feature-loss weights: the strategy's, 1/K each, or CA-MKD's teacher-head CE on the "
+        "adapted student feature (reference: ca-mkd teacher-head, others strategy)",
     )
-    adapter_relu: bool = _doc(False, "ReLU after each adapter's 1x1 conv + BN")
+    adapter: str = _choice(
+        "reference", ("reference", "conv1x1", "embed", "convreg"),
+        "feature adapter: 1x1 conv+BN, CA-MKD's embed (1x1 conv+BN+ReLU), FitNet's convreg "
+        "(reference: ca-mkd embed, fitnet-mkd convreg, others conv1x1)",
+    )
+    adapter_relu: bool = _doc(False, "ReLU after the conv1x1 adapter's BN")
+    feature_start_epoch: Optional[int] = _doc(
+        None, "first epoch with the feature term (null: the strategy's reference; ca-mkd and "
+        "fitnet-mkd: 2, as CA-MKD's loop; others 1)"
+    )
+    feature_grad: bool = _doc(
+        True, "false: the feature loss is logged but trains nothing (CA-MKD's FitNet-MKD)"
+    )
 
 
 @dataclass
@@ -402,6 +447,10 @@ def resolve(config: RunConfig) -> RunConfig:
     if cfg.kind == "distill":
         _name_teachers(cfg.teachers)
         _resolve_strategy(cfg)
+    else:
+        from multikd.method.strategies import REFERENCE_LOSS_DEFAULTS
+
+        _resolve_reference(cfg.loss, REFERENCE_LOSS_DEFAULTS)  # unused: plain defaults
     if cfg.output.run_dir is None:
         tag = f"_{cfg.strategy.name}" if cfg.kind == "distill" else ""
         arch = cfg.model.arch.replace(":", "-").replace("/", "-")
@@ -486,8 +535,16 @@ def _resolve_strategy(cfg: RunConfig) -> None:
 
     create_strategy(cfg.strategy.name, **cfg.strategy.params)
     cls = STRATEGIES[cfg.strategy.name.strip().lower().replace("_", "-")]
+    _resolve_reference(cfg.loss, cls.reference_loss())
     if "seed" in inspect.signature(cls.__init__).parameters and "seed" not in cfg.strategy.params:
         cfg.strategy.params["seed"] = cfg.runtime.seed
+
+
+def _resolve_reference(loss: LossConfig, reference: dict) -> None:
+    """Replace ``reference`` / null loss settings by ``reference``'s values, in place."""
+    for key, value in reference.items():
+        if getattr(loss, key) in (REFERENCE, None):
+            setattr(loss, key, value)
 
 
 def _name_teachers(teachers: list[TeacherConfig]) -> None:
@@ -506,6 +563,21 @@ def _name_teachers(teachers: list[TeacherConfig]) -> None:
 # --------------------------------------------------------------------------- saving
 def to_yaml(config: RunConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+_LEGACY_VALUES = {
+    ("data", "drop_last"): (False,),
+    ("loss", "logit_params"): ({},),
+    ("loss", "logit_standardize"): (False,),
+    ("loss", "teacher_reduction"): ("sum", REFERENCE),
+    ("loss", "feature_stage"): (-1, None),
+    ("loss", "taps"): ("stages",),
+    ("loss", "adapter"): ("conv1x1", REFERENCE),
+    ("loss", "feature_start_epoch"): (1, None),
+    ("loss", "feature_grad"): (True,),
+}
+"""Keys added after runs were first made, with the values that reproduce those runs'
+numbers: left out of the hash there, so such runs keep their hashes."""
 
 
 def config_hash(config: RunConfig) -> str:
@@ -530,6 +602,9 @@ def config_hash(config: RunConfig) -> str:
         runtime.pop("batched_teachers")
     for section, key in skipped:
         data[section].pop(key)
+    for (section, key), legacy in _LEGACY_VALUES.items():
+        if data[section].get(key, legacy[0]) in legacy:
+            data[section].pop(key, None)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

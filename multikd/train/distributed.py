@@ -102,7 +102,9 @@ def wrap(learner: nn.Module, frozen: nn.Module | None, device: torch.device, env
         ]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(learner, ignored)
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(learner, device_ids=device_ids)
+    # a feature term that starts after epoch 1 leaves the adapters without gradients until then
+    unused = bool(getattr(learner, "may_leave_parameters_unused", False))
+    return DistributedDataParallel(learner, device_ids=device_ids, find_unused_parameters=unused)
 
 
 def train_sampler(dataset: Dataset, seed: int, env: DistEnv) -> DistributedSampler | None:

@@ -286,7 +286,8 @@ class TrainingRun:
                      "%s); set data.pipeline per-sample to use worker processes", self.device)
         sampler = ddp.train_sampler(s.train, cfg.runtime.seed, env)
         self.train_loader = data.build_loader(
-            s.train, per_rank, train=True, sampler=sampler, **options
+            s.train, per_rank, train=True, sampler=sampler, drop_last=cfg.data.drop_last,
+            **options
         )
         self.steps_per_epoch = len(self.train_loader)
         self.eval_loaders = {}
@@ -431,6 +432,7 @@ class TrainingRun:
         if self.teacher_cache is not None:
             self._cache_counts = (self.teacher_cache.cache.hits, self.teacher_cache.cache.misses)
         self.train_module.train()
+        self.parts.module.set_epoch(epoch)
         self.meter = EpochMeter(self.device, self.env, epoch, self.run.path)
         self.epoch_lr = self.optimizer.param_groups[0]["lr"]
 

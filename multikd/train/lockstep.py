@@ -65,12 +65,33 @@ def check_compatible(configs: list[RunConfig]) -> None:
                 )
     distill = [c for c in configs if c.kind == "distill"]
     teachers = {tuple((t.arch, t.checkpoint) for t in c.teachers) for c in distill}
-    feats = {tuple(c.loss.teacher_features or ()) for c in distill if c.loss.gamma > 0}
+    feats = {teacher_taps(c) for c in distill if c.loss.gamma > 0}
     if len(teachers) > 1 or len(feats) > 1:
         raise ConfigError(
             "runs trained in lockstep share one teacher pass, so they need the same teachers "
             "and the same teacher feature layers; train them separately with --no-lockstep"
         )
+
+
+def teacher_taps(cfg: RunConfig) -> tuple:
+    """What decides which teacher layers a feature run taps (resolved config)."""
+    loss = cfg.loss
+    return (tuple(loss.teacher_features or ()), loss.feature_stage, loss.taps)
+
+
+def split_by_taps(configs: list[RunConfig]) -> list[list[RunConfig]]:
+    """Runs that can share one teacher pass: one list per set of tapped teacher layers
+    (runs without features join the first), in the order of ``configs``."""
+    groups: dict[tuple, list[RunConfig]] = {}
+    plain = []
+    for cfg in configs:
+        if cfg.kind == "distill" and cfg.loss.gamma > 0:
+            groups.setdefault(teacher_taps(cfg), []).append(cfg)
+        else:
+            plain.append(cfg)
+    lists = list(groups.values()) or [[]]
+    lists[0] = plain + lists[0]
+    return [group for group in lists if group]
 
 
 class _Member:
@@ -101,6 +122,10 @@ def train_lockstep(configs: list[RunConfig]) -> list[str]:
     pending = [c for c in configs if RunDir(c.output.run_dir).state() != "finished"]
     if not pending:
         return []
+    subgroups = split_by_taps(pending)
+    if len(subgroups) > 1:  # one teacher pass taps one set of layers
+        log.info("lockstep: %d groups by tapped teacher layers", len(subgroups))
+        return [run_dir for group in subgroups for run_dir in train_lockstep(group)]
     check_compatible(pending)
     if detect().enabled:
         raise ConfigError(
