@@ -476,6 +476,15 @@ def _add_results(sub) -> None:
         "or test accuracy at the best validation epoch (runs with a validation split)",
     )
     p.add_argument("--format", dest="fmt", choices=["md", "csv", "tex"], default="md")
+    p.add_argument(
+        "--vs", metavar="LABEL",
+        help="paired differences to one column instead of accuracies: 'student' (the student "
+        "alone), 'uniform' or any method label; each cell is the mean difference with its "
+        "interval (t over paired seeds, or bootstrap over test images for one seed), "
+        "significant ones in bold",
+    )
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="interval level for --vs (default 0.95)")
     p.add_argument("--out", metavar="FILE", help="write the table here (default: print it)")
     p.add_argument("--quiet", action="store_true", help="warnings only")
     p.set_defaults(func=_cmd_table)
@@ -494,14 +503,21 @@ def _add_results(sub) -> None:
 
 
 def _cmd_table(args) -> int:
-    from multikd.bench import results
+    from multikd.atomic import atomic_write_text
+    from multikd.bench import paired, results
 
-    table = results.load_table(args.runs_dir, metric=args.metric)
+    if args.vs:
+        table = paired.paired_table(results.collect_runs(args.runs_dir), metric=args.metric,
+                                    vs=args.vs, confidence=args.confidence)
+        text = paired.format_paired(table, fmt=args.fmt)
+    else:
+        text = results.format_table(results.load_table(args.runs_dir, metric=args.metric),
+                                    fmt=args.fmt)
     if args.out:
-        results.write_table(table, args.out, fmt=args.fmt)
+        atomic_write_text(args.out, text)
         print(f"wrote {args.out}")
     else:
-        print(results.format_table(table, fmt=args.fmt), end="")
+        print(text, end="")
     return 0
 
 

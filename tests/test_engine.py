@@ -37,7 +37,8 @@ def teacher_run(tmp_path_factory):
 
 def test_run_directory_layout(teacher_run):
     names = sorted(p.name for p in teacher_run.iterdir())
-    assert names == ["checkpoint.pt", "config.yaml", "metrics.csv", "summary.json"]  # no temp files
+    assert names == ["checkpoint.pt", "config.yaml", "metrics.csv", "predictions.npz",
+                     "summary.json"]  # no temp files
     rows = read_metrics(teacher_run)
     assert list(rows[0]) == [
         "epoch", "lr", "loss_ce", "loss_total", "train_acc", "val_acc", "val_loss",
@@ -180,3 +181,20 @@ def test_amp_and_channels_last_train_on_cpu(tmp_path):
     assert 0 < float(row["loss_total"]) < 10 and 0 <= float(row["test_acc"]) <= 100
     cfg = load_config(run_dir / "config.yaml")
     assert cfg.runtime.amp and cfg.runtime.channels_last
+
+
+def test_predictions_are_the_final_models_test_predictions(teacher_run):
+    """predictions.npz: one prediction per test image, in the split's order, whose accuracy
+    is the last epoch's test accuracy; the labels are the split's labels."""
+    from multikd import data
+    from multikd.train.runio import RunDir
+
+    pred, label = RunDir(teacher_run).read_predictions()
+    summary = json.loads((teacher_run / "summary.json").read_text())
+    splits = data.build_datasets("synthetic", val_size=64, seed=0, synthetic=SYNTH)
+    assert len(pred) == len(label) == len(splits.test) == 64
+    assert label.tolist() == [int(splits.test[i][1]) for i in range(len(splits.test))]
+    assert 100.0 * (pred == label).mean() == pytest.approx(summary["last_test_acc"], abs=1e-9)
+    model = create_model("resnet8", num_classes=10, checkpoint=str(teacher_run / "checkpoint.pt"))
+    x = torch.stack([splits.test[i][0] for i in range(8)])
+    assert model.eval()(x).argmax(1).tolist() == pred[:8].tolist()

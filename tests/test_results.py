@@ -298,10 +298,12 @@ def test_write_results_tables_and_plots(runs_dir, tmp_path):
     paths = write_results(runs_dir, tmp_path / "out")
     names = sorted(str(p.relative_to(tmp_path / "out")) for p in paths)
     assert names == sorted(
-        [f"table_{m}.{f}" for m in ("last", "best", "val") for f in ("md", "csv")]
+        [f"table_{m}.{f}" for m in ("last", "best", "val", "paired_last") for f in ("md", "csv")]
         + [f"plots/synthetic_resnet8_strong+weak_{kind}.png" for kind in ("acc", "weights")]
     )
     assert "**66.62 ± 0.88 (2)**" in (tmp_path / "out" / "table_last.md").read_text()
+    # ce-filter - alone at seeds 0, 1: 66 - 60, 67.25 - 62 -> mean 5.625 (t over 2 seeds)
+    assert "+5.62 [" in (tmp_path / "out" / "table_paired_last.md").read_text()
 
 
 def test_minimal_summaries_from_the_format_note(tmp_path):

@@ -10,8 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from multikd.atomic import atomic_write_text
+from multikd.bench.paired import format_paired, paired_table
 from multikd.bench.plots import plot_collected
-from multikd.bench.results import METRIC_COLUMNS, collect_runs, strategy_table, write_table
+from multikd.bench.results import (
+    ALONE, METRIC_COLUMNS, collect_runs, comparison_runs, strategy_table, write_table,
+)
 
 
 def write_results(
@@ -20,7 +24,9 @@ def write_results(
     """Tables and plots of the finished runs under ``root``, written into ``out_dir``.
 
     Writes ``table_<metric>.<fmt>`` for metric last and best (and val when some run has a
-    val-selected accuracy) in each of ``formats``, and, if ``plots``, the PNG files of
+    val-selected accuracy) in each of ``formats``, ``table_paired_last.<fmt>`` (every
+    method's paired difference to the student alone, :mod:`multikd.bench.paired`) when
+    students alone and distilled runs are both there, and, if ``plots``, the PNG files of
     :func:`multikd.bench.plots.plot_collected` under ``out_dir/plots``. Returns the paths written.
     """
     df = collect_runs(root)
@@ -33,6 +39,13 @@ def write_results(
     for metric in metrics:
         table = strategy_table(df, metric=metric)
         written += [write_table(table, out_dir / f"table_{metric}.{fmt}", fmt) for fmt in formats]
+    methods = set(comparison_runs(df)["method"])
+    if ALONE in methods and len(methods) > 1:
+        table = paired_table(df, metric="last", vs="student")
+        for fmt in formats:
+            path = out_dir / f"table_paired_last.{fmt}"
+            atomic_write_text(path, format_paired(table, fmt))
+            written.append(path)
     if plots:
         written += plot_collected(df, out_dir / "plots")
     return written

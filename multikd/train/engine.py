@@ -490,6 +490,28 @@ class TrainingRun:
             out[f"{name}_loss"] = loss / count
         return out
 
+    @torch.no_grad()
+    def test_predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pred, label)`` of the current model on the whole test split, in its order (on
+        the CPU; one pass, not sharded, so rank 0 alone can call it)."""
+        from multikd import data
+
+        rt, split = self.cfg.runtime, self.splits.test
+        loader = data.build_loader(
+            split, min(self.cfg.optim.batch_size, len(split)), train=False,
+            seed=rt.seed, device=str(self.device), pipeline=self.cfg.data.pipeline,
+        )
+        model, was_training = self.parts.model, self.parts.model.training
+        model.eval()
+        preds, labels = [], []
+        for x, y in loader:
+            x, y = to_device(x, y, self.device, rt.channels_last)
+            with autocast(self.device, rt.amp):
+                preds.append(model(x).argmax(dim=1))
+            labels.append(y)
+        model.train(was_training)
+        return torch.cat(preds).cpu(), torch.cat(labels).cpu()
+
     def _log_epoch(self, row: dict) -> None:
         val = f"  val {row['val_acc']:.2f}%" if "val_acc" in row else ""
         log.info(
@@ -502,6 +524,7 @@ class TrainingRun:
         """Write summary.json (rank 0) and return it."""
         summary = self.summary()
         if self.env.is_main:
+            self.run.write_predictions(*self.test_predictions())
             self.run.write_summary(summary)
         ddp.barrier(self.env)
         return summary

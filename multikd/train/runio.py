@@ -5,6 +5,9 @@
     RUN_DIR/config.yaml     resolved RunConfig (loads back to an equal config)
     RUN_DIR/metrics.csv     one row per finished epoch
     RUN_DIR/checkpoint.pt   last epoch: model (+arch, num_classes) and all training state
+    RUN_DIR/predictions.npz the final model's test predictions (``pred``, ``label``: one
+                            int per test image, in the split's order), written before
+                            summary.json; paired statistics over test images read it
     RUN_DIR/summary.json    written when the run finishes (status "finished")
 
 Every file is written to a temporary file in the same folder and moved into place with
@@ -32,7 +35,8 @@ CONFIG = "config.yaml"
 METRICS = "metrics.csv"
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
-RUN_FILES = (CONFIG, METRICS, CHECKPOINT, SUMMARY)
+PREDICTIONS = "predictions.npz"
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, PREDICTIONS, SUMMARY)
 
 
 def metrics_csv_text(rows: list[dict]) -> str:
@@ -120,6 +124,33 @@ class RunDir:
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_text(self.file(SUMMARY), json.dumps(summary, indent=2) + "\n")
+
+    def write_predictions(self, pred, label) -> None:
+        """``predictions.npz`` with the predicted and true class of every test image
+        (int16, the split's order), atomically."""
+        import numpy as np
+
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, pred=np.asarray(pred, dtype=np.int16),
+                            label=np.asarray(label, dtype=np.int16))
+        atomic_write_bytes(self.file(PREDICTIONS), buffer.getvalue())
+
+    def read_predictions(self):
+        """``(pred, label)`` int arrays of ``predictions.npz``, or None for a run that has none
+        (written before multikd saved them)."""
+        import numpy as np
+
+        path = self.file(PREDICTIONS)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as npz:
+                return npz["pred"].astype(np.int64), npz["label"].astype(np.int64)
+        except Exception as err:  # noqa: BLE001 - a damaged zip can fail in many ways
+            raise TrainingError(
+                f"{path} is unreadable ({type(err).__name__}: {err}); delete it (the run's "
+                "other results stay valid, only per-image statistics need it)"
+            ) from None
 
     def save_checkpoint(self, state: dict) -> None:
         """Atomically, with the zoo's writer (the file loads with ``load_checkpoint``)."""
