@@ -188,6 +188,12 @@ class OutputConfig:
     )
     quiet: bool = _doc(False, "no progress bar, warnings only")
     log_interval: int = _doc(50, "steps between progress-bar updates (each costs one host sync)")
+    tensorboard: bool = _doc(
+        False, "log every epoch's metrics to RUN_DIR/tensorboard (needs the tensorboard package)"
+    )
+    wandb_project: Optional[str] = _doc(
+        None, "log every epoch's metrics to this Weights & Biases project (needs wandb)"
+    )
 
 
 @dataclass

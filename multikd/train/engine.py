@@ -220,6 +220,7 @@ class TrainingRun:
         self._build_optimizer()
         self.teacher_cache = None
         self._cache_counts = (0, 0)
+        self._loggers = None
         state = None
         if resuming and self.run.has_checkpoint():
             state = self.run.load_checkpoint()  # on the CPU: RNG states must stay there
@@ -476,6 +477,7 @@ class TrainingRun:
         if self.env.is_main:
             self.run.save_checkpoint(self._checkpoint(epoch))
             self.run.write_metrics(self.rows)
+            self.epoch_loggers().log(row)
         self._log_epoch(row)
         return row
 
@@ -489,6 +491,17 @@ class TrainingRun:
             out[f"{name}_acc"] = 100.0 * correct / count
             out[f"{name}_loss"] = loss / count
         return out
+
+    def epoch_loggers(self):
+        """TensorBoard / W&B of ``output.tensorboard`` / ``output.wandb_project`` (rank 0;
+        made at the first epoch's end, so a run that fails to start opens no logger)."""
+        if self._loggers is None:
+            from multikd.train.loggers import EpochLoggers
+
+            out = self.cfg.output
+            self._loggers = EpochLoggers(self.run.path, out.tensorboard, out.wandb_project,
+                                         self.cfg.to_dict())
+        return self._loggers
 
     @torch.no_grad()
     def test_predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -526,6 +539,7 @@ class TrainingRun:
         if self.env.is_main:
             self.run.write_predictions(*self.test_predictions())
             self.run.write_summary(summary)
+            self.epoch_loggers().close()
         ddp.barrier(self.env)
         return summary
 
