@@ -490,6 +490,18 @@ def _add_results(sub) -> None:
     p.set_defaults(func=_cmd_table)
 
     p = sub.add_parser(
+        "report",
+        help="runs folder -> one self-contained HTML page (tables, plots, suite, teachers)",
+        description="Writes RUNS_DIR/report.html: the last/best (and val) tables, the paired "
+        "differences to the student alone, every plot embedded, the suite file, the "
+        "teachers' verified accuracies and the versions; it opens offline anywhere.",
+    )
+    p.add_argument("runs_dir", metavar="RUNS_DIR", help="a bench output folder or any runs folder")
+    p.add_argument("--out", metavar="FILE", help="where to write it (default RUNS_DIR/report.html)")
+    p.add_argument("--quiet", action="store_true", help="warnings only")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
         "plot",
         help="runs folder -> PNG plots: test accuracy per epoch, teacher weights per strategy",
         description="For each student and teacher set: <dataset>_<student>_<teachers>_acc.png "
@@ -518,6 +530,13 @@ def _cmd_table(args) -> int:
         print(f"wrote {args.out}")
     else:
         print(text, end="")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from multikd.bench.report import write_report
+
+    print(f"wrote {write_report(args.runs_dir, args.out)}")
     return 0
 
 
