@@ -187,4 +187,7 @@ def test_reference_suites_resolve_each_baseline_to_its_public_code(tmp_path):
     by_label = {r.label: r.config for r in plan.runs if r.seed == 0 and r.student == "vgg8"}
     assert (by_label["kd"].loss.alpha, by_label["kd"].loss.beta) == (0.1, 0.9)
     assert by_label["dkd-beta6"].loss.logit_loss == "dkd"
+    # one strategy under three loss settings: the label keeps them apart in the tables
+    assert {label: c.output.label for label, c in by_label.items() if label != "student"} == {
+        "kd": "kd", "dkd": "dkd", "dkd-beta6": "dkd-beta6"}
     assert by_label["dkd-beta6"].loss.logit_params == {"alpha": 1.0, "beta": 6.0, "warmup": 20}

@@ -47,6 +47,7 @@ def test_distill_metrics_name_every_loss_and_teacher(distill_run):
 def test_summary_records_teachers_and_their_test_accuracy(distill_run, teachers):
     summary = json.loads((distill_run / "summary.json").read_text())
     assert summary["kind"] == "distill" and summary["strategy"] == "ce-filter"
+    assert summary["strategy_label"] is None  # only suites label their runs
     assert summary["teacher_names"] == ["tA", "tB"] and summary["teacher_archs"] == ["resnet8"] * 2
     assert summary["features_used"] is True
     # the ensemble's own evaluation of each loaded teacher equals that teacher run's result

@@ -337,3 +337,14 @@ def test_random_strategy_seeded_by_its_run_shares_one_column(tmp_path):
     _write_run(tmp_path / "r_fixed", fixed)
     methods = set(load_table(tmp_path).columns.get_level_values(0))
     assert {"random", "random [seed=7]"} <= methods
+
+
+def test_labels_keep_one_strategy_under_two_losses_apart(tmp_path):
+    """A suite runs uniform as KD and as DKD: same strategy and params, two columns."""
+    for label, acc in (("kd", 60.0), ("dkd", 64.0)):
+        summary = _summary("distill", "uniform", False, 0, (acc, acc, acc))
+        summary["strategy_label"] = label
+        _write_run(tmp_path / label, summary)
+    table = strategy_table(collect_runs(tmp_path))
+    assert table.attrs["methods"] == [ALONE, "dkd", "kd"]
+    assert table.iloc[0][("dkd", "mean")] == 64.0 and table.iloc[0][("kd", "mean")] == 60.0

@@ -566,6 +566,7 @@ def _student_run(
         ]
         config.strategy.name = strategy.name
         config.strategy.params = copy.deepcopy(strategy.params)
+        config.output.label = strategy.label
         if variant == "logits+feat":
             _apply(config, {"loss": {**suite.features, **strategy.loss}}, [])
             if config.loss.gamma <= 0:

@@ -188,6 +188,9 @@ class OutputConfig:
     )
     quiet: bool = _doc(False, "no progress bar, warnings only")
     log_interval: int = _doc(50, "steps between progress-bar updates (each costs one host sync)")
+    label: Optional[str] = _doc(
+        None, "the run's column label in tables (suites set the strategy entry's label)"
+    )
     tensorboard: bool = _doc(
         False, "log every epoch's metrics to RUN_DIR/tensorboard (needs the tensorboard package)"
     )

@@ -555,6 +555,7 @@ class TrainingRun:
             "teacher_archs": [t.arch for t in cfg.teachers],
             "strategy": cfg.strategy.name if distill else None,
             "strategy_params": dict(cfg.strategy.params) if distill else {},
+            "strategy_label": cfg.output.label if distill else None,
             "features_used": distill and cfg.loss.gamma > 0,
             "seed": cfg.runtime.seed,
             "dataset": cfg.data.dataset,
