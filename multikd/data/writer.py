@@ -1,8 +1,22 @@
-"""Synthetic images written as CIFAR files, byte for byte in the official pickle format."""
+"""Synthetic images written as CIFAR files in the official files' pickle format.
+
+The official ``cifar-100-python`` / ``cifar-10-batches-py`` files were pickled by Python 2
+(protocol 2): their keys, label names, batch labels and file names are Python 2 ``str``
+(opcodes ``SHORT_BINSTRING`` / ``BINSTRING``) and ``data`` is a numpy array as Python 2's
+numpy reduced it (``numpy.core.multiarray._reconstruct``, ``numpy.dtype('u1')`` with its
+Python 2 state, the raw buffer as a Python 2 ``str``). :class:`_Py2Pickler` writes the same
+opcodes, so every reader of the real files reads these: ``pickle.load(f,
+encoding="latin1")["data"]`` (torchvision, RepDistiller and the codebases built on it),
+``pickle.load(f, encoding="bytes")[b"data"]`` (the dataset page's recipe), under numpy 1 and
+2 alike (Python 3's own reduce of an array would name ``numpy._core`` under numpy 2, which
+numpy 1 cannot import). The images are synthetic; the format is the real one.
+"""
 
 from __future__ import annotations
 
+import io
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +33,74 @@ from multikd.data.synthetic import make_synthetic
 from multikd.errors import DataError
 
 
+class _Py2Global:
+    """A global named as Python 2 wrote it (``GLOBAL module name``), callable so that
+    pickle accepts it as a reduce function."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def __call__(self, *args):  # pragma: no cover - never called, only pickled
+        raise TypeError("a pickling placeholder")
+
+
+_RECONSTRUCT = _Py2Global("numpy.core.multiarray", "_reconstruct")
+_NDARRAY = _Py2Global("numpy", "ndarray")
+_DTYPE = _Py2Global("numpy", "dtype")
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Protocol 2 as Python 2 wrote the CIFAR files: ``bytes`` become Python 2 ``str``
+    (``SHORT_BINSTRING`` / ``BINSTRING``), uint8 arrays Python 2 numpy's reduce."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj: bytes) -> None:
+        n = len(obj)
+        if n < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", n) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+    def save_global_name(self, obj: _Py2Global) -> None:
+        self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode("ascii"))
+
+    dispatch[_Py2Global] = save_global_name
+
+    def reducer_override(self, obj):
+        if isinstance(obj, np.ndarray):
+            if obj.dtype != np.uint8 or obj.ndim != 2:
+                raise DataError(f"CIFAR files hold uint8 [N, 3072] arrays, not {obj.dtype} "
+                                f"{obj.shape}")
+            dtype = (_DTYPE, (b"u1", 0, 1), (3, b"|", None, None, None, -1, -1, 0))
+            state = (1, obj.shape, _Py2Dtype(dtype), False, np.ascontiguousarray(obj).tobytes())
+            return _RECONSTRUCT, (_NDARRAY, (0,), b"b"), state
+        if isinstance(obj, _Py2Dtype):
+            return obj.reduced
+        return NotImplemented
+
+
+class _Py2Dtype:
+    """``numpy.dtype('u1')`` as Python 2's numpy reduced it."""
+
+    def __init__(self, reduced):
+        self.reduced = reduced
+
+
+def py2_pickle_bytes(obj) -> bytes:
+    """``obj`` pickled as Python 2 pickled the CIFAR files (see the module doc)."""
+    buffer = io.BytesIO()
+    _Py2Pickler(buffer, protocol=2).dump(obj)
+    return buffer.getvalue()
+
+
 def _atomic_pickle(obj, path: Path) -> None:
+    data = py2_pickle_bytes(obj)
     with atomic_open(path) as handle:
-        pickle.dump(obj, handle, protocol=2)
+        handle.write(data)
 
 
 def _cifar_batch(images: np.ndarray, labels: np.ndarray, label_key: bytes, batch_label: str,
@@ -63,8 +142,8 @@ def write_fake_cifar(out, dataset: str = "cifar100", train: int = 5000, test: in
     ``coarse_label_names`` (100 synthetic classes in 20 superclasses, mapped onto CIFAR-100's
     own grouping). CIFAR-10 (``out/cifar-10-batches-py``): ``data_batch_1..5`` and
     ``test_batch`` with ``labels``, and ``batches.meta`` with ``label_names`` (10 synthetic
-    classes in 2 superclasses). Keys are byte strings, as in the originals read with
-    ``encoding="bytes"``. Every file is written atomically.
+    classes in 2 superclasses). Keys and names are Python 2 strings, as in the originals
+    (module doc). Every file is written atomically.
     """
     lay = cifar_layout(dataset)
     if train < len(lay.train_files) or test < 1:
