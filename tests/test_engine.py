@@ -198,3 +198,31 @@ def test_predictions_are_the_final_models_test_predictions(teacher_run):
     model = create_model("resnet8", num_classes=10, checkpoint=str(teacher_run / "checkpoint.pt"))
     x = torch.stack([splits.test[i][0] for i in range(8)])
     assert model.eval()(x).argmax(1).tolist() == pred[:8].tolist()
+
+
+def test_best_epoch_is_the_best_not_the_last(tmp_path):
+    """results/smoke's best table equals its last one because every one of its 34 runs peaks
+    in its final epoch (4-epoch cosine schedule); the summary picks the best epoch whenever
+    it is another one, and the tables read it."""
+    from multikd.bench.results import load_table
+    from multikd.train import distributed as ddp
+    from multikd.train.config import RunConfig, resolve
+    from multikd.train.engine import TrainingRun
+    from multikd.train.runio import RunDir
+
+    cfg = RunConfig(kind="student")
+    cfg.data.dataset = "synthetic"
+    cfg.output.run_dir = str(tmp_path / "run")
+    cfg.optim.epochs = 3
+    run = object.__new__(TrainingRun)  # the summary of given epochs, without training
+    run.cfg, run.env, run.hash, run.run = resolve(cfg), ddp.detect(), "h", RunDir(tmp_path / "run")
+    run.rows = [{"epoch": 1, "test_acc": 40.0}, {"epoch": 2, "test_acc": 55.0},
+                {"epoch": 3, "test_acc": 50.0}]
+    run.elapsed, run.teacher_acc = 1.0, {}
+    summary = run.summary()
+    assert (summary["last_test_acc"], summary["best_test_acc"], summary["best_epoch"]) == (
+        50.0, 55.0, 2)
+    run.run.write_summary(summary)
+    last, best = load_table(tmp_path, "last"), load_table(tmp_path, "best")
+    assert last.iloc[0][("student alone", "mean")] == 50.0
+    assert best.iloc[0][("student alone", "mean")] == 55.0
