@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from multikd import __version__
-from multikd.errors import MultikdError
+from multikd.errors import ConfigError, MultikdError
 
 log = logging.getLogger("multikd")
 
@@ -42,12 +43,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="multikd",
         description="Multi-teacher knowledge distillation on CIFAR-style data.",
+        epilog=_MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"multikd {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     for add in _COMMAND_GROUPS:
         add(sub)
     return parser
+
+
+_MAIN_EPILOG = """\
+the usual order:
+  1. multikd train-teacher ...   train each teacher (or use published checkpoints)
+  2. multikd distill ...         distill a student from them with a strategy
+  3. multikd table RUNS_DIR      one table of every run (--vs student: paired differences)
+  or all three at once for a whole suite of teachers, strategies and seeds:
+     multikd bench --preset smoke --out runs/smoke     (then: multikd report runs/smoke)
+
+'multikd COMMAND --help' shows each command's options and examples."""
+
+_TEACHER_SOURCES = """\
+where teachers come from (each flag is repeatable, and they can be mixed):
+  a train-teacher run folder (its checkpoint.pt, architecture and name are read from it):
+      multikd train-teacher --arch resnet32x4 --epochs 240 --out runs/t_res32x4
+      multikd distill --teachers-from runs/t_res32x4 --student resnet8x4
+  a published RepDistiller/mdistiller CIFAR-100 checkpoint (check it fits the zoo first):
+      multikd models check --arch resnet32x4 --checkpoint ckpt_epoch_240.pth
+      multikd distill --teacher resnet32x4=ckpt_epoch_240.pth --student resnet8x4
+  any timm architecture (never downloaded: its weights come from your own checkpoint):
+      multikd distill --teacher timm:resnet18=runs/t_timm_resnet18/checkpoint.pt ..."""
+
+_TRAIN_TEACHER_EPILOG = """\
+examples:
+  multikd train-teacher --arch resnet20 --epochs 30 --out runs/t_res20      (synthetic data)
+  multikd train-teacher --arch resnet32x4 --dataset cifar100 --data-root data --out runs/t
+  multikd train-teacher --arch resnet8 --kind student --out runs/alone   (student baseline)
+  multikd train-teacher --arch timm:resnet18 --out runs/t_timm_resnet18
+
+the run folder (config.yaml, metrics.csv, checkpoint.pt, summary.json) is then a teacher:
+  multikd distill --teachers-from runs/t_res20 --student resnet8"""
 
 
 def _add_data_root(p: argparse.ArgumentParser) -> None:
@@ -310,6 +345,11 @@ def _add_train_teacher(sub) -> None:
     p = sub.add_parser(
         "train-teacher",
         help="train one model from scratch with cross-entropy (a teacher, or the student alone)",
+        description="Train one model from scratch with cross-entropy on the labels. Its run "
+        "folder becomes a teacher of `multikd distill --teachers-from RUN_DIR`, or, with "
+        "--kind student, the student-alone baseline of the tables.",
+        epilog=_TRAIN_TEACHER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--arch", "--student", dest="arch", help="zoo architecture or timm:<name>")
     p.add_argument(
@@ -321,7 +361,21 @@ def _add_train_teacher(sub) -> None:
 
 
 def _add_distill(sub) -> None:
-    p = sub.add_parser("distill", help="distill a student from a pool of frozen teachers")
+    p = sub.add_parser(
+        "distill",
+        help="distill a student from a pool of frozen teachers",
+        description="Train a student from a pool of frozen teachers: a strategy scores and "
+        "weights the teachers on every batch, and the student learns from the labels, the "
+        "teachers' softened logits and (with --gamma > 0) their feature maps. It needs at "
+        "least one teacher.",
+        epilog=_TEACHER_SOURCES + """
+
+examples:
+  multikd distill --teachers-from runs/t1 runs/t2 --student resnet8 --strategy ca-mkd
+  multikd distill --teachers-from runs/t1 --student resnet8 --strategy uniform --gamma 0
+  multikd distill ... --show-config        (the resolved config, nothing trained)""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--student", "--arch", dest="arch", help="student architecture")
     p.add_argument(
         "--teacher", dest="teacher_specs", action="append", default=[], metavar="ARCH[=CKPT]",
@@ -345,29 +399,82 @@ def _add_distill(sub) -> None:
 
 
 def _run_config(args):
-    """The RunConfig that the flags of train-teacher/distill describe (not yet resolved)."""
-    from multikd.train.config import build_config, parse_assignment, parse_teacher, parse_value
+    """The RunConfig that the flags of train-teacher/distill describe, resolved.
+
+    Every part of the command line is checked before anything runs: the config file, each
+    flag and ``--set``, the strategy and its parameters, every model name, the teachers'
+    checkpoints and the output folder. All problems are reported in one message.
+    """
+    from multikd.errors import Problems
+    from multikd.train.config import (
+        RunConfig, load_config, parse_assignment, parse_teacher, parse_value, resolve, set_value,
+    )
     from multikd.train.runio import teachers_from_runs
 
+    problems = Problems()
+    config = RunConfig()
+    if args.config:
+        with problems.check():
+            config = load_config(args.config)
     values = {key: getattr(args, flag) for flag, key in _RUN_FLAGS.items()
               if getattr(args, flag, None) is not None}
     if args.command_kind == "distill":
         values["kind"] = "distill"
-        teachers = [parse_teacher(t) for t in args.teacher_specs]
-        teachers += teachers_from_runs(args.teachers_from)
+        teachers = []
+        for text in args.teacher_specs:
+            with problems.check():
+                teachers.append(parse_teacher(text))
+        for run_dir in args.teachers_from:
+            with problems.check():
+                teachers += teachers_from_runs([run_dir])
         if teachers:
             values["teachers"] = teachers
-    config = build_config(args.config, args.sets, values)
+    for key, value in values.items():
+        with problems.check():
+            set_value(config, key, value)
+    for text in args.sets:
+        with problems.check():
+            key, value = parse_assignment(text)
+            set_value(config, key, value, from_text=True)
     for text in getattr(args, "strategy_params", []):
-        key, value = parse_assignment(text)
-        config.strategy.params[key] = parse_value(value)
-    return config
+        with problems.check():
+            key, value = parse_assignment(text)
+            config.strategy.params[key] = parse_value(value)
+    for teacher in [] if args.show_config else config.teachers:
+        if teacher.checkpoint and not Path(teacher.checkpoint).exists():
+            problems.add(
+                f"teacher {teacher.name or teacher.arch}: checkpoint {teacher.checkpoint!r} does "
+                "not exist (give a .pt/.pth file or a train-teacher run folder)"
+            )
+    resolved = None
+    with problems.check():
+        resolved = resolve(config)
+    run_dir = config.output.run_dir or (resolved and resolved.output.run_dir)
+    if run_dir and not args.show_config:
+        with problems.check():
+            _check_output(Path(run_dir), args.overwrite)
+    problems.raise_if_any()
+    return resolved
+
+
+def _check_output(run_dir: Path, overwrite: bool) -> None:
+    """A usable --out: a folder (or a path that can become one) not holding another run."""
+    from multikd.train.runio import RunDir
+
+    for part in (run_dir, *run_dir.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ConfigError(
+                    f"--out {run_dir}: {part} is a file, not a folder; give a folder path"
+                )
+            break
+    if run_dir.is_dir():
+        RunDir(run_dir).prepare_new(overwrite)
 
 
 def _cmd_train(args) -> int:
     from multikd.train import engine
-    from multikd.train.config import resolve, to_yaml
-    from multikd.errors import ConfigError
+    from multikd.train.config import to_yaml
 
     if args.resume:
         given = {key for flag, key in _RUN_FLAGS.items() if getattr(args, flag, None) is not None}
@@ -385,7 +492,7 @@ def _cmd_train(args) -> int:
     else:
         config = _run_config(args)
         if args.show_config:
-            print(to_yaml(resolve(config)), end="")
+            print(to_yaml(config), end="")
             return 0
         summary = engine.train(config, overwrite=args.overwrite)
     _print_summary(summary)

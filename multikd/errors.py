@@ -4,9 +4,20 @@ Every error multikd raises for bad input derives from :class:`MultikdError`; the
 its message (what was wrong and what to do) and exits non-zero without a traceback.
 """
 
+from __future__ import annotations
+
+from contextlib import contextmanager
+
 
 class MultikdError(Exception):
-    """Base class: a problem with the user's input, files or configuration."""
+    """Base class: a problem with the user's input, files or configuration.
+
+    ``problems``: the separate messages when one error reports several (see :class:`Problems`).
+    """
+
+    def __init__(self, message: str = "", problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = list(problems) if problems else [message]
 
 
 class DataError(MultikdError):
@@ -39,3 +50,43 @@ class StrategyError(MultikdError):
 
 class TrainingError(MultikdError):
     """Training cannot go on (non-finite loss, unusable run directory)."""
+
+
+class Problems:
+    """Collects every problem of one input, so a user fixes them all in one go.
+
+    ``with problems.check(): step()`` runs one independent check and keeps its error
+    instead of stopping; :meth:`raise_if_any` raises one :class:`ConfigError` naming them
+    all (a single problem keeps its own message and class).
+    """
+
+    def __init__(self) -> None:
+        self.errors: list[MultikdError] = []
+
+    @contextmanager
+    def check(self):
+        try:
+            yield
+        except MultikdError as err:
+            self.errors.append(err)
+
+    def add(self, message: str) -> None:
+        self.errors.append(ConfigError(message))
+
+    @property
+    def messages(self) -> list[str]:
+        return [text for err in self.errors for text in err.problems]
+
+    def __bool__(self) -> bool:
+        return bool(self.errors)
+
+    def raise_if_any(self) -> None:
+        if not self.errors:
+            return
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        messages = self.messages
+        listing = "\n".join(f"  {i}. {text}" for i, text in enumerate(messages, 1))
+        raise ConfigError(
+            f"{len(messages)} problems (fix them all, then run again):\n{listing}", messages
+        )

@@ -1,7 +1,10 @@
 """`multikd train-teacher | distill | eval` command lines: flags are config keys, errors are
 one clear line (exit 2, no traceback)."""
 
+import argparse
 import json
+import re
+import shlex
 
 import pytest
 import yaml
@@ -125,3 +128,77 @@ def test_eval_with_the_wrong_architecture_is_a_clear_error(finished_run, capsys)
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("multikd: error: ") and "resnet14" in err and "Traceback" not in err
+
+
+def test_every_problem_of_a_command_line_is_reported_at_once(tmp_path, capsys):
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("not a folder")
+    args = ["distill", "--strategy", "nosuch", "--student", "resnet9", "--set", "optim.foo=1",
+            "--teacher", f"resnet20={tmp_path / 'missing.pt'}", "--epochs", "0",
+            "--out", str(a_file / "run")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("multikd: error: 6 problems") and "Traceback" not in err
+    lines = err.splitlines()[1:]
+    for number, fragment in enumerate([
+        "unknown config key 'optim.foo'", "missing.pt' does not exist", "unknown model 'resnet9'",
+        "optim.epochs must be positive", "unknown strategy 'nosuch'", "is a file, not a folder",
+    ], 1):
+        assert lines[number - 1].startswith(f"  {number}. ") and fragment in lines[number - 1]
+    assert a_file.read_text() == "not a folder"
+
+
+def test_a_bad_strategy_is_reported_beside_the_missing_teacher(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["distill", "--strategy", "nosuch", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "distill needs at least one teacher" in err and "unknown strategy 'nosuch'" in err
+    assert not out.exists()  # nothing is created before the command line is sound
+
+
+def test_out_naming_a_file_is_a_clear_error(tmp_path, capsys):
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    assert main(["train-teacher", "--arch", "resnet8", "--out", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Traceback" not in err
+    assert a_file.read_text() == "x"
+
+
+def test_out_holding_a_finished_run_is_refused_before_training(finished_run, capsys):
+    assert main(["train-teacher", "--arch", "resnet8", "--out", str(finished_run)]) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+
+
+def _help(*command) -> str:
+    from multikd.cli import build_parser
+
+    parser = build_parser()
+    for name in command:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+                      ).choices[name]
+    return parser.format_help()
+
+
+def test_help_screens_say_where_teachers_come_from_and_the_usual_order():
+    top = _help()
+    assert top.index("train-teacher ...") < top.index("distill ...") < top.index("table RUNS_DIR")
+    assert "bench --preset smoke" in top
+    distill = _help("distill")
+    assert "--teachers-from runs/t_res32x4" in distill  # a train-teacher run folder
+    assert "models check --arch resnet32x4" in distill  # a published checkpoint, checked
+    assert "--teacher timm:resnet18=" in distill  # a timm model
+    assert "--teachers-from runs/t_res20" in _help("train-teacher")
+
+
+@pytest.mark.parametrize("command, at_least", [((), 1), (("distill",), 5), (("train-teacher",), 5)])
+def test_every_example_in_the_help_is_a_valid_command_line(command, at_least):
+    from multikd.cli import build_parser
+
+    examples = [re.split(r"\s{2,}", line.split("multikd ", 1)[1])[0].strip()
+                for line in _help(*command).splitlines()
+                if line.lstrip().startswith(("multikd ", "1. multikd", "2. multikd", "3. multikd"))
+                and "..." not in line]
+    assert len(examples) >= at_least
+    for example in examples:
+        build_parser().parse_args(shlex.split(example))  # argparse exits on a bad line

@@ -27,7 +27,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from multikd.errors import ConfigError
+from multikd.errors import ConfigError, Problems
 
 KINDS = ("teacher", "student", "distill")
 REFERENCE = "reference"
@@ -442,24 +442,34 @@ def _canonical_arch(arch: str) -> str:
 
 
 def resolve(config: RunConfig) -> RunConfig:
-    """A copy with every implicit choice made explicit, validated."""
+    """A copy with every implicit choice made explicit, validated.
+
+    Independent checks (each model name, the values, the strategy) all run; their problems
+    are reported together in one :class:`ConfigError`.
+    """
     cfg = RunConfig.from_dict(config.to_dict())
-    cfg.model.arch = _canonical_arch(cfg.model.arch)
+    problems = Problems()
+    with problems.check():
+        cfg.model.arch = _canonical_arch(cfg.model.arch)
     for teacher in cfg.teachers:
-        teacher.arch = _canonical_arch(teacher.arch)
+        with problems.check():
+            teacher.arch = _canonical_arch(teacher.arch)
     o = cfg.optim
-    if o.lr is None:
+    if o.lr is None and not problems:
         o.lr = default_lr(cfg.model.arch)
     if o.milestones is None:
         o.milestones = default_milestones(o.epochs)
-    _validate(cfg)
+    for message in _problems_of(cfg):
+        problems.add(message)
     if cfg.kind == "distill":
         _name_teachers(cfg.teachers)
-        _resolve_strategy(cfg)
+        with problems.check():
+            _resolve_strategy(cfg)
     else:
         from multikd.method.strategies import REFERENCE_LOSS_DEFAULTS
 
         _resolve_reference(cfg.loss, REFERENCE_LOSS_DEFAULTS)  # unused: plain defaults
+    problems.raise_if_any()
     if cfg.output.run_dir is None:
         tag = f"_{cfg.strategy.name}" if cfg.kind == "distill" else ""
         arch = cfg.model.arch.replace(":", "-").replace("/", "-")
@@ -467,7 +477,9 @@ def resolve(config: RunConfig) -> RunConfig:
     return cfg
 
 
-def _validate(cfg: RunConfig) -> None:
+def _problems_of(cfg: RunConfig) -> list[str]:
+    """Every problem with the values of ``cfg`` (empty: none)."""
+    problems: list[str] = []
     o = cfg.optim
     positive = {
         "optim.epochs": o.epochs,
@@ -477,8 +489,8 @@ def _validate(cfg: RunConfig) -> None:
         "output.log_interval": cfg.output.log_interval,
     }
     for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be positive, got {value}")
+        if value is not None and value <= 0:
+            problems.append(f"{key} must be positive, got {value}")
     non_negative = {
         "optim.warmup_epochs": o.warmup_epochs,
         "optim.weight_decay": o.weight_decay,
@@ -491,32 +503,32 @@ def _validate(cfg: RunConfig) -> None:
     }
     for key, value in non_negative.items():
         if value < 0:
-            raise ConfigError(f"{key} must be >= 0, got {value}")
+            problems.append(f"{key} must be >= 0, got {value}")
     if o.warmup_epochs >= o.epochs and o.warmup_epochs > 0:
-        raise ConfigError(
+        problems.append(
             f"optim.warmup_epochs ({o.warmup_epochs}) must be smaller than optim.epochs "
             f"({o.epochs})"
         )
     if o.nesterov and o.momentum == 0:
-        raise ConfigError("optim.nesterov needs optim.momentum > 0")
+        problems.append("optim.nesterov needs optim.momentum > 0")
     if cfg.kind == "distill" and not cfg.teachers:
-        raise ConfigError(
+        problems.append(
             "distill needs at least one teacher: pass --teacher ARCH=CHECKPOINT (repeatable) "
             "or --teachers-from RUN_DIR ..."
         )
     if cfg.kind != "distill" and cfg.teachers:
-        raise ConfigError(
+        problems.append(
             f"teachers are only used by distill; a {cfg.kind} run trains one model alone "
             "(remove the teachers or use `multikd distill`)"
         )
     rt = cfg.runtime
     if rt.teacher_cache_budget < 0:
-        raise ConfigError(
+        problems.append(
             f"runtime.teacher_cache_budget must be >= 0 bytes (0: unlimited), got "
             f"{rt.teacher_cache_budget}"
         )
     if rt.teacher_cache and cfg.kind == "distill" and cfg.loss.gamma > 0:
-        raise ConfigError(
+        problems.append(
             f"runtime.teacher_cache caches teacher logits only, but loss.gamma is "
             f"{cfg.loss.gamma} (the feature loss needs the teachers' features every step); "
             "set --gamma 0 or leave runtime.teacher_cache empty"
@@ -524,15 +536,16 @@ def _validate(cfg: RunConfig) -> None:
     from multikd.data.batches import PIPELINES
 
     if cfg.data.pipeline not in PIPELINES:
-        raise ConfigError(
+        problems.append(
             f"unknown data.pipeline {cfg.data.pipeline!r}; valid: {', '.join(PIPELINES)}"
         )
     feats = cfg.loss.teacher_features
     if feats is not None and len(feats) != len(cfg.teachers):
-        raise ConfigError(
+        problems.append(
             f"loss.teacher_features names {len(feats)} modules for {len(cfg.teachers)} teachers; "
             "give one per teacher, or leave it null to use each teacher's last stage"
         )
+    return problems
 
 
 def _resolve_strategy(cfg: RunConfig) -> None:
