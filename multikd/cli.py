@@ -59,7 +59,7 @@ the usual order:
   2. multikd distill ...         distill a student from them with a strategy
   3. multikd table RUNS_DIR      one table of every run (--vs student: paired differences)
   or all three at once for a whole suite of teachers, strategies and seeds:
-     multikd bench --preset smoke --out runs/smoke     (then: multikd report runs/smoke)
+     multikd bench --preset smoke --out runs/smoke --jobs 2   (then: multikd report runs/smoke)
 
 'multikd COMMAND --help' shows each command's options and examples."""
 
@@ -253,6 +253,11 @@ def _add_bench(sub) -> None:
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
         help="config override for every run, e.g. --set optim.epochs=2 (repeatable)",
     )
+    p.add_argument(
+        "--jobs", type=int, default=1, metavar="N",
+        help="local worker processes: N teachers, then N lockstep groups, train side by side "
+        "(default 1; same numbers as one after the other; each uses the suite's cpu_threads)",
+    )
     p.add_argument("--dry-run", action="store_true", help="list the planned runs and exit")
     p.add_argument("--quiet", action="store_true", help="warnings only")
     p.set_defaults(func=_cmd_bench)
@@ -272,7 +277,7 @@ def _cmd_bench(args) -> int:
         return 0
     report = runner.run_bench(
         path, args.out, data_root=args.data_root, teachers_dir=args.teachers_dir,
-        lockstep=args.lockstep, sets=args.sets,
+        lockstep=args.lockstep, sets=args.sets, jobs=args.jobs,
     )
     print(report.text())
     return 0

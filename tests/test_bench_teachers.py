@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -81,3 +82,39 @@ def test_run_dir_of_another_experiment_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="different run"):
         run_bench(parse_suite(_suite()), tmp_path)
     assert not (tmp_path / "teachers" / "pub" / "checkpoint.pt").exists()
+
+
+def _other_domain_suite(**synthetic) -> dict:
+    suite = _suite()
+    suite["teachers"] = {"other": {"arch": "resnet8", "synthetic": synthetic}}
+    suite["teacher_sets"] = {"one": ["other"]}
+    return suite
+
+
+def test_a_teacher_from_another_synthetic_world_trains_there_and_is_scored_here(tmp_path):
+    plan = expand(parse_suite(_other_domain_suite(seed=7)), tmp_path)
+    job = plan.teachers["other"]
+    own = job.config.data.synthetic
+    assert own["seed"] == 7 and own["num_classes"] == 4 and own["test_size"] == 40
+    assert plan.runs[0].config.data.synthetic.get("seed", 0) == 0  # students stay at home
+    run_bench(parse_suite(_other_domain_suite(seed=7)), tmp_path, results=False)
+    record = json.loads((tmp_path / "teachers.json").read_text())["other"]
+    summary = json.loads((tmp_path / "teachers/other/summary.json").read_text())
+    # verified on its own world against its run; recorded with what the students see
+    assert record["own_domain_test_acc"] == pytest.approx(summary["last_test_acc"], abs=1e-9)
+    assert record["own_domain"] == {"seed": 7}
+    student = json.loads(next((tmp_path / "runs").glob("**/uniform_s0/summary.json")).read_text())
+    assert record["test_acc"] == pytest.approx(student["teacher_test_acc"]["other"], abs=1e-9)
+
+
+@pytest.mark.parametrize("synthetic, data, fragment", [
+    ({"num_classes": 5}, None, "num_classes must equal the suite's"),
+    ({"sed": 1}, None, "unknown option(s) ['sed']"),
+    ({"seed": 1}, {"dataset": "cifar100"}, "need the suite's data.dataset to be synthetic"),
+])
+def test_bad_teacher_domains_are_clear_errors(synthetic, data, fragment):
+    suite = _other_domain_suite(**synthetic)
+    if data is not None:
+        suite["data"] = data
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        parse_suite(suite)

@@ -21,8 +21,10 @@ or ``--set`` changed) is an error, never silently mixed into the table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ from multikd.train.config import RunConfig, config_hash, to_yaml
 from multikd.errors import ConfigError, TrainingError
 from multikd.train.runio import RunDir, atomic_write_text
 from multikd.bench.suite import Plan, Suite, TeacherJob, describe, expand, load_suite
+from multikd.bench.workers import run_units
 
 log = logging.getLogger(__name__)
 
@@ -73,26 +76,35 @@ def run_bench(
     lockstep: bool = True,
     sets: list[str] = (),
     results: bool = True,
+    jobs: int = 1,
 ) -> BenchReport:
     """Run (or continue) every run of ``suite`` under ``out``; see the module docstring.
 
     ``data_root`` sets ``data.data_root`` of every run; ``sets`` are ``section.key=value``
-    overrides for every run. ``results=False`` skips the table and plots.
+    overrides for every run. ``results=False`` skips the table and plots. ``jobs``: local
+    worker processes training teachers, and then lockstep groups (or runs), side by side
+    (:mod:`multikd.bench.workers`; the same numbers as one after the other).
     """
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     t0 = time.perf_counter()
     plan = make_plan(suite, out, data_root, teachers_dir, sets)
-    threads = torch.get_num_threads()
-    if plan.suite.cpu_threads is not None:
-        torch.set_num_threads(plan.suite.cpu_threads)
-    try:
-        report = _run_plan(plan, lockstep, results)
-    finally:
+    threads = plan.suite.cpu_threads
+    if threads is None and jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+    saved = torch.get_num_threads()
+    if threads is not None:
         torch.set_num_threads(threads)
+    try:
+        report = _run_plan(plan, lockstep, results, jobs, threads)
+    finally:
+        torch.set_num_threads(saved)
     report.wall_time_s = time.perf_counter() - t0
     return report
 
 
-def _run_plan(plan: Plan, lockstep: bool, results: bool) -> BenchReport:
+def _run_plan(plan: Plan, lockstep: bool, results: bool, jobs: int = 1,
+              threads: int | None = None) -> BenchReport:
     log.info("%s", describe(plan))
     out = plan.out
     out.mkdir(parents=True, exist_ok=True)
@@ -103,33 +115,40 @@ def _run_plan(plan: Plan, lockstep: bool, results: bool) -> BenchReport:
         check_same_experiment(config)
 
     report = BenchReport(out=out, teachers={})
-    for job in plan.teachers.values():
-        if not job.published:
-            _note(report, job.config, _run_alone(job.config))
+    states = run_units([(_run_alone, (config,)) for config in trained_teachers], jobs, threads)
+    for config, state in zip(trained_teachers, states):
+        _note(report, config, state)
     report.teachers = verify_teachers(plan)
 
+    units, unit_configs = [], []
     for group in plan.groups:
         configs = [run.config for run in group.runs]
-        log.info(
-            "teacher set %s, seed %d: %d runs%s", group.teacher_set, group.seed, len(configs),
-            " in lockstep" if lockstep else "",
-        )
         if lockstep:
-            from multikd.train.lockstep import train_lockstep
-
-            before = {c.output.run_dir: RunDir(c.output.run_dir).state() for c in configs}
-            train_lockstep(configs)
-            for config in configs:
-                _note(report, config, before[config.output.run_dir])
+            units.append((_run_group, (configs, group.teacher_set, group.seed)))
+            unit_configs.append(configs)
         else:
-            for config in configs:
-                _note(report, config, _run_alone(config))
+            units += [(_run_alone, (config,)) for config in configs]
+            unit_configs += [[config] for config in configs]
+    for configs, before in zip(unit_configs, run_units(units, jobs, threads)):
+        befores = before if isinstance(before, dict) else {configs[0].output.run_dir: before}
+        for config in configs:
+            _note(report, config, befores[config.output.run_dir])
 
     if results:
         from multikd.bench.outputs import write_results
 
         report.outputs = write_results(out, out)
     return report
+
+
+def _run_group(configs: list[RunConfig], teacher_set: str, seed: int) -> dict[str, str]:
+    """Train, resume or skip one lockstep group; each run's state before this call."""
+    from multikd.train.lockstep import train_lockstep
+
+    log.info("teacher set %s, seed %d: %d runs in lockstep", teacher_set, seed, len(configs))
+    before = {c.output.run_dir: RunDir(c.output.run_dir).state() for c in configs}
+    train_lockstep(configs)
+    return before
 
 
 def make_plan(
@@ -201,10 +220,14 @@ def _run_alone(config: RunConfig) -> str:
     return state
 
 
-def _measured_test_acc(job: TeacherJob) -> float:
+def _measured_test_acc(job: TeacherJob, synthetic: dict | None = None) -> float:
+    """Test accuracy of ``job``'s checkpoint on its own data, or on the synthetic data of
+    options ``synthetic`` (the students' data of a teacher trained on another domain)."""
     from multikd.train import engine
 
     d = job.config.data
+    if synthetic is not None:
+        d = dataclasses.replace(d, synthetic=synthetic)
     result = engine.evaluate_checkpoint(
         job.spec.arch,
         job.checkpoint,
@@ -245,5 +268,11 @@ def verify_teachers(plan: Plan) -> dict[str, dict]:
             "expected_acc": expected,
         }
         log.info("teacher %s (%s): %.2f%% test accuracy, verified", tid, job.spec.arch, acc)
+        if job.spec.synthetic:  # trained on another domain: what the students see counts
+            on_students = _measured_test_acc(job, plan.suite.data.get("synthetic", {}))
+            records[tid].update(own_domain_test_acc=acc, own_domain=job.spec.synthetic,
+                                test_acc=on_students)
+            log.info("teacher %s: %.2f%% on its own domain %s, %.2f%% on the students' test "
+                     "set", tid, acc, job.spec.synthetic, on_students)
     atomic_write_text(plan.out / TEACHERS_FILE, json.dumps(records, indent=2) + "\n")
     return records

@@ -38,7 +38,7 @@ _SUITE_KEYS = {
     "recipe": "config sections shared by every run (optim, loss, runtime, output)",
     "teacher_recipe": "config sections for training teachers (default: recipe's optim/runtime)",
     "features": "loss keys of the logits+feat variant (gamma, student_feature, ...)",
-    "teachers": "teacher id -> {arch, seed, published, expected_acc, recipe}",
+    "teachers": "teacher id -> {arch, seed, published, expected_acc, recipe, synthetic}",
     "teacher_sets": "set name -> list of teacher ids",
     "pairs": "list of {teachers: SET, students: [ARCH, ...]}",
     "strategies": "list of strategy names or {name, params, label, loss, variants}",
@@ -50,7 +50,7 @@ _SUITE_KEYS = {
     "cpu_threads": "intra-op CPU threads while the suite runs (torch.set_num_threads; "
     "default: torch's choice)",
 }
-_TEACHER_KEYS = ("arch", "seed", "published", "expected_acc", "recipe")
+_TEACHER_KEYS = ("arch", "seed", "published", "expected_acc", "recipe", "synthetic")
 _STRATEGY_KEYS = ("name", "params", "label", "loss", "variants")
 _RESERVED = ("kind", "model", "teachers", "strategy", "runtime.seed", "output.run_dir")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
@@ -66,6 +66,10 @@ class TeacherSpec:
     published: str | None = None
     expected_acc: float | None = None
     recipe: dict = field(default_factory=dict)
+    synthetic: dict = field(default_factory=dict)
+    """Options of the synthetic dataset this teacher trains on, over the suite's: a teacher
+    from another domain with the same label space (e.g. ``{seed: 1}``: other class
+    patterns), whose predictions on the students' images are confidently wrong."""
 
 
 @dataclass
@@ -186,6 +190,7 @@ def parse_suite(raw: dict, source: str = "suite") -> Suite:
     _check_config({"loss": features}, f"{where}: 'features'")
 
     teachers = _teachers(raw["teachers"], where)
+    _check_teacher_domains(data, teachers, where)
     sets = _teacher_sets(raw["teacher_sets"], teachers, where)
     pairs = _pairs(raw["pairs"], sets, where)
     strategies = _strategies(raw["strategies"], where)
@@ -330,8 +335,32 @@ def _teachers(raw, where: str) -> dict[str, TeacherSpec]:
         if published is not None and not isinstance(published, str):
             raise ConfigError(f"{at}: 'published' must be a file path relative to --teachers-dir")
         recipe = _recipe(spec.get("recipe", {}), f"{at}.recipe")
-        teachers[tid] = TeacherSpec(tid, arch, seed, published, expected, recipe)
+        synthetic = _mapping(spec.get("synthetic", {}), f"{at}.synthetic")
+        teachers[tid] = TeacherSpec(tid, arch, seed, published, expected, recipe, synthetic)
     return teachers
+
+
+def _check_teacher_domains(suite_data: dict, teachers: dict[str, TeacherSpec], where: str):
+    """A teacher's own ``synthetic`` options need synthetic data and keep the label space."""
+    from multikd.data.synthetic import SYNTHETIC_DEFAULTS
+
+    data_synth = suite_data.get("synthetic", {})
+    for tid, spec in teachers.items():
+        if not spec.synthetic:
+            continue
+        at = f"{where}: teachers.{tid}.synthetic"
+        if suite_data.get("dataset", "synthetic") != "synthetic":
+            raise ConfigError(f"{at}: a teacher's own synthetic options need the suite's "
+                              "data.dataset to be synthetic")
+        unknown = sorted(set(spec.synthetic) - set(SYNTHETIC_DEFAULTS))
+        if unknown:
+            raise ConfigError(f"{at}: unknown option(s) {unknown}; valid: "
+                              f"{', '.join(SYNTHETIC_DEFAULTS)}")
+        for key in ("num_classes", "num_superclasses"):
+            if key in spec.synthetic and spec.synthetic[key] != data_synth.get(
+                    key, SYNTHETIC_DEFAULTS[key]):
+                raise ConfigError(f"{at}: {key} must equal the suite's (a teacher predicts "
+                                  "the students' label space)")
 
 
 def _teacher_sets(raw, teachers: dict, where: str) -> dict[str, list[str]]:
@@ -475,7 +504,10 @@ def _merge(a: dict, b: dict) -> dict:
 def teacher_config(suite: Suite, spec: TeacherSpec, out: Path, sets: list[str] = ()) -> RunConfig:
     """The ``train-teacher`` config of a teacher the suite trains itself."""
     config = RunConfig(kind="teacher")
-    _apply(config, {"data": suite.data, **_teacher_recipe(suite, spec)}, [])
+    data = suite.data
+    if spec.synthetic:
+        data = {**suite.data, "synthetic": {**suite.data.get("synthetic", {}), **spec.synthetic}}
+    _apply(config, {"data": data, **_teacher_recipe(suite, spec)}, [])
     config.model.arch = spec.arch
     config.runtime.seed = spec.seed
     config.output.run_dir = str(out / "teachers" / spec.id)

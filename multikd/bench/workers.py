@@ -1,0 +1,53 @@
+"""The bench's independent units of work (one teacher run, one lockstep group) run in
+``jobs`` local worker processes at once.
+
+Every unit is a whole, seeded run (or group of runs) with its own run directories, so the
+units share nothing while they train: the numbers each writes are those of the same unit
+run alone, whatever the number of workers and the order they finish in. With ``jobs=1``
+the units run one after the other in this process (no worker is started).
+
+Workers are started with ``spawn`` (a forked child of a process that has already used
+torch's thread pools can hang) and each uses ``threads`` torch threads, so ``jobs *
+threads`` should not exceed the CPU cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from typing import Callable, Sequence
+
+import torch
+
+Unit = tuple[Callable, tuple]  # a module-level function and its (picklable) arguments
+
+
+def run_units(units: Sequence[Unit], jobs: int, threads: int | None) -> list:
+    """Call every ``function(*args)`` of ``units``; their results in the order given.
+
+    The first unit that raises stops the others from starting and its error is raised
+    here (runs that were under way keep what their checkpoints hold, so the same command
+    resumes them).
+    """
+    if jobs <= 1 or len(units) <= 1:
+        return [function(*args) for function, args in units]
+    level = logging.getLogger("multikd").getEffectiveLevel()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(jobs, len(units)), mp_context=context,
+                             initializer=_start_worker, initargs=(threads, level)) as pool:
+        futures = [pool.submit(function, *args) for function, args in units]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in pending:
+            future.cancel()
+        for future in futures:
+            if future in done and future.exception() is not None:
+                raise future.exception()
+        return [future.result() for future in futures]
+
+
+def _start_worker(threads: int | None, level: int) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
+    logging.basicConfig(level=level, format="%(message)s")
+    logging.getLogger("multikd").setLevel(level)
