@@ -348,3 +348,27 @@ def test_labels_keep_one_strategy_under_two_losses_apart(tmp_path):
     table = strategy_table(collect_runs(tmp_path))
     assert table.attrs["methods"] == [ALONE, "dkd", "kd"]
     assert table.iloc[0][("dkd", "mean")] == 64.0 and table.iloc[0][("kd", "mean")] == 60.0
+
+
+def test_alone_runs_of_other_teacher_sets_are_not_counted_twice(tmp_path):
+    # A suite trains the student alone in every teacher set's folder: the row of set
+    # "pair" is compared with the alone runs beside it, not with those of set "trio".
+    root = tmp_path / "runs"
+    alone = {"pair": (50.0, 52.0), "trio": (70.0, 72.0)}
+    for set_name, accs in alone.items():
+        for seed, acc in enumerate(accs):
+            _write_run(root / set_name / "resnet8" / f"student_s{seed}",
+                       _summary("student", None, False, seed, (acc, acc, acc)))
+            summary = _summary("distill", "uniform", False, seed, (acc + 1, acc + 1, acc + 1))
+            if set_name == "pair":
+                summary["teacher_names"] = ["strong"]
+            _write_run(root / set_name / "resnet8" / f"uniform_s{seed}", summary)
+    table = strategy_table(collect_runs(root), "last")
+    assert _cell(table, ALONE) == (71.0, statistics.stdev([70.0, 72.0]), 2)
+    pair = ("synthetic", "resnet8", "strong", 3)
+    assert tuple(table.loc[pair, (ALONE, s)] for s in ("mean", "n")) == (51.0, 2)
+
+    from multikd.bench.paired import paired_table
+    paired = paired_table(collect_runs(root), "last", vs="student")
+    assert paired.loc[pair, (ALONE, "n")] == 2
+    assert paired.loc[pair, ("uniform", "diff")] == pytest.approx(1.0)

@@ -39,6 +39,7 @@ from multikd.bench.results import (
     _epochs_value,
     _leading_keys,
     _ordered_methods,
+    alone_runs_of_row,
     comparison_runs,
     row_label,
     tex_escape,
@@ -147,8 +148,8 @@ def paired_table(
         dataset, student, teachers, epochs = key
         same = (runs["dataset"] == dataset) & (runs["student"] == student)
         same &= runs["epochs"] == epochs
-        alone = runs[same & (runs["kind"] == "student")]
         in_row = runs[same & (runs["kind"] == "distill") & (runs["teachers"] == teachers)]
+        alone = alone_runs_of_row(runs[same & (runs["kind"] == "student")], in_row)
         cells = {m: in_row[in_row["method"] == m] for m in methods[1:]}
         cells[ALONE] = alone
         reference = cells[ref].sort_values("seed").drop_duplicates("seed")

@@ -179,10 +179,11 @@ def strategy_table(df: pd.DataFrame, metric: str = "last") -> pd.DataFrame:
         dataset, student, teachers, epochs = key
         same = (students["dataset"] == dataset) & (students["student"] == student)
         same &= students["epochs"] == epochs
-        cells = {ALONE: students[same & (students["kind"] == "student")]}
         in_row = students[
             same & (students["kind"] == "distill") & (students["teachers"] == teachers)
         ]
+        cells = {ALONE: alone_runs_of_row(students[same & (students["kind"] == "student")],
+                                          in_row)}
         cells.update({m: in_row[in_row["method"] == m] for m in methods})
         row = {}
         for method, runs in cells.items():
@@ -324,6 +325,24 @@ def _aggregate(values: pd.Series) -> tuple[float, float, int]:
         return math.nan, math.nan, 0
     std = float(values.std(ddof=1)) if n > 1 else math.nan
     return float(values.mean()), std, n
+
+
+def alone_runs_of_row(alone: pd.DataFrame, in_row: pd.DataFrame) -> pd.DataFrame:
+    """The student-alone runs a row of distillation runs ``in_row`` is compared with.
+
+    A suite trains the student alone once per teacher set (so that each lockstep group is
+    self-contained), and a table row collects every alone run of its dataset, student and
+    epochs; the alone runs of one seed in *other* teacher sets are copies of one experiment,
+    and counting them would inflate n. When some alone runs lie in the same folder as the
+    row's distillation runs (``OUT/runs/<set>/<student>/``) only those are kept; otherwise
+    (hand-made folders, a row without distillation runs) all are kept, and several runs of
+    one seed are averaged with a warning.
+    """
+    if alone.empty or in_row.empty:
+        return alone
+    parents = {Path(p).parent for p in in_row["path"]}
+    near = alone[alone["path"].map(lambda p: Path(p).parent in parents)]
+    return near if len(near) else alone
 
 
 def _warn_duplicate_seeds(runs: pd.DataFrame, key: tuple, method: str) -> None:
