@@ -258,26 +258,89 @@ def _add_bench(sub) -> None:
         help="local worker processes: N teachers, then N lockstep groups, train side by side "
         "(default 1; same numbers as one after the other; each uses the suite's cpu_threads)",
     )
-    p.add_argument("--dry-run", action="store_true", help="list the planned runs and exit")
+    p.add_argument(
+        "--shard", metavar="I/N",
+        help="run only shard I of N (1 <= I <= N) of the plan: a deterministic, balanced part; "
+        "N commands with one --out together run every run once (SLURM arrays: --array=1-N, "
+        "--shard $SLURM_ARRAY_TASK_ID/N); the last shard to finish writes the tables",
+    )
+    p.add_argument(
+        "--max-runs-per-job", type=int, metavar="N",
+        help="cut each lockstep group (teacher set, seed) into slices of at most N runs, each "
+        "its own unit of work (--shard, --jobs, --executor)",
+    )
+    p.add_argument("--status", action="store_true",
+                   help="print each run's state under --out (done, running, failed, partial at "
+                   "epoch e, not started) from the run folders alone, and exit")
+    _add_executor_options(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the planned runs (with --executor slurm: the job plan) and exit")
     p.add_argument("--quiet", action="store_true", help="warnings only")
     p.set_defaults(func=_cmd_bench)
 
 
+def _add_executor_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "cluster jobs", "--executor slurm submits each unit (teacher, lockstep group or slice) "
+        "as a SLURM job through submitit (pip install 'multikd[cluster]'): teachers first, "
+        "students after them, a last job writes the tables; preempted or timed-out jobs are "
+        "requeued and resume from their checkpoints")
+    g.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local",
+                   help="local: this process and --jobs workers (default); slurm: cluster jobs; "
+                   "submitit-local: the same jobs as local subprocesses (to try the job path)")
+    g.add_argument("--partition", help="SLURM partition")
+    g.add_argument("--account", help="SLURM account")
+    g.add_argument("--gpus-per-job", type=int, default=1, metavar="G", help="default 1")
+    g.add_argument("--cpus-per-job", type=int, default=8, metavar="C", help="default 8")
+    g.add_argument("--mem-gb", type=int, default=32, metavar="GB", help="default 32")
+    g.add_argument("--time-min", type=int, default=24 * 60, metavar="MIN",
+                   help="time limit per job in minutes (default 1440); a job that reaches it "
+                   "is requeued and resumes")
+    g.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                   help="an extra #SBATCH --KEY=VALUE line, e.g. --sbatch qos=high (repeatable)")
+    g.add_argument("--setup", action="append", default=[], metavar="LINE",
+                   help="a shell line run before each job, e.g. --setup 'module load cuda' "
+                   "(repeatable)")
+
+
 def _cmd_bench(args) -> int:
-    from multikd.bench import runner, suite
+    from multikd.bench import runner, shards, status, suite
 
     if (args.suite is None) == (args.preset is None):
         raise MultikdError("give either a suite file or --preset NAME (e.g. --preset smoke)")
     path = suite.preset_path(args.preset) if args.preset else args.suite
+    shard = shards.parse_shard(args.shard) if args.shard else None
+    if args.executor != "local" and (shard or args.jobs != 1):
+        raise MultikdError(f"--executor {args.executor} makes its own jobs; drop --shard/--jobs")
+    if args.status:
+        plan = runner.make_plan(path, args.out, args.data_root, args.teachers_dir, args.sets)
+        print(status.format_status(status.plan_status(plan)))
+        return 0
+    if args.executor != "local":
+        from multikd.bench import cluster
+
+        plan = runner.make_plan(path, args.out, args.data_root, args.teachers_dir, args.sets)
+        options = cluster.ClusterOptions.from_args(args)
+        jobs = cluster.job_plan(plan, args.lockstep, args.max_runs_per_job)
+        if args.dry_run:
+            print(cluster.describe_jobs(jobs, options))
+            return 0
+        print(cluster.submit(plan, jobs, options))
+        return 0
     if args.dry_run:
         plan = runner.make_plan(path, args.out, args.data_root, args.teachers_dir, args.sets)
         print(suite.describe(plan))
-        for run in plan.runs:
+        units = shards.student_units(plan, args.lockstep, args.max_runs_per_job)
+        if shard:
+            units = shards.take_shard(units, *shard, lambda u: u.name, lambda u: u.cost)
+            print(f"shard {shard[0]}/{shard[1]}: {len(units)} unit(s)")
+        for run in (r for u in units for r in u.runs):
             print(run.config.output.run_dir)
         return 0
     report = runner.run_bench(
         path, args.out, data_root=args.data_root, teachers_dir=args.teachers_dir,
-        lockstep=args.lockstep, sets=args.sets, jobs=args.jobs,
+        lockstep=args.lockstep, sets=args.sets, jobs=args.jobs, shard=shard,
+        max_runs_per_job=args.max_runs_per_job,
     )
     print(report.text())
     return 0
@@ -579,9 +642,12 @@ def _add_results(sub) -> None:
         help="runs folder -> comparison table (mean ± std over seeds, best in bold)",
         description="One row per student and teacher set, one column per method (student "
         "alone, each strategy with logits only and with + features, each teacher); cells "
-        "'mean ± sample std (n seeds)'. Unfinished runs are skipped with a warning.",
+        "'mean ± sample std (n seeds)'. Unfinished runs are skipped with a warning. Several "
+        "folders (the --out folders of several jobs of one sweep) make one table; runs of "
+        "different configs under one label are refused.",
     )
-    p.add_argument("runs_dir", metavar="RUNS_DIR", help="folder searched recursively for runs")
+    p.add_argument("runs_dir", metavar="RUNS_DIR", nargs="+",
+                   help="folder(s) searched recursively for runs")
     p.add_argument(
         "--metric", choices=["last", "best", "val"], default="last",
         help="last-epoch test accuracy (default), best-epoch (optimistic: selected on test), "

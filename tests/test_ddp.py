@@ -62,8 +62,9 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert summary["teacher_test_acc"] == single_summary["teacher_test_acc"]  # sharded eval is exact
     assert summary["config_hash"] == single_summary["config_hash"]
     assert sorted(p.name for p in ddp_dir.iterdir()) == [
-        "checkpoint.pt", "config.yaml", "metrics.csv", "predictions.npz", "summary.json"
-    ]
+        "checkpoint.pt", "config.yaml", "metrics.csv", "predictions.npz", "run.lock",
+        "summary.json",
+    ]  # rank 0 alone locks the run it alone writes
     # rank 0 predicts the whole test split (not its shard): its accuracy is the last epoch's
     from multikd.train.runio import RunDir
 

@@ -38,7 +38,7 @@ def teacher_run(tmp_path_factory):
 def test_run_directory_layout(teacher_run):
     names = sorted(p.name for p in teacher_run.iterdir())
     assert names == ["checkpoint.pt", "config.yaml", "metrics.csv", "predictions.npz",
-                     "summary.json"]  # no temp files
+                     "run.lock", "summary.json"]  # no temp files; the writer's lock file
     rows = read_metrics(teacher_run)
     assert list(rows[0]) == [
         "epoch", "lr", "loss_ce", "loss_total", "train_acc", "val_acc", "val_loss",

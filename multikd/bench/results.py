@@ -40,7 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from multikd.errors import MultikdError
-from multikd.train.runio import METRICS, SUMMARY, atomic_write_text
+from multikd.train.runio import CONFIG, METRICS, SUMMARY, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +70,32 @@ class ResultsError(MultikdError):
 
 
 # --------------------------------------------------------------------------- collecting
-def collect_runs(root: str | Path) -> pd.DataFrame:
-    """One row per finished run under ``root`` (searched recursively).
+def collect_runs(root: str | Path | list) -> pd.DataFrame:
+    """One row per finished run under ``root`` (searched recursively), or under each of
+    several folders (a sweep whose jobs wrote into different ``--out`` folders).
 
     Columns: every summary field, nested dicts flattened with dots (``versions.torch``),
-    ``path`` (the run folder), and normalized ``student``, ``teacher_names`` (tuple),
-    ``features`` (bool) whichever spelling the summary used. Unfinished or unreadable runs
-    are skipped with a warning and listed in ``df.attrs["skipped"]`` as ``(path, reason)``.
+    ``path`` (the run folder), normalized ``student``, ``teacher_names`` (tuple),
+    ``features`` (bool) whichever spelling the summary used, and ``experiment`` (the run's
+    config.yaml without what may differ between runs of one table cell, see
+    :func:`experiment_text`; None without a config). Unfinished or unreadable runs are
+    skipped with a warning and listed in ``df.attrs["skipped"]`` as ``(path, reason)``.
     """
-    root = Path(root)
-    if not root.exists():
-        raise ResultsError(
-            f"runs folder {root} does not exist; pass the folder the runs were written to"
-        )
-    if not root.is_dir():
-        raise ResultsError(f"{root} is not a folder; pass the folder the runs were written to")
+    roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
+    if not roots:
+        raise ResultsError("no runs folder given")
+    for folder in roots:
+        if not folder.exists():
+            raise ResultsError(
+                f"runs folder {folder} does not exist; pass the folder the runs were written to"
+            )
+        if not folder.is_dir():
+            raise ResultsError(
+                f"{folder} is not a folder; pass the folder the runs were written to"
+            )
+    summaries = sorted({p.resolve(): p for r in roots for p in r.rglob(SUMMARY)}.values())
     records, skipped = [], []
-    for summary_path in sorted(root.rglob(SUMMARY)):
+    for summary_path in summaries:
         run = summary_path.parent
         try:
             summary = json.loads(summary_path.read_text())
@@ -97,7 +106,8 @@ def collect_runs(root: str | Path) -> pd.DataFrame:
             status = summary.get("status") if isinstance(summary, dict) else None
             skipped.append((str(run), f"status is {status!r}, not 'finished'"))
             continue
-        records.append(_flatten(summary) | _normalized(summary) | {"path": str(run)})
+        records.append(_flatten(summary) | _normalized(summary)
+                       | {"path": str(run), "experiment": experiment_text(run)})
     for run, reason in skipped:
         log.warning("skipping run %s: %s", run, reason)
     if skipped:
@@ -108,8 +118,73 @@ def collect_runs(root: str | Path) -> pd.DataFrame:
             if key not in df:
                 df[key] = None
     df.attrs["skipped"] = skipped
-    df.attrs["root"] = str(root)
+    df.attrs["root"] = ", ".join(map(str, roots))
     return df
+
+
+# What may differ between the runs of one table cell: where they read, write and run, the
+# seed, and the teachers' checkpoint paths (the same teachers in another --out folder).
+_NOT_THE_EXPERIMENT = {
+    "output": None, "runtime": ("seed", "device", "teacher_cache", "teacher_cache_budget"),
+    "data": ("data_root", "workers", "pipeline"),
+}
+
+
+def experiment_text(run_dir: Path) -> str | None:
+    """The run's config.yaml as canonical JSON without the keys of ``_NOT_THE_EXPERIMENT``
+    (None when the run has no readable config.yaml)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((Path(run_dir) / CONFIG).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    params = (config.get("strategy") or {}).get("params") or {}
+    if "seed" in params and params["seed"] == (config.get("runtime") or {}).get("seed"):
+        params.pop("seed")  # a strategy seeded by its run (random): part of the seed
+    for section, keys in _NOT_THE_EXPERIMENT.items():
+        if keys is None:
+            config.pop(section, None)
+        elif isinstance(config.get(section), dict):
+            for key in keys:
+                config[section].pop(key, None)
+    for teacher in config.get("teachers") or ():
+        if isinstance(teacher, dict):
+            teacher.pop("checkpoint", None)
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _differences(a: str, b: str) -> list[str]:
+    def flat(value, prefix=""):
+        if isinstance(value, dict):
+            return {k: v for key, sub in value.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): value}
+
+    fa, fb = flat(json.loads(a)), flat(json.loads(b))
+    return [f"{k}: {fa.get(k)!r} vs {fb.get(k)!r}" for k in sorted(set(fa) | set(fb))
+            if fa.get(k) != fb.get(k)]
+
+
+def check_one_experiment_per_cell(runs: pd.DataFrame) -> None:
+    """Refuse a table cell (row, method) whose runs were made with different configs
+    beyond seed and location: averaging them would mix two experiments under one label."""
+    if "experiment" not in runs:
+        return
+    known = runs.dropna(subset=["experiment"])
+    for key, cell in known.groupby([*ROW_KEYS, "method"], sort=True):
+        kinds = cell.drop_duplicates("experiment")
+        if len(kinds) < 2:
+            continue
+        a, b = kinds.iloc[0], kinds.iloc[1]
+        diff = "; ".join(_differences(a["experiment"], b["experiment"])[:6])
+        raise ResultsError(
+            f"runs of different experiments under one label {key[-1]!r} in row "
+            f"{'|'.join(map(str, key[:-1]))}: {a['path']} and {b['path']} differ in {diff}. "
+            "Table them separately (pass only the folders of one experiment), or give one of "
+            "them another strategy label"
+        )
 
 
 def _flatten(summary: dict, prefix: str = "") -> dict:
@@ -132,7 +207,7 @@ def _normalized(summary: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- the table
-def load_table(root: str | Path, metric: str = "last") -> pd.DataFrame:
+def load_table(root: str | Path | list, metric: str = "last") -> pd.DataFrame:
     """:func:`strategy_table` of the finished runs under ``root``."""
     return strategy_table(collect_runs(root), metric=metric)
 
@@ -241,6 +316,7 @@ def comparison_runs(df: pd.DataFrame) -> pd.DataFrame:
     runs["teachers"] = runs["teacher_names"].map("+".join)
     for key in ("dataset", "student", "epochs"):
         runs[key] = runs[key].map(key_text)
+    check_one_experiment_per_cell(runs)
     return runs
 
 

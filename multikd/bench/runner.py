@@ -35,12 +35,19 @@ from multikd.train.config import RunConfig, config_hash, to_yaml
 from multikd.errors import ConfigError, TrainingError
 from multikd.train.runio import RunDir, atomic_write_text
 from multikd.bench.suite import Plan, Suite, TeacherJob, describe, expand, load_suite
+from multikd.bench.shards import (
+    StudentUnit, student_units, take_shard, teacher_cost, teacher_units,
+)
 from multikd.bench.workers import run_units
+from multikd.train.runlock import RunBusy, exclusive
 
 log = logging.getLogger(__name__)
 
 TEACHERS_FILE = "teachers.json"
 SUITE_FILE = "suite.yaml"
+TEACHERS_LOCK = ".teachers.json.lock"  # serialises the shards' updates of teachers.json
+WAIT_FOR_TEACHER_S = 7 * 24 * 3600.0  # a shard waits for a teacher another shard trains
+WAIT_POLL_S = 2.0
 
 
 @dataclass
@@ -52,8 +59,10 @@ class BenchReport:
     trained: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
     wall_time_s: float = 0.0
+    shard: tuple[int, int] | None = None
 
     def text(self) -> str:
         lines = ["teachers (test accuracy, verified from their checkpoints):"]
@@ -63,8 +72,15 @@ class BenchReport:
         lines.append(
             f"runs: {len(self.trained)} trained, {len(self.resumed)} resumed, "
             f"{len(self.skipped)} already finished  ({self.wall_time_s:.0f} s)"
+            + (f"; shard {self.shard[0]}/{self.shard[1]}" if self.shard else "")
         )
+        if self.busy:
+            lines.append(f"{len(self.busy)} run(s) left to the other process writing them: "
+                         + ", ".join(self.busy))
         lines.extend(f"wrote {p}" for p in self.outputs)
+        if self.shard and not self.outputs:
+            lines.append(f"tables: when every shard is done, the last one writes them (or run "
+                         f"'multikd table {self.out}'; 'multikd bench ... --status' shows progress)")
         return "\n".join(lines)
 
 
@@ -77,6 +93,8 @@ def run_bench(
     sets: list[str] = (),
     results: bool = True,
     jobs: int = 1,
+    shard: tuple[int, int] | None = None,
+    max_runs_per_job: int | None = None,
 ) -> BenchReport:
     """Run (or continue) every run of ``suite`` under ``out``; see the module docstring.
 
@@ -84,6 +102,12 @@ def run_bench(
     overrides for every run. ``results=False`` skips the table and plots. ``jobs``: local
     worker processes training teachers, and then lockstep groups (or runs), side by side
     (:mod:`multikd.bench.workers`; the same numbers as one after the other).
+
+    ``shard=(I, N)`` runs only shard I of N of the plan (:mod:`multikd.bench.shards`): its
+    share of the teachers, then its share of the student units, first training (or waiting
+    for the shard that trains) any teacher those need. Runs another process is writing are
+    left to it (``report.busy``). The shard that finds every run finished writes the tables.
+    ``max_runs_per_job`` cuts lockstep groups into slices of at most that many runs.
     """
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
@@ -96,7 +120,7 @@ def run_bench(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        report = _run_plan(plan, lockstep, results, jobs, threads)
+        report = _run_plan(plan, lockstep, results, jobs, threads, shard, max_runs_per_job)
     finally:
         torch.set_num_threads(saved)
     report.wall_time_s = time.perf_counter() - t0
@@ -104,51 +128,71 @@ def run_bench(
 
 
 def _run_plan(plan: Plan, lockstep: bool, results: bool, jobs: int = 1,
-              threads: int | None = None) -> BenchReport:
+              threads: int | None = None, shard: tuple[int, int] | None = None,
+              max_runs_per_job: int | None = None) -> BenchReport:
     log.info("%s", describe(plan))
     out = plan.out
     out.mkdir(parents=True, exist_ok=True)
     _record_suite(plan)
 
-    trained_teachers = [job.config for job in plan.teachers.values() if not job.published]
+    trained_teachers = [job.config for job in teacher_units(plan)]
     for config in trained_teachers + [run.config for run in plan.runs]:
         check_same_experiment(config)
 
-    report = BenchReport(out=out, teachers={})
-    states = run_units([(_run_alone, (config,)) for config in trained_teachers], jobs, threads)
-    for config, state in zip(trained_teachers, states):
+    report = BenchReport(out=out, teachers={}, shard=shard)
+    units = student_units(plan, lockstep, max_runs_per_job)
+    mine_teachers = teacher_units(plan)
+    if shard is not None:
+        index, count = shard
+        units = take_shard(units, index, count, lambda u: u.name, lambda u: u.cost)
+        mine_teachers = take_shard(mine_teachers, index, count,
+                                   lambda j: j.config.output.run_dir, teacher_cost)
+        log.info("shard %d/%d: %d teacher(s), %d student unit(s) of %d runs", index, count,
+                 len(mine_teachers), len(units), sum(len(u.runs) for u in units))
+    configs = [job.config for job in mine_teachers]
+    for config, state in zip(configs, run_units([(_run_alone, (c,)) for c in configs],
+                                                jobs, threads)):
         _note(report, config, state)
-    report.teachers = verify_teachers(plan)
+    needed = list(dict.fromkeys(t for u in units for t in u.teacher_ids))
+    for tid in needed:  # another shard's or process's teacher: wait for it, or train it here
+        job = plan.teachers[tid]
+        if not job.published and RunDir(job.config.output.run_dir).state() != "finished":
+            _note(report, job.config, _run_alone(job.config, wait_s=WAIT_FOR_TEACHER_S))
+    report.teachers = verify_teachers(plan, needed if shard is not None else None)
 
-    units, unit_configs = [], []
-    for group in plan.groups:
-        configs = [run.config for run in group.runs]
-        if lockstep:
-            units.append((_run_group, (configs, group.teacher_set, group.seed)))
-            unit_configs.append(configs)
-        else:
-            units += [(_run_alone, (config,)) for config in configs]
-            unit_configs += [[config] for config in configs]
-    for configs, before in zip(unit_configs, run_units(units, jobs, threads)):
-        befores = before if isinstance(before, dict) else {configs[0].output.run_dir: before}
-        for config in configs:
-            _note(report, config, befores[config.output.run_dir])
+    work = [(_run_group if u.lockstep else _run_one, (u,)) for u in units]
+    for unit, before in zip(units, run_units(work, jobs, threads)):
+        for run in unit.runs:
+            _note(report, run.config, before[run.config.output.run_dir])
 
-    if results:
+    finished = all(RunDir(r.config.output.run_dir).state() == "finished" for r in plan.runs)
+    if results and (shard is None or finished):
         from multikd.bench.outputs import write_results
 
         report.outputs = write_results(out, out)
     return report
 
 
-def _run_group(configs: list[RunConfig], teacher_set: str, seed: int) -> dict[str, str]:
-    """Train, resume or skip one lockstep group; each run's state before this call."""
+def _run_group(unit: StudentUnit) -> dict[str, str]:
+    """Train, resume or skip one lockstep group; each run's state before this call
+    (``"busy"`` for every run when another process writes one of them)."""
     from multikd.train.lockstep import train_lockstep
 
-    log.info("teacher set %s, seed %d: %d runs in lockstep", teacher_set, seed, len(configs))
+    configs = [run.config for run in unit.runs]
+    log.info("%s: %d runs in lockstep", unit.name, len(configs))
     before = {c.output.run_dir: RunDir(c.output.run_dir).state() for c in configs}
-    train_lockstep(configs)
+    try:
+        train_lockstep(configs)
+    except RunBusy as err:
+        log.warning("%s: skipped, %s", unit.name, err)
+        return {run_dir: "busy" for run_dir in before}
     return before
+
+
+def _run_one(unit: StudentUnit) -> dict[str, str]:
+    """The single run of a unit made without lockstep."""
+    config = unit.runs[0].config
+    return {config.output.run_dir: _run_alone(config)}
 
 
 def make_plan(
@@ -166,7 +210,8 @@ def make_plan(
 
 
 def _note(report: BenchReport, config: RunConfig, state_before: str) -> None:
-    target = {"empty": report.trained, "unfinished": report.resumed, "finished": report.skipped}
+    target = {"empty": report.trained, "unfinished": report.resumed, "finished": report.skipped,
+              "busy": report.busy}
     target[state_before].append(config.output.run_dir)
 
 
@@ -203,21 +248,32 @@ def check_same_experiment(config: RunConfig) -> None:
         )
 
 
-def _run_alone(config: RunConfig) -> str:
-    """Train, resume or skip one run with the engine; its state before this call."""
+def _run_alone(config: RunConfig, wait_s: float = 0.0) -> str:
+    """Train, resume or skip one run with the engine; its state before this call, or
+    ``"busy"`` when another process writes it (after waiting up to ``wait_s`` seconds for
+    that process to end; a run it left unfinished is then continued here)."""
     from multikd.train import engine
 
     run_dir = config.output.run_dir
-    state = RunDir(run_dir).state()
-    if state == "finished":
-        log.info("%s: finished, skipped", run_dir)
-    elif state == "unfinished":
-        log.info("%s: unfinished, resuming", run_dir)
-        engine.resume(run_dir, device=config.runtime.device, quiet=config.output.quiet)
-    else:
-        log.info("%s: training", run_dir)
-        engine.train(config)
-    return state
+    deadline = time.monotonic() + wait_s
+    while True:
+        state = RunDir(run_dir).state()
+        try:
+            if state == "finished":
+                log.info("%s: finished, skipped", run_dir)
+            elif state == "unfinished":
+                log.info("%s: unfinished, resuming", run_dir)
+                engine.resume(run_dir, device=config.runtime.device, quiet=config.output.quiet)
+            else:
+                log.info("%s: training", run_dir)
+                engine.train(config)
+            return state
+        except RunBusy as err:
+            if time.monotonic() >= deadline:
+                log.warning("%s: skipped, %s", run_dir, err)
+                return "busy"
+            log.info("%s is being written by another process; waiting for it", run_dir)
+            time.sleep(WAIT_POLL_S)
 
 
 def _measured_test_acc(job: TeacherJob, synthetic: dict | None = None) -> float:
@@ -240,11 +296,14 @@ def _measured_test_acc(job: TeacherJob, synthetic: dict | None = None) -> float:
     return float(result["test_acc"])
 
 
-def verify_teachers(plan: Plan) -> dict[str, dict]:
-    """Measure each teacher's test accuracy, check it, record it in ``OUT/teachers.json``."""
+def verify_teachers(plan: Plan, tids: list[str] | None = None) -> dict[str, dict]:
+    """Measure each teacher's test accuracy (of ``tids``, default all), check it, and record
+    it in ``OUT/teachers.json`` (merged with the records other shards wrote there)."""
     tolerance = plan.suite.acc_tolerance
     records = {}
     for tid, job in plan.teachers.items():
+        if tids is not None and tid not in tids:
+            continue
         acc = _measured_test_acc(job)
         if job.published:
             expected, source = job.spec.expected_acc, "published"
@@ -274,5 +333,10 @@ def verify_teachers(plan: Plan) -> dict[str, dict]:
                                 test_acc=on_students)
             log.info("teacher %s: %.2f%% on its own domain %s, %.2f%% on the students' test "
                      "set", tid, acc, job.spec.synthetic, on_students)
-    atomic_write_text(plan.out / TEACHERS_FILE, json.dumps(records, indent=2) + "\n")
+    with exclusive(plan.out / TEACHERS_LOCK, wait_s=60, poll_s=0.2):
+        path = plan.out / TEACHERS_FILE
+        merged = json.loads(path.read_text()) if path.is_file() else {}
+        merged = {t: merged[t] for t in plan.teachers if t in merged} | records
+        merged = {t: merged[t] for t in plan.teachers if t in merged}  # the suite's order
+        atomic_write_text(path, json.dumps(merged, indent=2) + "\n")
     return records

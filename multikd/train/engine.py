@@ -74,7 +74,17 @@ def resume(run_dir: str, device: str | None = None, quiet: bool | None = None) -
 
 
 def _execute(cfg: RunConfig, resuming: bool, overwrite: bool) -> dict:
+    """Train ``cfg``'s run holding its run-directory lock (:mod:`multikd.train.runlock`;
+    only the main process writes, so only it locks under torchrun)."""
+    from multikd.train.runlock import hold_runs
+
     env = ddp.detect()
+    locked = [cfg.output.run_dir] if env.is_main and cfg.output.run_dir else []
+    with hold_runs(locked):
+        return _execute_locked(cfg, resuming, overwrite, env)
+
+
+def _execute_locked(cfg: RunConfig, resuming: bool, overwrite: bool, env) -> dict:
     try:
         run = prepare_run(cfg, resuming=resuming, overwrite=overwrite)
         show_bar = run.env.is_main and not cfg.output.quiet and sys.stderr.isatty()

@@ -132,6 +132,15 @@ def train_lockstep(configs: list[RunConfig]) -> list[str]:
             "lockstep training runs in one process; under torchrun use --no-lockstep "
             "(each run then uses all processes)"
         )
+    from multikd.train.runlock import hold_runs
+
+    with hold_runs([c.output.run_dir for c in pending]):
+        return _train_pending(pending)
+
+
+def _train_pending(pending: list[RunConfig]) -> list[str]:
+    from multikd.train import engine
+
     members: list[_Member] = []
     splits = teacher_acc = first_ensemble = None
     for cfg in pending:
