@@ -319,7 +319,10 @@ def _cmd_bench(args) -> int:
     if args.executor != "local":
         from multikd.bench import cluster
 
-        plan = runner.make_plan(path, args.out, args.data_root, args.teachers_dir, args.sets)
+        # jobs may start in another directory: every path they read or write is absolute
+        absolute = [str(Path(p).resolve()) if p else p
+                    for p in (args.out, args.data_root, args.teachers_dir)]
+        plan = runner.make_plan(path, *absolute, args.sets)
         options = cluster.ClusterOptions.from_args(args)
         jobs = cluster.job_plan(plan, args.lockstep, args.max_runs_per_job)
         if args.dry_run:
