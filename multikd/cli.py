@@ -181,12 +181,17 @@ def _cmd_models_list(args) -> int:
     from multikd.models import list_models
     from multikd.models.meta import describe_architecture
 
+    from multikd.models.cost import human, model_cost
+
     rows = [describe_architecture(name, args.num_classes) for name in list_models()]
-    print(f"{'name':<12} {'params':>11}  {'pooled':>6}  stage features (C x H x W on 32x32)")
+    print(f"{'name':<12} {'params':>11}  {'MACs':>6}  {'pooled':>6}  "
+          "stage features (C x H x W on 32x32)")
     for row in rows:
         stages = ", ".join("x".join(map(str, s)) for s in row["stage_feature_shapes"])
         pooled = row["pooled_feature_dim"]
-        print(f"{row['name']:<12} {row['params']:>11,}  {pooled:>6}  {stages}")
+        macs = human(model_cost(row["name"], args.num_classes).macs)
+        print(f"{row['name']:<12} {row['params']:>11,}  {macs:>6}  {pooled:>6}  {stages}")
+    print("MACs: multiply-accumulates per 32x32 image (convolutions and linear layers).")
     print("timm:<name> builds any timm architecture (no pretrained weights are downloaded).")
     return 0
 
@@ -666,6 +671,12 @@ def _add_results(sub) -> None:
     )
     p.add_argument("--confidence", type=float, default=0.95,
                    help="interval level for --vs (default 0.95)")
+    p.add_argument("--cost", action="store_true",
+                   help="also measure inference images/s of the student and each teacher on "
+                   "--device at --cost-batch (parameters and MACs are always shown)")
+    p.add_argument("--cost-batch", type=int, default=256, metavar="B",
+                   help="batch size for --cost (default 256)")
+    p.add_argument("--device", default="cpu", help="device for --cost (default cpu; e.g. cuda)")
     p.add_argument("--out", metavar="FILE", help="write the table here (default: print it)")
     p.add_argument("--quiet", action="store_true", help="warnings only")
     p.set_defaults(func=_cmd_table)
@@ -704,8 +715,15 @@ def _cmd_table(args) -> int:
                                     vs=args.vs, confidence=args.confidence)
         text = paired.format_paired(table, fmt=args.fmt)
     else:
-        text = results.format_table(results.load_table(args.runs_dir, metric=args.metric),
-                                    fmt=args.fmt)
+        table = results.load_table(args.runs_dir, metric=args.metric)
+        if args.cost:
+            from multikd.bench.costs import add_throughput
+
+            if args.cost_batch < 1:
+                raise MultikdError(f"--cost-batch must be >= 1, got {args.cost_batch}")
+            add_throughput(table.attrs["costs"], device=args.device, batch_size=args.cost_batch)
+            table.attrs["speed"] = f"{args.device}, batch {args.cost_batch}, fp32, eval mode"
+        text = results.format_table(table, fmt=args.fmt)
     if args.out:
         atomic_write_text(args.out, text)
         print(f"wrote {args.out}")

@@ -180,7 +180,9 @@ def test_tex_escapes_bold_and_caption(runs_dir):
     assert r"65.00 $\pm$ --- (1)" in text
     assert text.count(r"\begin{tabular}") == 1 and text.rstrip().endswith(r"\end{table}")
     body = [line for line in text.splitlines() if line.startswith("resnet8")]
-    assert body[0].count("&") == 7 and body[0].endswith(r"\\")
+    # 7 result columns, then the student's and the teachers' sizes (no teacher archs here)
+    assert body[0].count("&") == 9 and body[0].endswith(r"\\")
+    assert r"83.9k $\cdot$ 12.5M MACs &  \\" in body[0]
     assert tex_escape("wrn_40_2 50%") == r"wrn\_40\_2 50\%"
 
 

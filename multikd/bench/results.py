@@ -212,14 +212,16 @@ def load_table(root: str | Path | list, metric: str = "last") -> pd.DataFrame:
     return strategy_table(collect_runs(root), metric=metric)
 
 
-def strategy_table(df: pd.DataFrame, metric: str = "last") -> pd.DataFrame:
+def strategy_table(df: pd.DataFrame, metric: str = "last", cost: bool = True) -> pd.DataFrame:
     """The comparison table of the runs in ``df`` (from :func:`collect_runs`).
 
     Index: (dataset, student, teachers, epochs), ``teachers`` joined with ``+``. Columns: a
     MultiIndex (method, stat) with stat in mean/std/n, methods ordered student alone, each
     strategy then its ``+feat`` variant (alphabetical), then the teachers.
     ``table.attrs``: ``metric``, ``caption``, ``methods`` (student methods, compared for
-    bold), ``teacher_columns``.
+    bold), ``teacher_columns``, ``costs`` (row index -> :class:`multikd.bench.costs.RowCost`:
+    parameters and MACs of the student and each teacher; empty with ``cost=False``), shown by
+    :func:`format_table` as the last columns.
     """
     if metric not in METRIC_COLUMNS:
         raise ResultsError(
@@ -281,9 +283,18 @@ def strategy_table(df: pd.DataFrame, metric: str = "last") -> pd.DataFrame:
     table = pd.DataFrame(rows, index=index).reindex(columns=columns)
     for method in [ALONE, *methods, *teacher_columns]:
         table[(method, "n")] = table[(method, "n")].fillna(0).astype(int)
+    costs = {}
+    if cost:
+        from multikd.bench.costs import row_cost
+
+        for key, final in zip(row_keys, index):
+            dataset, student, teachers, epochs = key
+            same = (students["dataset"] == dataset) & (students["student"] == student)
+            same &= (students["epochs"] == epochs) & (students["teachers"].isin([teachers, ""]))
+            costs[final] = row_cost(student, students[same])
     table.attrs.update(
         metric=metric, caption=CAPTIONS[metric], methods=[ALONE, *methods],
-        teacher_columns=teacher_columns,
+        teacher_columns=teacher_columns, costs=costs,
     )
     return table
 
@@ -539,9 +550,28 @@ def _text_rows(table: pd.DataFrame, tex: bool) -> list[list[str]]:
     return out
 
 
+def _cost_columns(table: pd.DataFrame) -> tuple[list[str], dict]:
+    """Header and per-row cells of the cost columns (none when no row has a cost)."""
+    costs = table.attrs.get("costs") or {}
+    if not any(c.student.cost or any(t.cost for t in c.teachers) for c in costs.values()):
+        return [], {}
+    header = ["student params · MACs", "teachers params · MACs (× student params)"]
+    speed = any(c.student.images_per_s for c in costs.values())
+    if speed:
+        header += ["student img/s", "teachers img/s"]
+    cells = {}
+    for index, c in costs.items():
+        cells[index] = [c.student_text(), c.teachers_text()] + (list(c.speed_text()) if speed else [])
+    return header, cells
+
+
 def _format_md(table: pd.DataFrame, rows: list[list[str]]) -> str:
-    n_methods = len(_methods(table))
-    header = _leading_keys(table) + ["student ← teachers"] + _methods(table)
+    cost_header, cost_cells = _cost_columns(table)
+    if cost_header:
+        rows = [row + cost_cells.get(index, [""] * len(cost_header))
+                for row, index in zip(rows, table.index)]
+    n_methods = len(_methods(table)) + len(cost_header)
+    header = _leading_keys(table) + ["student ← teachers"] + _methods(table) + cost_header
     lines = [
         f"**{_caption(table)}**",
         "",
@@ -550,12 +580,24 @@ def _format_md(table: pd.DataFrame, rows: list[list[str]]) -> str:
     ]
     lines += ["| " + " | ".join(cell.replace("|", r"\|") for cell in row) + " |" for row in rows]
     lines += ["", "Best student method of each row in bold; — : one run, std undefined."]
+    if cost_header:
+        lines[-1] += _cost_note(table)
     return "\n".join(lines) + "\n"
+
+
+def _cost_note(table: pd.DataFrame) -> str:
+    note = (" Sizes: parameters and multiply-accumulates per 32x32 image (convolutions and "
+            "linear layers, torch.utils.flop_counter).")
+    speed = table.attrs.get("speed")
+    if speed:
+        note += f" Inference images/s: {speed}."
+    return note
 
 
 _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
-                "←": r"$\leftarrow$", "±": r"$\pm$", "—": "---"}
+                "←": r"$\leftarrow$", "±": r"$\pm$", "—": "---", "·": r"$\cdot$",
+                "×": r"$\times$"}
 
 
 def tex_escape(text: str) -> str:
@@ -564,19 +606,23 @@ def tex_escape(text: str) -> str:
 
 
 def _format_tex(table: pd.DataFrame, rows: list[list[str]]) -> str:
+    cost_header, cost_cells = _cost_columns(table)
     n_methods = len(_methods(table))
     leading = _leading_keys(table)
     n_text = len(leading) + 1
-    header = [tex_escape(h) for h in leading + ["student ← teachers"] + _methods(table)]
+    header = [tex_escape(h) for h in leading + ["student ← teachers"] + _methods(table)
+              + cost_header]
     body = [
-        " & ".join([tex_escape(c) for c in row[:n_text]] + row[n_text:]) + r" \\" for row in rows
+        " & ".join([tex_escape(c) for c in row[:n_text]] + row[n_text:]
+                   + [tex_escape(c) for c in cost_cells.get(index, [""] * len(cost_header))])
+        + r" \\" for row, index in zip(rows, table.index)
     ]
     lines = [
         "% needs \\usepackage{booktabs}",
         r"\begin{table}[t]",
         r"\centering",
         rf"\caption{{{tex_escape(_caption(table))}}}",
-        r"\begin{tabular}{" + "l" * n_text + "r" * n_methods + "}",
+        r"\begin{tabular}{" + "l" * n_text + "r" * n_methods + "l" * len(cost_header) + "}",
         r"\toprule",
         " & ".join(header) + r" \\",
         r"\midrule",
@@ -592,7 +638,16 @@ def _format_csv(table: pd.DataFrame) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     methods = _methods(table)
-    writer.writerow(["metric", *ROW_KEYS, *(f"{m} {s}" for m in methods for s in STATS)])
+    costs = table.attrs.get("costs") or {}
+    names = list(dict.fromkeys(t.name for c in costs.values() for t in c.teachers))
+    cost_header = []
+    if costs:
+        cost_header = ["student params", "student macs"] + [
+            f"{n} (teacher) {what}" for n in names for what in ("params", "macs")]
+        if any(c.student.images_per_s for c in costs.values()):
+            cost_header += ["student images_per_s"] + [f"{n} (teacher) images_per_s" for n in names]
+    writer.writerow(["metric", *ROW_KEYS, *(f"{m} {s}" for m in methods for s in STATS),
+                     *cost_header])
     for index in table.index:
         row = [table.attrs.get("caption", ""), *index]
         for method in methods:
@@ -603,8 +658,27 @@ def _format_csv(table: pd.DataFrame) -> str:
                 "" if math.isnan(std) else repr(float(std)),
                 n,
             ]
+        if cost_header:
+            row += _cost_csv_cells(costs.get(index), names, len(cost_header))
         writer.writerow(row)
     return out.getvalue()
+
+
+def _cost_csv_cells(cost, names: list[str], width: int) -> list:
+    if cost is None:
+        return [""] * width
+    teachers = {t.name: t for t in cost.teachers}
+    cells = [cost.student.cost.params if cost.student.cost else "",
+             cost.student.cost.macs if cost.student.cost else ""]
+    for name in names:
+        c = teachers.get(name)
+        cells += [c.cost.params, c.cost.macs] if c is not None and c.cost else ["", ""]
+    if len(cells) < width:
+        cells.append(f"{cost.student.images_per_s:.1f}" if cost.student.images_per_s else "")
+        for name in names:
+            c = teachers.get(name)
+            cells.append(f"{c.images_per_s:.1f}" if c is not None and c.images_per_s else "")
+    return cells
 
 
 def write_table(table: pd.DataFrame, path: str | Path, fmt: str = "md") -> Path:
