@@ -256,3 +256,9 @@ def test_preempted_submitit_job_is_requeued_and_resumes_to_the_same_metrics(tmp_
     engine.train(reference)
     pd.testing.assert_frame_equal(_metrics(run), _metrics(tmp_path / "uninterrupted"),
                                   check_exact=False, rtol=0, atol=1e-6)
+
+
+def test_local_jobs_get_the_time_limit_not_submitits_short_default(tmp_path):
+    pytest.importorskip("submitit")
+    options = cluster.ClusterOptions(executor="submitit-local", time_min=77)
+    assert cluster._executor(tmp_path / "jobs", options).parameters["timeout_min"] == 77

@@ -135,6 +135,9 @@ def _executor(folder: Path, options: ClusterOptions):
         ) from None
     if options.executor == "submitit-local":
         executor = submitit.LocalExecutor(folder)
+        # submitit's local default time limit is short: a job past it is signalled, requeued
+        # three times, then failed (seen on the smoke suite with 8 groups on 2 cores)
+        executor.update_parameters(timeout_min=options.time_min)
         if options.setup:
             executor.update_parameters(setup=options.setup)
         return executor
