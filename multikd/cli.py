@@ -184,13 +184,14 @@ def _cmd_models_list(args) -> int:
     from multikd.models.cost import human, model_cost
 
     rows = [describe_architecture(name, args.num_classes) for name in list_models()]
-    print(f"{'name':<12} {'params':>11}  {'MACs':>6}  {'pooled':>6}  "
+    width = max(len("name"), *(len(row["name"]) for row in rows))
+    print(f"{'name':<{width}} {'params':>11}  {'MACs':>6}  {'pooled':>6}  "
           "stage features (C x H x W on 32x32)")
     for row in rows:
         stages = ", ".join("x".join(map(str, s)) for s in row["stage_feature_shapes"])
         pooled = row["pooled_feature_dim"]
         macs = human(model_cost(row["name"], args.num_classes).macs)
-        print(f"{row['name']:<12} {row['params']:>11,}  {macs:>6}  {pooled:>6}  {stages}")
+        print(f"{row['name']:<{width}} {row['params']:>11,}  {macs:>6}  {pooled:>6}  {stages}")
     print("MACs: multiply-accumulates per 32x32 image (convolutions and linear layers).")
     print("timm:<name> builds any timm architecture (no pretrained weights are downloaded).")
     return 0

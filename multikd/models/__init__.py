@@ -13,6 +13,7 @@ from torch import nn
 # Importing the zoo modules registers their architectures.
 from multikd.models import (  # noqa: F401
     mobilenetv2,
+    regnet,
     resnet,
     resnet_imagenet,
     shufflenetv1,

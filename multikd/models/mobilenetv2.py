@@ -1,10 +1,24 @@
 """MobileNetV2 for 32x32 inputs, as the CIFAR knowledge-distillation literature uses it.
 
 Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks", CVPR 2018, in the
-CIFAR variant of RepDistiller (Tian et al., ICLR 2020) that mdistiller reuses: registered as
-``MobileNetV2`` it is their ``mobile_half`` student (expansion 6, width multiplier 0.5).
-Parameter names, shapes and the forward pass match that implementation, so the published
-CIFAR-100 checkpoints load unchanged and give the same logits:
+CIFAR variant of RepDistiller (Tian et al., ICLR 2020) that mdistiller reuses. Two widths of
+the same class are registered, and they are NOT interchangeable (the paper tables that say
+just "MobileNetV2" mean either, and the two differ by several accuracy points):
+
+- ``MobileNetV2`` (aliases ``mobilenetv2``, ``mobile_half``): RepDistiller's ``mobile_half``
+  student, expansion 6, **width multiplier 0.5**, 812,836 parameters (100 classes), 6.5M
+  MACs. The student of RepDistiller/CRD (64.6% top-1 alone on CIFAR-100 in CRD's table),
+  mdistiller (DKD ...), and of multi-teacher code built on RepDistiller's, e.g. MMKD
+  (Rorozhl/MMKD ``model_dict['MobileNetV2']`` is ``mobile_half``);
+- ``MobileNetV2_full`` (aliases ``mobilenetv2_mtkdrl``, ``mobilenetv2_w1``): **width
+  multiplier 1.0**, 2,353,060 parameters, 22.4M MACs; MTKD-RL's student (winycg/MTKD-RL
+  ``model_dict['MobileNetV2']`` is ``mobilenet`` = ``mobilenetv2_T_w(6, 1)``, whose README
+  reports 74.3-74.8% for it distilled), several points above what the half-width model
+  reaches. Same module names; only the channel counts differ (stages f0..f4 have
+  32, 24, 32, 96, 320 channels instead of 16, 12, 16, 48, 160; both pool 1280-d).
+
+Parameter names, shapes, the forward pass and the initialisation match that implementation,
+so the published CIFAR-100 checkpoints load unchanged and give the same logits:
 
 - stem ``conv1`` = 3x3 conv (stride 2) + BN + ReLU, to ``int(32 * width)`` channels;
 - seven stages of inverted residuals ``(t, c, n, s)``: (1,16,1,1), (t,24,2,1), (t,32,3,2),
@@ -14,7 +28,8 @@ CIFAR-100 checkpoints load unchanged and give the same logits:
 - ``conv2`` = 1x1 conv + BN + ReLU to 1280 channels, 2x2 average pool (ceil mode), linear.
 
 Stage features (the literature's f0..f4): stem output and the outputs of stages 1, 2, 4, 6;
-on a 32x32 input with width 0.5 they are 16x16x16, 12x16x16, 16x8x8, 48x4x4, 160x2x2.
+on a 32x32 input with width 0.5 they are 16x16x16, 12x16x16, 16x8x8, 48x4x4, 160x2x2, with
+width 1.0 (``MobileNetV2_full``) 32x16x16, 24x16x16, 32x8x8, 96x4x4, 320x2x2.
 """
 
 from __future__ import annotations
@@ -73,7 +88,11 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    """CIFAR MobileNetV2; ``forward(x)`` returns logits [B, num_classes]."""
+    """CIFAR MobileNetV2; ``forward(x)`` returns logits [B, num_classes].
+
+    ``width_mult`` 0.5 is the registered ``MobileNetV2`` (RepDistiller's ``mobile_half``),
+    1.0 the registered ``MobileNetV2_full`` (MTKD-RL's ``MobileNetV2``); see the module text.
+    """
 
     head_reads_last_stage = True  # forward_head(output of feature_names[-1])
 
@@ -121,5 +140,16 @@ def _round_up(value: int, divisor: int) -> int:
 def mobilenetv2(
     num_classes: int = 100, width_mult: float = 0.5, expand_ratio: int = 6
 ) -> MobileNetV2:
-    """The field's CIFAR student: expansion 6, width 0.5 (RepDistiller's ``mobile_half``)."""
+    """The field's CIFAR student: expansion 6, width 0.5 (RepDistiller's ``mobile_half``,
+    812,836 parameters). Not MTKD-RL's ``MobileNetV2``, which is full width: that one is
+    ``MobileNetV2_full``."""
     return MobileNetV2(num_classes=num_classes, width_mult=width_mult, expand_ratio=expand_ratio)
+
+
+@register_model("MobileNetV2_full", "mobilenetv2_mtkdrl", "mobilenetv2_w1")
+def mobilenetv2_full(num_classes: int = 100, expand_ratio: int = 6) -> MobileNetV2:
+    """Full-width MobileNetV2: expansion 6, width 1.0 (2,353,060 parameters), MTKD-RL's
+    ``MobileNetV2`` student (winycg/MTKD-RL ``models/mobilenetv2.py`` ``mobilenet``).
+    Not the half-width ``MobileNetV2`` (RepDistiller's ``mobile_half``) of CRD, mdistiller
+    and MMKD; the two differ by several accuracy points."""
+    return MobileNetV2(num_classes=num_classes, width_mult=1.0, expand_ratio=expand_ratio)

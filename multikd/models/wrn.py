@@ -2,7 +2,7 @@
 
 The variant of RepDistiller (Tian et al., ICLR 2020), reused by mdistiller, with which the
 field's published ``wrn_40_2`` / ``wrn_16_2`` ... checkpoints were trained. Parameter names,
-shapes and the forward pass match it:
+shapes, the forward pass and the initialisation match it:
 
 - stem ``conv1``: 3x3 conv, 16 channels, no BN or ReLU after it;
 - three ``NetworkBlock`` stages (``block1..3``, module list ``layer``) of
@@ -14,6 +14,9 @@ shapes and the forward pass match it:
 - final ``bn1`` + ReLU, 8x8 average pool, flatten, linear ``fc``.
 
 Stage features (f0..f3): the stem conv, block1, block2, and block3 after the final BN+ReLU.
+
+``wrn_28_4`` is MTKD-RL's teacher (winycg/MTKD-RL ``models/wrn.py``, whose ``WideResNet`` is
+the same class as RepDistiller's, with dropout rate 0): 5.87M parameters, widths 64/128/256.
 """
 
 from __future__ import annotations
@@ -119,5 +122,5 @@ def _register(depth: int, widen_factor: int) -> None:
     register_model(name, name.replace("_", "-"))(build)
 
 
-for _depth, _k in ((16, 1), (16, 2), (40, 1), (40, 2)):
+for _depth, _k in ((16, 1), (16, 2), (28, 4), (40, 1), (40, 2)):
     _register(_depth, _k)
