@@ -22,6 +22,9 @@ them (A B A B ...) ``--reps`` times, and reports the median time of each and the
 - the teachers' forward pass batched (vmap over stacked state) against the loop, and the
       peak memory of each mode (CUDA: ``torch.cuda.max_memory_allocated``; not measured on
       the CPU, where torch's allocations are invisible to tracemalloc).
+- the learned strategies: one epoch of ``mtkd-rl`` and of ``mmkd`` (their own networks'
+      updates included) against ``uniform``, all with the feature term (gamma 5): the
+      price of the policy and of the meta step, as a ratio.
 - the data: one epoch of training batches brought to the device by the batched pipeline
       (whole-batch augmentation on the device) against the per-sample DataLoader
       (``--workers`` processes), after checking that both give the same batches.
@@ -67,6 +70,9 @@ from multikd.atomic import atomic_write_text
 
 log = logging.getLogger("bench_speed")
 
+MEASURES = {"lockstep": "bench_lockstep", "step": "bench_step", "cache": "bench_cache",
+            "batched": "bench_batched", "pipeline": "bench_pipeline", "learned": "bench_learned"}
+"""``--only`` names of the measures, in the order they run."""
 STRATEGIES = ("uniform", "ce-filter", "ca-mkd", "ebkd", "best", "correct-only")
 NUM_TEACHERS = 3
 
@@ -92,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="images per batch of the data-pipeline measure (default 128, as on CIFAR)")
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader workers of the per-sample pipeline (default 0)")
+    p.add_argument("--only", nargs="+", choices=sorted(MEASURES), default=None,
+                   help="run only these measures (default: all)")
     p.add_argument("--out", default="results/speed.md", help="report file (markdown)")
     return p.parse_args(argv)
 
@@ -163,7 +171,7 @@ class Bench:
         self.splits = build_data(self.config("uniform", "data", cache=True), seed=0)
         self._runs = 0
 
-    def config(self, strategy: str, name: str, cache: bool = False) -> RunConfig:
+    def config(self, strategy: str, name: str, cache: bool = False, gamma: float = 0.0) -> RunConfig:
         a = self.args
         cfg = RunConfig(
             kind="distill",
@@ -179,12 +187,13 @@ class Bench:
                                   teacher_cache=str(self.root / "cache") if cache else ""),
             output=OutputConfig(run_dir=str(self.root / "runs" / name), quiet=True),
         )
+        cfg.loss.gamma = gamma
         return resolve(cfg)
 
-    def run(self, strategy: str, cache: bool = False) -> engine.TrainingRun:
+    def run(self, strategy: str, cache: bool = False, gamma: float = 0.0) -> engine.TrainingRun:
         """A prepared run (its teachers' test accuracy is not measured: not timed here)."""
         self._runs += 1
-        cfg = self.config(strategy, f"{strategy}_{self._runs}", cache)
+        cfg = self.config(strategy, f"{strategy}_{self._runs}", cache, gamma)
         run = engine.prepare_run(cfg, splits=self.splits, teacher_acc={})
         run.splits.train.set_epoch(1)
         run.train_loader.sampler.set_epoch(1)
@@ -221,6 +230,31 @@ def bench_lockstep(bench: Bench) -> dict:
     t_lock, t_sep = alternate(bench.timer, lockstep, separate, bench.args.reps)
     return compared("P1 strategy table: lockstep / 6 separate runs (per-batch work)",
                     ("lockstep", t_lock), ("separate", t_sep), "<= 0.35", limit=0.35)
+
+
+# --------------------------------------------------------------------------- learned
+def bench_learned(bench: Bench) -> list[dict]:
+    """MTKD-RL's and MMKD's cost per step (their own updates included: the agent's at the
+    epoch's end, the meta step every ``meta_freq`` steps) against ``uniform`` with the same
+    feature term (gamma 5), one epoch each, alternated."""
+    rows = []
+    for strategy in ("mtkd-rl", "mmkd"):
+        runs = {name: bench.run(name, gamma=5.0) for name in ("uniform", strategy)}
+        batches = bench.batches(runs["uniform"])
+
+        def epoch(run):
+            def go():
+                for step, (x, y, _) in enumerate(batches):
+                    run.train_step(step, x, y)
+                run.parts.module.end_epoch(1)
+            return go
+
+        t_learned, t_uniform = alternate(bench.timer, epoch(runs[strategy]),
+                                         epoch(runs["uniform"]), bench.args.reps)
+        rows.append(compared(f"{strategy} / uniform, logits + features (cost per step)",
+                             (strategy, t_learned), ("uniform", t_uniform), "reported",
+                             note="extra cost of the strategy's own networks and updates"))
+    return rows
 
 
 # --------------------------------------------------------------------------- P2
@@ -481,11 +515,12 @@ def main(argv=None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="multikd-speed-") as tmp:
         bench = Bench(args, Path(tmp))
-        for measure in (bench_lockstep, bench_step, bench_cache, bench_batched, bench_pipeline):
-            result = measure(bench)
-            print(f"{result['name']}: {result['ratio']:.3f} ({_times(*result['a'])}, "
-                  f"{_times(*result['b'])}; target {result['target']})", flush=True)
-            results.append(result)
+        for name in args.only or MEASURES:
+            measured = globals()[MEASURES[name]](bench)
+            for result in measured if isinstance(measured, list) else [measured]:
+                print(f"{result['name']}: {result['ratio']:.3f} ({_times(*result['a'])}, "
+                      f"{_times(*result['b'])}; target {result['target']})", flush=True)
+                results.append(result)
     text = report(results, args, bench.device, command, time.perf_counter() - t0)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

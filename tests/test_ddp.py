@@ -71,3 +71,27 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     pred, label = RunDir(ddp_dir).read_predictions()
     assert len(pred) == SYNTH["test_size"]
     assert 100.0 * (pred == label).mean() == pytest.approx(summary["last_test_acc"], abs=1e-9)
+
+
+@pytest.mark.parametrize("strategy", [
+    ["--strategy", "mtkd-rl", "--strategy-param", "agent_step=1"],
+    ["--strategy", "mmkd", "--strategy-param", "meta_freq=1"],
+])
+def test_learned_strategies_train_under_torchrun(strategy, tmp_path):
+    """The strategy networks stay out of DDP and average their own gradients; MMKD's Gram
+    network is built for the per-process batch (16 of the global 32)."""
+    args = [*ARGS[:7], *ARGS[11:]]  # without ce-filter and its parameter
+    args[args.index("--epochs") + 1] = "1"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    result = subprocess.run(
+        [*torchrun, "-m", "multikd", *args, *strategy, "--out", str(tmp_path)],
+        env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    import torch
+
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    networks = {k: v for k, v in state["learner"].items() if k.startswith("strategy_networks.")}
+    assert networks
+    if "mmkd" in strategy:
+        assert state["learner"]["strategy_networks.feature.layer.weight"].shape[1] == 16 * 3

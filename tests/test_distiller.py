@@ -226,7 +226,7 @@ def test_learner_state_round_trip_restores_student_adapters_and_strategy():
     for _ in range(3):
         d(x, y)  # moves the BN statistics of student and adapters, draws teachers
     state = copy.deepcopy(d.learner_state_dict())
-    assert set(state) == {"student", "adapters", "strategy"}
+    assert set(state) == {"student", "adapters", "strategy_networks", "strategy"}
     d.eval()
     expected = [d(x, y)[1]["total"] for _ in range(6)]
     torch.manual_seed(1)

@@ -214,11 +214,15 @@ def _assert_hot_path(found: dict[int, list]) -> None:
 
 @pytest.mark.parametrize("strategy", list_strategies())
 def test_distill_steps_read_nothing_but_the_log(setup, strategy):
-    _assert_hot_path(_epoch_syncs(setup, strategy, strategy=strategy))
+    from multikd.method.strategies import STRATEGIES
+
+    gamma = 0.5 if STRATEGIES[strategy].needs_features else 0.0  # mtkd-rl reads features
+    _assert_hot_path(_epoch_syncs(setup, strategy, strategy=strategy, gamma=gamma))
 
 
 @pytest.mark.parametrize("name, kw", [
     ("features", {"strategy": "ce-filter", "gamma": 0.5}),
+    ("mmkd_features", {"strategy": "mmkd", "gamma": 0.5}),  # Gram network + meta step
     ("amp_channels_last", {"strategy": "ca-mkd", "amp": True}),
     ("teacher", {"kind": "teacher"}),
 ])

@@ -1,6 +1,6 @@
 """Feature adapters: map the student's tapped feature to each teacher's feature shape.
 
-One adapter per teacher, of one of three kinds (``ADAPTER_KINDS``):
+One adapter per teacher, of one of four kinds (``ADAPTER_KINDS``):
 
 - ``conv1x1`` (multikd's default; FitNets' regressor, Romero et al. 2015, in its common
   1x1 form): resize, then 1x1 convolution (no bias; BN supplies it) + BatchNorm
@@ -17,6 +17,11 @@ One adapter per teacher, of one of three kinds (``ADAPTER_KINDS``):
   teacher's size, then 3x3 conv, padding 1. Convs with bias, then BatchNorm + ReLU. Other
   ratios raise a :class:`~multikd.errors.ModelError` (RepDistiller raises too; CA-MKD's
   copy would build a 3x3 conv whose output does not match the teacher).
+
+- ``mmkd``: MMKD's ``MatchFeature`` (Rorozhl/MMKD ``models/meta_util.py``): the same
+  1x1 conv with bias + BN + ReLU as ``embed``, but a student map smaller than the teacher's
+  is not enlarged: the teacher's map is average-pooled to the student's size instead
+  (:meth:`FeatureAdapter.target`); a larger student map is pooled to the teacher's.
 
 Resizing (``conv1x1``, ``embed``): when the student map is at least as large as the
 teacher's in both dimensions it is shrunk by adaptive average pooling (an exact average
@@ -41,7 +46,7 @@ from torch import nn
 from multikd.errors import ModelError
 
 Shape = tuple[int, ...]
-ADAPTER_KINDS = ("conv1x1", "embed", "convreg")
+ADAPTER_KINDS = ("conv1x1", "embed", "convreg", "mmkd")
 
 
 class FeatureAdapter(nn.Module):
@@ -85,6 +90,11 @@ class FeatureAdapter(nn.Module):
         """Everything before the BatchNorm: resize, then the 1x1 convolution."""
         return self.conv(_resize(x, tuple(self.out_shape[1:]) or (1, 1)))
 
+    def target(self, teacher_feature: torch.Tensor) -> torch.Tensor:
+        """The teacher feature the adapted student feature is compared with (itself, except
+        for the ``mmkd`` kind, which may pool it)."""
+        return teacher_feature
+
     def extra_repr(self) -> str:
         return f"{self.kind}: {self.in_shape} -> {self.out_shape}, relu={self.relu}"
 
@@ -100,6 +110,30 @@ class EmbedAdapter(FeatureAdapter):
     def _build(self) -> None:
         self.conv = nn.Conv2d(self.in_shape[0], self.out_shape[0], kernel_size=1, bias=True)
         self.bn = nn.BatchNorm2d(self.out_shape[0])
+
+
+class MatchEmbedAdapter(EmbedAdapter):
+    """MMKD's ``MatchFeature`` branch for one teacher (kind ``mmkd``, module doc)."""
+
+    kind = "mmkd"
+
+    def _pools_teacher(self) -> bool:
+        return len(self.in_shape) == 3 and self.in_shape[1] <= self.out_shape[1]
+
+    def _transform(self, x: torch.Tensor) -> torch.Tensor:
+        if self._pools_teacher():
+            return self.conv(x)
+        return super()._transform(x)
+
+    def target(self, teacher_feature: torch.Tensor) -> torch.Tensor:
+        if not self._pools_teacher() or teacher_feature.shape[-2:] == _map_size(self.in_shape):
+            return teacher_feature
+        return F.adaptive_avg_pool2d(teacher_feature, _map_size(self.in_shape))
+
+
+def _map_size(shape: Shape) -> tuple[int, int]:
+    """The ``(H, W)`` of a per-sample map shape ``(C, H, W)``."""
+    return tuple(shape[1:3])
 
 
 class ConvRegAdapter(FeatureAdapter):
@@ -149,14 +183,17 @@ class ConvRegAdapter(FeatureAdapter):
         return self.conv(x)
 
 
-_KINDS = {"conv1x1": FeatureAdapter, "embed": EmbedAdapter, "convreg": ConvRegAdapter}
+_KINDS = {
+    "conv1x1": FeatureAdapter, "embed": EmbedAdapter, "convreg": ConvRegAdapter,
+    "mmkd": MatchEmbedAdapter,
+}
 
 
 def build_adapter(
     in_shape: Sequence[int], out_shape: Sequence[int], kind: str = "conv1x1", relu: bool = False
 ) -> FeatureAdapter:
     """One adapter of ``kind`` (``ADAPTER_KINDS``); ``relu`` applies to ``conv1x1`` only
-    (``embed`` and ``convreg`` always end in ReLU, as their sources do)."""
+    (``embed``, ``mmkd`` and ``convreg`` always end in ReLU, as their sources do)."""
     if kind not in _KINDS:
         raise ModelError(f"unknown adapter kind {kind!r}; choose one of {', '.join(ADAPTER_KINDS)}")
     if kind == "conv1x1":

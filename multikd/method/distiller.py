@@ -25,7 +25,7 @@ from multikd.method.logit_losses import (
     dkd_warmup_factor,
     logit_loss_per_teacher,
 )
-from multikd.method.losses import feature_loss, weighted_teacher_mean
+from multikd.method.losses import feature_loss_per_teacher, weighted_teacher_mean
 from multikd.method.strategies import StepContext, Strategy, check_finite
 from multikd.models.taps import FeatureTap
 
@@ -142,6 +142,7 @@ class MultiTeacherDistiller(nn.Module):
         feature_start_epoch: int | None = None,
         feature_grad: bool = True,
         example_input: torch.Tensor | None = None,
+        batch_size: int | None = None,
     ):
         super().__init__()
         if not isinstance(ensemble, TeacherEnsemble):
@@ -216,14 +217,28 @@ class MultiTeacherDistiller(nn.Module):
                 f"the student predicts {classes} classes but the teachers predict "
                 f"{ensemble.num_classes}; build all models for the same dataset"
             )
+        student_shape = teacher_shapes = None
         if self.use_features:
             student_shape = tuple(student_out[1][self.student_feature].shape[1:])
+            teacher_shapes = [tuple(s) for s in ensemble.feature_shapes(example)]
             self.adapters = build_adapters(
-                student_shape, ensemble.feature_shapes(example), relu=adapter_relu,
-                kind=self.adapter,
+                student_shape, teacher_shapes, relu=adapter_relu, kind=self.adapter,
             )
         else:
             self.adapters = nn.ModuleList()
+        if strategy.needs_features and not self.use_features:
+            raise ConfigError(
+                f"strategy {strategy.name!r} weights teachers by the student's and the teachers' "
+                "features, but loss.gamma is 0, so none are tapped: set loss.gamma > 0 (the "
+                "strategy's reference value is in the README's strategy table)"
+            )
+        self.strategy_networks = nn.ModuleList()
+        if strategy.learns:
+            from multikd.method.learned import StrategySpec
+
+            self.strategy_networks = strategy.bind(StrategySpec(
+                ensemble.num_teachers, classes, teacher_shapes, student_shape, batch_size,
+            ))
 
     def set_epoch(self, epoch: int) -> None:
         """The 1-based epoch the next steps belong to (DKD's warmup, the feature term's start)."""
@@ -281,35 +296,39 @@ class MultiTeacherDistiller(nn.Module):
         if teacher_out is None:
             teacher_out = self.ensemble(x, y, features=self.use_features)
         self._check_teacher_out(teacher_out, y, x.device)
-        if self._tap is not None:
-            logits, tapped = self._tap(x)
-        else:
-            logits = self.student(x)
+        logits, student_feature, adapted = self.forward_student(x)
+        strategy = self.strategy
         context = None
-        if self.strategy.needs_student:
+        if strategy.needs_student or strategy.needs_features:
             context = StepContext(logits.detach(), self.temperature, self.epoch)
-        selection = self.strategy.select(
+            if strategy.learns or strategy.needs_features:
+                if student_feature is not None:
+                    context.student_feature = student_feature.detach()
+                    context.adapted = [a.detach() for a in adapted]
+                    context.teacher_features = [f.detach() for f in teacher_out.features]
+        selection = strategy.select(
             teacher_out.ce, teacher_out.logits, y, check=False, context=context
         )
         weights = selection.weights
         teacher_logits = teacher_out.logits.detach()
         ce = F.cross_entropy(logits, y)
-        per_teacher = logit_loss_per_teacher(
-            self.logit_loss, logits, teacher_logits, y, self.temperature, self._loss_params(),
-            self.logit_standardize,
-        )
-        kd = _scaled(self._reduction_scale(self.strategy.weight_mass(weights.shape[0]),
-                                           weights.shape[0]),
+        per_teacher = self.per_teacher_logit_loss(logits, teacher_logits, y)
+        kd = _scaled(self._reduction_scale(strategy.weight_mass(weights.shape[0]),
+                                           weights.shape[0]) * selection.scale,
                      weighted_teacher_mean(per_teacher, weights))
         if self._warmup is not None:
             kd = _scaled(dkd_warmup_factor(self.epoch, self._warmup), kd)
         total = _scaled(self.alpha, ce) + _scaled(self.beta, kd)
+        per_feature = None
         if self.use_features:
-            feat = self._feature_term(tapped[self.student_feature], teacher_out, weights, y)
+            feat, per_feature = self._feature_term(adapted, teacher_out, selection, y)
             if self.epoch >= self.feature_start_epoch:
                 total = total + _scaled(self.gamma, feat)
         else:
             feat = self._zero_on(logits.device)
+        if strategy.learns:
+            self._observe(x, y, logits, student_feature, teacher_out, per_teacher, per_feature,
+                          selection)
         with torch.no_grad():  # no graph: the detach()es it saves would be ops
             info = {
                 "teachers": list(self.ensemble.names),
@@ -319,19 +338,75 @@ class MultiTeacherDistiller(nn.Module):
             }
         return logits, {"ce": ce, "kd": kd, "feat": feat, "total": total}, info
 
-    def _feature_term(self, student_feature, teacher_out, weights, y) -> torch.Tensor:
-        """``r_v * mean_i sum_k v_ki * mean_e (a_k(f_s)_i - f_tk,i)^2`` (see the class doc)."""
+    def forward_student(self, x: torch.Tensor):
+        """``(logits [B,C], tapped feature or None, adapted features (one per teacher))``."""
+        if self._tap is None:
+            return self.student(x), None, []
+        logits, tapped = self._tap(x)
+        feature = tapped[self.student_feature]
+        return logits, feature, [adapter(feature) for adapter in self.adapters]
+
+    def per_teacher_logit_loss(self, logits, teacher_logits, y) -> torch.Tensor:
+        """``[K,B]``: the configured logit loss of the student against each teacher."""
+        return logit_loss_per_teacher(
+            self.logit_loss, logits, teacher_logits, y, self.temperature, self._loss_params(),
+            self.logit_standardize,
+        )
+
+    def per_teacher_feature_loss(self, adapted, teacher_features) -> torch.Tensor:
+        """``[K,B]``: ``mean_e (a_k(f_s)_i - f_tk,i)^2`` against each teacher's feature (as
+        its adapter compares it, :meth:`FeatureAdapter.target`)."""
+        targets = [a.target(f.detach()) for a, f in zip(self.adapters, teacher_features)]
+        return feature_loss_per_teacher(adapted, targets)
+
+    def _feature_term(self, adapted, teacher_out, selection, y):
+        """``r_v * mean_i sum_k v_ki * mean_e (a_k(f_s)_i - f_tk,i)^2`` (see the class doc),
+        and the per-teacher, per-sample terms ``[K,B]`` it weights."""
+        weights = selection.weights
         k = weights.shape[0]
-        adapted = [adapter(student_feature) for adapter in self.adapters]
+        scale = 1.0
         if self.feature_weights == "strategy":
-            v, mass = weights, self.strategy.weight_mass(k)
+            v, mass, scale = weights, self.strategy.weight_mass(k), selection.scale
+            if selection.feature_weights is not None:
+                v = selection.feature_weights
         elif self.feature_weights == "uniform":
             v, mass = torch.full_like(weights, 1.0 / k), float(k)
         else:
             v, mass = self._head_weights(adapted, y), 1.0
-        targets = [feature.detach() for feature in teacher_out.features]
-        feat = _scaled(self._reduction_scale(mass, k), feature_loss(adapted, targets, v))
-        return feat if self.feature_grad else feat.detach()
+        per_feature = self.per_teacher_feature_loss(adapted, teacher_out.features)
+        feat = _scaled(self._reduction_scale(mass, k) * scale,
+                       weighted_teacher_mean(per_feature, v))
+        return (feat if self.feature_grad else feat.detach()), per_feature
+
+    def _observe(self, x, y, logits, student_feature, teacher_out, per_teacher, per_feature,
+                 selection) -> None:
+        """Hand a learned strategy the step's per-sample losses (:meth:`LearnedStrategy.observe`)."""
+        from multikd.method.learned import StepRecord
+
+        with torch.no_grad():
+            self.strategy.observe(StepRecord(
+                x=x, y=y, student_logits=logits.detach(), teacher_logits=teacher_out.logits.detach(),
+                student_ce=F.cross_entropy(logits.detach(), y, reduction="none"),
+                logit_loss=per_teacher.detach(), selection=selection,
+                student_feature=None if student_feature is None else student_feature.detach(),
+                teacher_features=None if teacher_out.features is None or not self.use_features
+                else [f.detach() for f in teacher_out.features],
+                feature_loss=None if per_feature is None else per_feature.detach(),
+                alpha=self.alpha, beta=self.beta, gamma=self.gamma,
+            ))
+
+    def after_step(self, optimizer, step: int, steps_per_epoch: int) -> None:
+        """Called by the engine after the optimizer step: a learned strategy's own update
+        (:meth:`LearnedStrategy.after_step`); nothing for the others."""
+        if self.strategy.learns:
+            from multikd.method.learned import AfterStep
+
+            self.strategy.after_step(AfterStep(self, optimizer, step, steps_per_epoch, self.epoch))
+
+    def end_epoch(self, epoch: int) -> None:
+        """Called by the engine before the epoch's checkpoint (:meth:`LearnedStrategy.end_epoch`)."""
+        if self.strategy.learns:
+            self.strategy.end_epoch(epoch)
 
     def _head_weights(self, adapted: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
         """CA-MKD's feature weights ``[K,B]``: ``(1 - softmax_k CE(head_k(a_k(f_s)), y)) /
@@ -392,11 +467,13 @@ class MultiTeacherDistiller(nn.Module):
         return student + list(self.adapters.parameters())
 
     def learner_state_dict(self) -> dict:
-        """What a checkpoint needs to continue: ``{"student", "adapters", "strategy"}``
-        (the teachers are rebuilt from their own checkpoints)."""
+        """What a checkpoint needs to continue: ``{"student", "adapters",
+        "strategy_networks", "strategy"}`` (the teachers are rebuilt from their own
+        checkpoints)."""
         return {
             "student": self.student.state_dict(),
             "adapters": self.adapters.state_dict(),
+            "strategy_networks": self.strategy_networks.state_dict(),
             "strategy": self.strategy.state_dict(),
         }
 
@@ -407,6 +484,7 @@ class MultiTeacherDistiller(nn.Module):
             raise ModelError(f"learner state lacks {sorted(missing)}; it holds {sorted(state)}")
         self.student.load_state_dict(state["student"])
         self.adapters.load_state_dict(state["adapters"])
+        self.strategy_networks.load_state_dict(state.get("strategy_networks", {}))
         self.strategy.load_state_dict(state["strategy"])
 
 

@@ -32,8 +32,8 @@ def kd_loss(
     their mean. The teacher side is a constant target only if the caller detaches it.
     """
     _check_reduction(reduction)
-    log_q = F.log_softmax(student.float() / temperature, dim=-1)
-    log_p = F.log_softmax(teacher.float() / temperature, dim=-1)
+    log_q = F.log_softmax(_wide(student) / temperature, dim=-1)
+    log_p = F.log_softmax(_wide(teacher) / temperature, dim=-1)
     per_row = (log_p.exp() * (log_p - log_q)).sum(-1) * temperature**2
     return per_row.mean() if reduction == "batchmean" else per_row
 
@@ -50,7 +50,7 @@ def mse_logit_loss(
     mean over the C classes; ``reduction`` as in :func:`kd_loss`.
     """
     _check_reduction(reduction)
-    per_row = (student.float() - teacher.float()).pow(2).mean(-1)
+    per_row = (_wide(student) - _wide(teacher)).pow(2).mean(-1)
     return per_row.mean() if reduction == "batchmean" else per_row
 
 
@@ -63,7 +63,7 @@ def weighted_teacher_mean(per_teacher: torch.Tensor, weights: torch.Tensor) -> t
             f"per-teacher losses {tuple(per_teacher.shape)} and weights "
             f"{tuple(weights.shape)} must both be [K,B]"
         )
-    return (weights.float() * per_teacher).sum(0).mean()
+    return (_wide(weights) * per_teacher).sum(0).mean()
 
 
 def multi_teacher_kd_loss(
@@ -105,6 +105,15 @@ def feature_loss(
             f"{len(adapted)} adapted, {len(teacher_features)} teacher features, "
             f"{weights.shape[0]} weight rows"
         )
+    return weighted_teacher_mean(feature_loss_per_teacher(adapted, teacher_features), weights)
+
+
+def feature_loss_per_teacher(
+    adapted: Sequence[torch.Tensor], teacher_features: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """``[K,B]``: ``mean_e (a_k(f_s)_ie - f_tk,ie)^2`` per teacher and sample, the terms
+    :func:`feature_loss` weights (MTKD-RL's ``FeatureMSELoss``, MMKD's ``MatchFeature``
+    before their weighting)."""
     per_teacher = []
     for k, (a, t) in enumerate(zip(adapted, teacher_features)):
         if a.shape != t.shape:
@@ -112,8 +121,8 @@ def feature_loss(
                 f"adapted student feature {tuple(a.shape)} does not match teacher {k}'s "
                 f"feature {tuple(t.shape)}"
             )
-        per_teacher.append((a.float() - t.float()).pow(2).flatten(1).mean(1))
-    return weighted_teacher_mean(torch.stack(per_teacher), weights)
+        per_teacher.append((_wide(a) - _wide(t)).pow(2).flatten(1).mean(1))
+    return torch.stack(per_teacher)
 
 
 def _check_reduction(reduction: str) -> None:
@@ -127,3 +136,9 @@ def _check_logits(student: torch.Tensor, teachers: torch.Tensor) -> None:
             f"expected student logits [B,C] and teacher logits [K,B,C] with the same B and C; "
             f"got {tuple(student.shape)} and {tuple(teachers.shape)}"
         )
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """float32 for half-precision input (AMP), float64 kept: losses are computed in at
+    least float32."""
+    return x if x.dtype == torch.float64 else x.float()

@@ -46,14 +46,28 @@ class StepContext:
     student_logits: torch.Tensor | None = None
     temperature: float = 4.0
     epoch: int = 1
+    student_feature: torch.Tensor | None = None
+    """The student's tapped feature (detached), for strategies that :attr:`Strategy.needs_features`."""
+    adapted: list[torch.Tensor] | None = None
+    """The student feature through each teacher's adapter (detached), one per teacher."""
+    teacher_features: list[torch.Tensor] | None = None
+    """Each teacher's tapped feature (detached)."""
 
 
 @dataclass
 class Selection:
-    """A strategy's decision for one batch: ``weights [K,B]`` and ``kept [K,B]`` (bool)."""
+    """A strategy's decision for one batch: ``weights [K,B]`` and ``kept [K,B]`` (bool).
+
+    Learned strategies may also give ``feature_weights [K,B]`` (columns summing to 1), used
+    by the feature term under ``loss.feature_weights: strategy`` instead of ``weights``, and
+    a ``scale``: the source's own weights are ``scale * weights`` (MTKD-RL gives every
+    teacher weight 1 in its first epoch: ``weights = 1/K``, ``scale = K``), which multiplies
+    the logit and the feature term."""
 
     weights: torch.Tensor
     kept: torch.Tensor
+    feature_weights: torch.Tensor | None = None
+    scale: float = 1.0
 
 
 class Strategy:
@@ -70,6 +84,12 @@ class Strategy:
     the weighted sum over teachers divided by K), ``feature_weights``, ``adapter``,
     ``feature_stage``, ``feature_start_epoch``. ``loss.<key>: reference`` (the default)
     resolves to these, see :func:`reference_loss`."""
+    needs_features = False
+    """True for strategies that read the student's and the teachers' features from the
+    :class:`StepContext` (they need ``loss.gamma`` > 0, which taps them)."""
+    learns = False
+    """True for strategies with networks and an optimizer of their own
+    (:class:`multikd.method.learned.LearnedStrategy`)."""
     reference_weight_mass = None
     """Per-sample total of the source's own weights as a function of K, when it is not 1
     (EBKD's ``1 - H_k / sum H`` sums to K - 1): the ``mean`` reduction scales by it, so
@@ -86,7 +106,7 @@ class Strategy:
         _check_shapes(ce, logits, labels)
         if check:
             check_finite(ce, logits)
-        if self.needs_student:
+        if self.needs_student or self.needs_features:
             if context is None or context.student_logits is None:
                 raise StrategyError(
                     f"strategy {self.name!r} weights teachers by the student's logits: pass "
@@ -544,3 +564,5 @@ def _choice(strategy: str, name: str, value, choices: Sequence[str]) -> str:
 
 
 from multikd.method import aekd  # noqa: E402,F401  (registers "aekd")
+from multikd.method import mtkd_rl  # noqa: E402,F401  (registers "mtkd-rl")
+from multikd.method import mmkd  # noqa: E402,F401  (registers "mmkd")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from multikd.train import distributed as ddp
 from multikd.train.config import RunConfig
 from multikd.method.distiller import SupervisedLearner
 from multikd.errors import ConfigError
@@ -96,6 +97,7 @@ def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
         taps=loss.taps,
         feature_start_epoch=loss.feature_start_epoch,
         feature_grad=loss.feature_grad,
+        batch_size=cfg.optim.batch_size // max(1, ddp.detect().world_size),
     )
     return Learner(distiller, model, distiller.ensemble, strategy, tuple(names))
 

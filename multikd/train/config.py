@@ -129,9 +129,10 @@ class LossConfig:
         "adapted student feature (reference: ca-mkd teacher-head, others strategy)",
     )
     adapter: str = _choice(
-        "reference", ("reference", "conv1x1", "embed", "convreg"),
-        "feature adapter: 1x1 conv+BN, CA-MKD's embed (1x1 conv+BN+ReLU), FitNet's convreg "
-        "(reference: ca-mkd embed, fitnet-mkd convreg, others conv1x1)",
+        "reference", ("reference", "conv1x1", "embed", "convreg", "mmkd"),
+        "feature adapter: 1x1 conv+BN, CA-MKD's embed (1x1 conv+BN+ReLU), FitNet's convreg, "
+        "MMKD's embed that pools the larger map (reference: ca-mkd and mtkd-rl embed, "
+        "fitnet-mkd convreg, mmkd mmkd, others conv1x1)",
     )
     adapter_relu: bool = _doc(False, "ReLU after the conv1x1 adapter's BN")
     feature_start_epoch: Optional[int] = _doc(
@@ -558,6 +559,12 @@ def _resolve_strategy(cfg: RunConfig) -> None:
     create_strategy(cfg.strategy.name, **cfg.strategy.params)
     cls = STRATEGIES[cfg.strategy.name.strip().lower().replace("_", "-")]
     _resolve_reference(cfg.loss, cls.reference_loss())
+    if cls.needs_features and cfg.loss.gamma <= 0:
+        raise ConfigError(
+            f"strategy {cls.name!r} weights teachers by the student's and the teachers' "
+            f"features, but loss.gamma is {cfg.loss.gamma}, so none are tapped: set --gamma "
+            "> 0 (the README's strategy table gives its reference value)"
+        )
     if "seed" in inspect.signature(cls.__init__).parameters and "seed" not in cfg.strategy.params:
         cfg.strategy.params["seed"] = cfg.runtime.seed
 

@@ -88,13 +88,17 @@ def broadcast_buffers(module: nn.Module, env: DistEnv) -> None:
             dist.broadcast(buffer, src=0)
 
 
-def wrap(learner: nn.Module, frozen: nn.Module | None, device: torch.device, env: DistEnv):
-    """``learner`` under DDP with the parameters and buffers of ``frozen`` (the teachers)
-    excluded from synchronisation; the learner itself when running in one process."""
+def wrap(learner: nn.Module, frozen, device: torch.device, env: DistEnv):
+    """``learner`` under DDP with the parameters and buffers of ``frozen`` (a module or a
+    list of modules and Nones: the teachers, a learned strategy's networks, which average
+    their gradients themselves) excluded from synchronisation; the learner itself when
+    running in one process."""
     if not env.enabled:
         return learner
-    if frozen is not None:
-        frozen_ids = {id(t) for t in list(frozen.parameters()) + list(frozen.buffers())}
+    frozen = [m for m in (frozen if isinstance(frozen, (list, tuple)) else [frozen])
+              if m is not None]
+    if frozen:
+        frozen_ids = {id(t) for m in frozen for t in list(m.parameters()) + list(m.buffers())}
         ignored = [
             name
             for name, t in list(learner.named_parameters()) + list(learner.named_buffers())

@@ -226,6 +226,9 @@ class TrainingRun:
         seed_everything(cfg.runtime.seed)
         self.parts: Learner = build_learner(cfg, self.splits.num_classes)
         self._place_models()
+        strategy = self.parts.strategy
+        self._after_step = self.parts.module.after_step if getattr(strategy, "learns", False) \
+            else None
         self._build_loaders()
         self._build_optimizer()
         self.teacher_cache = None
@@ -272,7 +275,9 @@ class TrainingRun:
             if parts.ensemble is not None:
                 for teacher in parts.ensemble.teachers:
                     teacher.compile()
-        self.train_module = ddp.wrap(parts.module, parts.ensemble, self.device, self.env)
+        # the teachers are frozen; a learned strategy's networks average their own gradients
+        frozen = [parts.ensemble, getattr(parts.module, "strategy_networks", None)]
+        self.train_module = ddp.wrap(parts.module, frozen, self.device, self.env)
 
     def _build_loaders(self) -> None:
         from multikd import data
@@ -461,6 +466,8 @@ class TrainingRun:
         self.scaler.scale(losses["total"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self._after_step is not None:  # a learned strategy's own update (MMKD's meta step)
+            self._after_step(self.optimizer, step, self.steps_per_epoch)
         self.scheduler.step()
         self.meter.add(step, logits, y, losses, info)
         if (step + 1) % self.cfg.output.log_interval == 0 and step + 1 < self.steps_per_epoch:
@@ -469,6 +476,9 @@ class TrainingRun:
 
     def end_epoch(self, epoch: int, train_time: float) -> dict:
         """Evaluate, then checkpoint and write metrics.csv (rank 0); the epoch's row."""
+        end_strategy_epoch = getattr(self.parts.module, "end_epoch", None)
+        if callable(end_strategy_epoch):  # a learned strategy's end-of-epoch update
+            end_strategy_epoch(epoch)
         train = self.meter.finish(self.parts.teacher_names)
         t0 = time.perf_counter()
         evaluated = self._evaluate_all()
