@@ -49,6 +49,9 @@ _SUITE_KEYS = {
     "expected test accuracy (default 1.0)",
     "cpu_threads": "intra-op CPU threads while the suite runs (torch.set_num_threads; "
     "default: torch's choice)",
+    "labeled_fractions": "list of data.labeled_fraction values: every teacher set's runs "
+    "repeated for each, in folders SET@labeledF (the student alone learns from that labelled "
+    "part; the teachers are trained on all labels)",
 }
 _TEACHER_KEYS = ("arch", "seed", "published", "expected_acc", "recipe", "synthetic")
 _STRATEGY_KEYS = ("name", "params", "label", "loss", "variants")
@@ -101,6 +104,7 @@ class Suite:
     baseline: bool
     seeds: list[int]
     acc_tolerance: float = 1.0
+    labeled_fractions: list[float] | None = None
     description: str = ""
     cpu_threads: int | None = None
 
@@ -220,7 +224,19 @@ def parse_suite(raw: dict, source: str = "suite") -> Suite:
         not isinstance(threads, int) or isinstance(threads, bool) or threads < 1
     ):
         raise ConfigError(f"{where}: 'cpu_threads' must be a positive integer, got {threads!r}")
+    fractions = raw.get("labeled_fractions")
+    if fractions is not None and (
+        not isinstance(fractions, list) or not fractions
+        or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1
+               for f in fractions)
+        or len(set(fractions)) != len(fractions)
+    ):
+        raise ConfigError(
+            f"{where}: 'labeled_fractions' must be a non-empty list of distinct numbers in "
+            f"[0, 1] (shares of training images that keep their label), got {fractions!r}"
+        )
     return Suite(
+        labeled_fractions=None if fractions is None else [float(f) for f in fractions],
         name=str(raw.get("name", Path(source).stem)),
         cpu_threads=threads,
         source=source,
@@ -556,14 +572,16 @@ def expand(
     for set_name in dict.fromkeys(name for name, _ in suite.pairs):
         students = [s for name, students in suite.pairs if name == set_name for s in students]
         ids = suite.teacher_sets[set_name]
-        for seed in suite.seeds:
-            runs = [
-                _student_run(suite, out, set_name, ids, jobs, student, seed, strategy, variant,
-                             sets)
-                for student in students
-                for strategy, variant in _labels(suite)
-            ]
-            groups.append(LockstepGroup(set_name, seed, list(ids), runs))
+        for fraction in suite.labeled_fractions or [None]:
+            folder = set_name if fraction is None else f"{set_name}@labeled{fraction:g}"
+            for seed in suite.seeds:
+                runs = [
+                    _student_run(suite, out, folder, ids, jobs, student, seed, strategy,
+                                 variant, sets, fraction)
+                    for student in students
+                    for strategy, variant in _labels(suite)
+                ]
+                groups.append(LockstepGroup(folder, seed, list(ids), runs))
     return Plan(suite, out, jobs, groups, sets)
 
 
@@ -580,11 +598,13 @@ def run_label(strategy: StrategySpec | None, variant: str) -> str:
 
 
 def _student_run(
-    suite, out, set_name, ids, jobs, student, seed, strategy, variant, sets
+    suite, out, set_name, ids, jobs, student, seed, strategy, variant, sets, fraction=None
 ) -> StudentRun:
     label = run_label(strategy, variant)
     config = RunConfig(kind="student" if strategy is None else "distill")
     _apply(config, {"data": suite.data, **suite.recipe}, [])
+    if fraction is not None:
+        config.data.labeled_fraction = fraction
     config.model.arch = student
     config.runtime.seed = seed
     arch_dir = student.replace(":", "-").replace("/", "-")

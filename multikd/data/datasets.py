@@ -136,9 +136,14 @@ def _synthetic_arrays(options: dict | None):
 
 
 def build_datasets(name: str, data_root=None, val_size: int = 0, seed: int = 0,
-                   synthetic: dict | None = None, return_index: bool = False) -> DataSplits:
+                   synthetic: dict | None = None, return_index: bool = False,
+                   labeled_fraction: float = 1.0, unlabeled_dir: str | None = None) -> DataSplits:
     """Train (augmented, views seeded by ``seed``), optional val (``val_size`` images carved
     from train, stratified by class, chosen by ``seed``), and the untouched test split.
+
+    ``labeled_fraction`` < 1 keeps the labels of a class-balanced subset of the training
+    images only (the others get :data:`~multikd.data.transfer.UNLABELED`), and
+    ``unlabeled_dir`` appends a folder of unlabelled images (:mod:`multikd.data.transfer`).
 
     ``synthetic``: options of :func:`make_synthetic` (``name="synthetic"`` only). Val and test
     use the test transform (normalize only). The synthetic set uses CIFAR-100's constants.
@@ -159,6 +164,17 @@ def build_datasets(name: str, data_root=None, val_size: int = 0, seed: int = 0,
         train_idx, val_idx = stratified_split(tr_y, val_size, seed)
         val = ImageDataset(tr_x[val_idx], tr_y[val_idx], mean, std)
         tr_x, tr_y = tr_x[train_idx], tr_y[train_idx]
+    if labeled_fraction < 1.0:
+        from multikd.data.transfer import labeled_subset, mask_labels
+
+        tr_y = mask_labels(tr_y, labeled_subset(tr_y, labeled_fraction, seed))
+    if unlabeled_dir:
+        from multikd.data.transfer import UNLABELED, read_image_folder
+
+        extra = read_image_folder(unlabeled_dir)
+        tr_x = np.concatenate([tr_x, extra])
+        tr_y = np.concatenate([np.asarray(tr_y, dtype=np.int64),
+                               np.full(len(extra), UNLABELED, dtype=np.int64)])
     return DataSplits(
         train=ImageDataset(tr_x, tr_y, mean, std, augment=True, seed=seed,
                            return_index=return_index),

@@ -25,11 +25,17 @@ from multikd.method.logit_losses import (
     dkd_warmup_factor,
     logit_loss_per_teacher,
 )
-from multikd.method.losses import feature_loss_per_teacher, weighted_teacher_mean
+from multikd.method.losses import (
+    UNLABELED,
+    feature_loss_per_teacher,
+    labeled_ce,
+    weighted_teacher_mean,
+)
 from multikd.method.strategies import StepContext, Strategy, check_finite
 from multikd.models.taps import FeatureTap
 
 FEATURE_WEIGHTS = ("strategy", "uniform", "teacher-head")
+UNLABELED_CE = ("entropy", "labeled")
 TEACHER_REDUCTIONS = ("sum", "mean")
 TAPS = ("stages", "repdistiller")
 REFERENCE = "reference"
@@ -38,16 +44,18 @@ REFERENCE = "reference"
 class SupervisedLearner(nn.Module):
     """Plain cross-entropy training of one model (teachers, and the student-alone baseline).
 
-    loss = CE(model(x), y)
+    loss = CE(model(x), y), over the labelled samples only with ``partial_labels``
+    (:func:`labeled_ce`)
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, partial_labels: bool = False):
         super().__init__()
         self.student = model
+        self.partial_labels = bool(partial_labels)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor):
         logits = self.student(x)
-        ce = F.cross_entropy(logits, y)
+        ce = labeled_ce(logits, y) if self.partial_labels else F.cross_entropy(logits, y)
         return logits, {"ce": ce, "total": ce}, {}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -143,6 +151,8 @@ class MultiTeacherDistiller(nn.Module):
         feature_grad: bool = True,
         example_input: torch.Tensor | None = None,
         batch_size: int | None = None,
+        partial_labels: bool = False,
+        unlabeled_ce: str = "entropy",
     ):
         super().__init__()
         if not isinstance(ensemble, TeacherEnsemble):
@@ -179,6 +189,8 @@ class MultiTeacherDistiller(nn.Module):
             ref["feature_start_epoch"] if feature_start_epoch is None else int(feature_start_epoch)
         )
         self.feature_grad = bool(feature_grad)
+        self.partial_labels = bool(partial_labels)
+        self.unlabeled_ce = _choice("unlabeled_ce", unlabeled_ce, UNLABELED_CE)
         self.student = student
         self.ensemble = ensemble
         self.strategy = strategy
@@ -238,6 +250,7 @@ class MultiTeacherDistiller(nn.Module):
 
             self.strategy_networks = strategy.bind(StrategySpec(
                 ensemble.num_teachers, classes, teacher_shapes, student_shape, batch_size,
+                self.partial_labels,
             ))
 
     def set_epoch(self, epoch: int) -> None:
@@ -306,12 +319,13 @@ class MultiTeacherDistiller(nn.Module):
                     context.student_feature = student_feature.detach()
                     context.adapted = [a.detach() for a in adapted]
                     context.teacher_features = [f.detach() for f in teacher_out.features]
-        selection = strategy.select(
-            teacher_out.ce, teacher_out.logits, y, check=False, context=context
-        )
+        teacher_ce = teacher_out.ce
+        if self.partial_labels:
+            teacher_ce = unlabeled_teacher_ce(teacher_ce, teacher_out.logits, y, self.unlabeled_ce)
+        selection = strategy.select(teacher_ce, teacher_out.logits, y, check=False, context=context)
         weights = selection.weights
         teacher_logits = teacher_out.logits.detach()
-        ce = F.cross_entropy(logits, y)
+        ce = labeled_ce(logits, y) if self.partial_labels else F.cross_entropy(logits, y)
         per_teacher = self.per_teacher_logit_loss(logits, teacher_logits, y)
         kd = _scaled(self._reduction_scale(strategy.weight_mass(weights.shape[0]),
                                            weights.shape[0]) * selection.scale,
@@ -333,7 +347,8 @@ class MultiTeacherDistiller(nn.Module):
             info = {
                 "teachers": list(self.ensemble.names),
                 "weights": weights.mean(1),
-                "ce": teacher_out.ce_mean.detach().float(),
+                "ce": (teacher_ce.mean(1) if self.partial_labels else teacher_out.ce_mean)
+                .detach().float(),
                 "kept": selection.kept.float().mean(1),
             }
         return logits, {"ce": ce, "kd": kd, "feat": feat, "total": total}, info
@@ -486,6 +501,28 @@ class MultiTeacherDistiller(nn.Module):
         self.adapters.load_state_dict(state["adapters"])
         self.strategy_networks.load_state_dict(state.get("strategy_networks", {}))
         self.strategy.load_state_dict(state["strategy"])
+
+
+def unlabeled_teacher_ce(ce: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,
+                         rule: str) -> torch.Tensor:
+    """The teachers' CE ``[K,B]`` that strategies read, with each unlabelled sample's entry
+    (0 from ``cross_entropy``'s ``ignore_index``) replaced by a label-free stand-in:
+
+    - ``entropy``: ``H(softmax(t_ki)) = -sum_c p log p``, teacher k's CE against its own
+      prediction (low for a confident teacher, as CE is low for a correct one);
+    - ``labeled``: teacher k's mean CE over the batch's labelled samples (the batch's verdict
+      on the teacher, shared by its unlabelled samples); a batch without labelled samples
+      falls back to ``entropy``.
+    """
+    labelled = y != UNLABELED
+    entropy = torch.special.entr(torch.softmax(logits.float(), dim=-1)).sum(-1)
+    if rule == "entropy":
+        proxy = entropy
+    else:
+        count = labelled.sum()
+        mean = (ce * labelled).sum(1, keepdim=True) / count.clamp(min=1)
+        proxy = torch.where(count > 0, mean.expand_as(ce), entropy)
+    return torch.where(labelled, ce, proxy)
 
 
 def _dry_run(student: nn.Module, tap: FeatureTap | None, example: torch.Tensor):

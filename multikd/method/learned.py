@@ -48,6 +48,8 @@ class StrategySpec:
     teacher_feature_shapes: list[tuple[int, ...]] | None = None
     student_feature_shape: tuple[int, ...] | None = None
     batch_size: int | None = None
+    partial_labels: bool = False
+    """Some training samples are unlabelled (label ``UNLABELED``)."""
 
 
 @dataclass

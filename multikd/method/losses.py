@@ -18,6 +18,19 @@ import torch.nn.functional as F
 _REDUCTIONS = ("batchmean", "none")
 
 
+UNLABELED = -100
+"""The label of an unlabelled training sample: ``cross_entropy``'s default ``ignore_index``,
+the value :mod:`multikd.data.transfer` writes (``method`` does not import ``data``; a test
+checks the two agree)."""
+
+
+def labeled_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the batch's labelled samples (``y != UNLABELED``), 0 for a
+    batch without any: ``sum_i CE_i / max(1, #labelled)``, without a host read."""
+    labelled = (y != UNLABELED).sum()
+    return F.cross_entropy(logits, y, reduction="sum") / labelled.clamp(min=1)
+
+
 def kd_loss(
     student: torch.Tensor, teacher: torch.Tensor, temperature: float, reduction: str = "batchmean"
 ) -> torch.Tensor:

@@ -76,6 +76,7 @@ from torch.func import functional_call
 
 from multikd.errors import ConfigError, StrategyError
 from multikd.method.learned import AfterStep, LearnedStrategy, StepRecord, StrategySpec
+from multikd.method.losses import UNLABELED, labeled_ce
 from multikd.method.strategies import (
     Selection,
     _positive_float,
@@ -145,6 +146,7 @@ class MMKD(LearnedStrategy):
     default: the run's batch size per process), ``seed``."""
 
     needs_student = True
+    needs_labels = "its meta objective is the CE on labelled, misclassified samples"
     reference = {
         "teacher_reduction": "sum",
         "feature_weights": "strategy",
@@ -228,13 +230,16 @@ class MMKD(LearnedStrategy):
         if not self.hard_buffer:
             self._last = batch
             return
+        partial = self.spec is not None and self.spec.partial_labels
         buf = self._buffer
         if buf is None or buf["y"].shape[0] < self.buffer_size:
+            if partial:  # only labelled samples: the meta objective is their CE (a host read
+                batch = _take(batch, (batch["y"] != UNLABELED).nonzero().flatten())  # until full)
             room = self.buffer_size - (0 if buf is None else buf["y"].shape[0])
             part = _take(batch, slice(0, room))
             self._buffer = part if buf is None else _concat(buf, part)
             return
-        wrong = record.student_logits.argmax(1) != record.y
+        wrong = (record.student_logits.argmax(1) != record.y) & (record.y != UNLABELED)
         b = wrong.shape[0]
         if b > self.buffer_size:  # rare: more samples than slots; one host read
             picked = wrong.nonzero().flatten()[: self.buffer_size]
@@ -322,6 +327,8 @@ class MMKD(LearnedStrategy):
 
         def outer(theta):
             logits, _, _ = forward(theta)
+            if self.spec.partial_labels:  # the current batch may hold unlabelled samples
+                return labeled_ce(logits, batch["y"])
             return F.cross_entropy(logits, batch["y"])
 
         theta = [p.detach().clone() for p in params]

@@ -87,6 +87,10 @@ class Strategy:
     needs_features = False
     """True for strategies that read the student's and the teachers' features from the
     :class:`StepContext` (they need ``loss.gamma`` > 0, which taps them)."""
+    needs_labels = ""
+    """Why the strategy cannot run without any labelled sample (empty: it can; on
+    unlabelled samples the distiller hands CE-based strategies a label-free stand-in for the
+    teachers' CE, ``loss.unlabeled_ce``)."""
     learns = False
     """True for strategies with networks and an optimizer of their own
     (:class:`multikd.method.learned.LearnedStrategy`)."""

@@ -53,7 +53,15 @@ def build_data(cfg: RunConfig, seed: int):
         seed=seed,
         synthetic=(d.synthetic or None) if d.dataset == "synthetic" else None,
         return_index=bool(cfg.runtime.teacher_cache),
+        labeled_fraction=d.labeled_fraction,
+        unlabeled_dir=d.unlabeled_dir or None,
     )
+
+
+def partial_labels(cfg: RunConfig) -> bool:
+    """Whether some training images have no label (``data.labeled_fraction`` < 1 or
+    ``data.unlabeled_dir``): the losses then read labels through a mask."""
+    return cfg.data.labeled_fraction < 1.0 or bool(cfg.data.unlabeled_dir)
 
 
 def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
@@ -61,8 +69,9 @@ def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
     from multikd.models import create_model
 
     model = create_model(cfg.model.arch, num_classes=num_classes, checkpoint=cfg.model.checkpoint)
+    partial = partial_labels(cfg)
     if cfg.kind != "distill":
-        return Learner(SupervisedLearner(model), model)
+        return Learner(SupervisedLearner(model, partial_labels=partial), model)
 
     from multikd.method.distiller import MultiTeacherDistiller
     from multikd.method.ensemble import TeacherEnsemble
@@ -98,6 +107,8 @@ def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
         feature_start_epoch=loss.feature_start_epoch,
         feature_grad=loss.feature_grad,
         batch_size=cfg.optim.batch_size // max(1, ddp.detect().world_size),
+        partial_labels=partial,
+        unlabeled_ce=loss.unlabeled_ce,
     )
     return Learner(distiller, model, distiller.ensemble, strategy, tuple(names))
 

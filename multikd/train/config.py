@@ -60,6 +60,14 @@ class DataConfig:
         "batched: whole batches augmented on the training device (fast); per-sample: a torch "
         "DataLoader over the dataset (uses data.workers); both give the same batches bit for bit",
     )
+    labeled_fraction: float = _doc(
+        1.0, "share of the training images that keep their label (a fixed, seeded, "
+        "class-balanced subset; 0: no label is read); the rest is an unlabelled transfer set"
+    )
+    unlabeled_dir: str = _doc(
+        "", "folder of extra unlabelled images (png/jpg/bmp, any size: resized to 32x32) added "
+        "to the transfer set"
+    )
 
 
 @dataclass
@@ -93,6 +101,12 @@ class LossConfig:
     alpha: float = _doc(1.0, "weight of the hard-label cross-entropy")
     beta: float = _doc(1.0, "weight of the weighted multi-teacher logit loss")
     gamma: float = _doc(0.0, "weight of the feature loss (0: logits only)")
+    unlabeled_ce: str = _choice(
+        "entropy", ("entropy", "labeled"),
+        "what strategies that judge teachers by their CE against the label read on an "
+        "unlabelled sample: entropy (the teacher's prediction entropy, its CE against its own "
+        "distribution) or labeled (the teacher's mean CE over the batch's labelled samples)",
+    )
     temperature: float = _doc(4.0, "softmax temperature T of the KD term")
     logit_loss: str = _choice(
         "kd", ("kd", "mse", "dkd", "dist"),
@@ -522,6 +536,23 @@ def _problems_of(cfg: RunConfig) -> list[str]:
             f"teachers are only used by distill; a {cfg.kind} run trains one model alone "
             "(remove the teachers or use `multikd distill`)"
         )
+    d = cfg.data
+    if isinstance(d.labeled_fraction, bool) or not isinstance(d.labeled_fraction, (int, float)) \
+            or not 0.0 <= d.labeled_fraction <= 1.0:
+        problems.append(
+            f"data.labeled_fraction must be a number in [0, 1] (the share of training images "
+            f"that keep their label), got {d.labeled_fraction!r}"
+        )
+    elif d.labeled_fraction == 0 and cfg.kind != "distill":
+        problems.append(
+            f"data.labeled_fraction is 0: a {cfg.kind} run learns from labels only and would "
+            "see none; give it a fraction > 0 (distill can learn from the teachers alone)"
+        )
+    elif d.labeled_fraction == 0 and cfg.loss.unlabeled_ce == "labeled":
+        problems.append(
+            "loss.unlabeled_ce labeled scores teachers on the batch's labelled samples, but "
+            "data.labeled_fraction is 0 (none has a label): use loss.unlabeled_ce entropy"
+        )
     rt = cfg.runtime
     if rt.teacher_cache_budget < 0:
         problems.append(
@@ -559,6 +590,12 @@ def _resolve_strategy(cfg: RunConfig) -> None:
     create_strategy(cfg.strategy.name, **cfg.strategy.params)
     cls = STRATEGIES[cfg.strategy.name.strip().lower().replace("_", "-")]
     _resolve_reference(cfg.loss, cls.reference_loss())
+    if cls.needs_labels and cfg.data.labeled_fraction == 0:
+        raise ConfigError(
+            f"strategy {cls.name!r} needs labelled samples ({cls.needs_labels}), but "
+            "data.labeled_fraction is 0: keep some labels (e.g. --set data.labeled_fraction=0.1) "
+            "or pick a strategy that works without labels (uniform, ebkd, aekd, ce-filter, ...)"
+        )
     if cls.needs_features and cfg.loss.gamma <= 0:
         raise ConfigError(
             f"strategy {cls.name!r} weights teachers by the student's and the teachers' "
@@ -596,6 +633,9 @@ def to_yaml(config: RunConfig) -> str:
 
 _LEGACY_VALUES = {
     ("data", "drop_last"): (False,),
+    ("data", "labeled_fraction"): (1.0,),
+    ("data", "unlabeled_dir"): ("",),
+    ("loss", "unlabeled_ce"): ("entropy",),
     ("loss", "logit_params"): ({},),
     ("loss", "logit_standardize"): (False,),
     ("loss", "teacher_reduction"): ("sum", REFERENCE),

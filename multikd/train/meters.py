@@ -18,7 +18,7 @@ from multikd.errors import TrainingError
 
 class EpochMeter:
     """One epoch's sums: the image count on the host (known there: ``y.numel()``), and on
-    the device ``[correct, Σ n·loss_part..., Σ n·w_k..., Σ n·ce_k..., Σ n·kept_k...]``
+    the device ``[correct, labelled, Σ n·loss_part..., Σ n·w_k..., Σ n·ce_k..., Σ n·kept_k...]``
     in float64 (parts named by the learner's ``losses`` dict, teacher diagnostics by its
     ``info`` keys ``weights``, ``ce``, ``kept``).
 
@@ -44,7 +44,7 @@ class EpochMeter:
     def add(
         self, step: int, logits: torch.Tensor, y: torch.Tensor, losses: dict, info: dict
     ) -> None:
-        """Add one batch: 8 ops, no host sync (every value scaled by the batch's image
+        """Add one batch: 9 ops, no host sync (every value scaled by the batch's image
         count n exactly as ``value.double() * n`` would be, so the sums do not change)."""
         if self.sums is None:
             self.loss_names = list(losses)
@@ -53,12 +53,13 @@ class EpochMeter:
         self.count += n
         with torch.no_grad():
             correct = (logits.argmax(1) == y).sum(dtype=torch.float64)
+            labelled = (y >= 0).sum(dtype=torch.float64)  # unlabelled samples are -100
             # float64 by type promotion (correct is float64); every cast to it is exact
             values = torch.cat([
-                torch.stack([correct, *(losses[k] for k in self.loss_names)]),
+                torch.stack([correct, labelled, *(losses[k] for k in self.loss_names)]),
                 *(info[k] for k in self.teacher_keys),  # each [K]
             ])
-            values[1:].mul_(n)
+            values[2:].mul_(n)
             if self.sums is None:
                 self.sums = values.clone()
             else:
@@ -70,7 +71,7 @@ class EpochMeter:
         if a total loss was not finite."""
         count = torch.full((1,), float(self.count), dtype=torch.float64, device=self.device)
         values = ddp.all_reduce_sum(torch.cat([count, self.sums]), self.env).tolist()
-        if not math.isfinite(values[2 + self.loss_names.index("total")]):
+        if not math.isfinite(values[3 + self.loss_names.index("total")]):
             self._raise_not_finite()
         self._since_read.clear()
         return values
@@ -78,7 +79,7 @@ class EpochMeter:
     def _raise_not_finite(self) -> None:
         """The first step (over all ranks) whose total loss was not finite, as an error.
         Every rank gets here: the all-reduced sum is not finite on all of them."""
-        column = 1 + self.loss_names.index("total")
+        column = 2 + self.loss_names.index("total")
         totals = [float(v[column]) for _, v in self._since_read]
         bad = [step for (step, _), total in zip(self._since_read, totals)
                if not math.isfinite(total)]
@@ -98,9 +99,11 @@ class EpochMeter:
         )
 
     def _named(self, sums: list[float], teacher_names) -> dict:
-        count = sums[0]
-        out = {"count": count, "train_acc": 100.0 * sums[1] / count}
-        values = iter(sums[2:])
+        count, labelled = sums[0], sums[2]
+        # over the labelled images (all of them unless data.labeled_fraction < 1)
+        acc = 100.0 * sums[1] / labelled if labelled else math.nan
+        out = {"count": count, "train_acc": acc}
+        values = iter(sums[3:])
         for name in self.loss_names:
             out[f"loss_{name}"] = next(values) / count
         for key in self.teacher_keys:
