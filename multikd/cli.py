@@ -371,6 +371,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="synthetic (default), cifar100 or cifar10")
     _add_data_root(p)
     p.add_argument("--val-size", type=int, help="validation images carved from train")
+    p.add_argument(
+        "--classes", metavar="LIST",
+        help="train and test on these classes only, relabelled 0..m-1 (a partial teacher), "
+        "e.g. 0-49 or 0-9,20-29; recorded in the run's config.yaml as data.classes",
+    )
     p.add_argument("--epochs", type=int, help="training epochs (default 240)")
     p.add_argument("--batch-size", type=int, help="global batch size (default 64)")
     p.add_argument(
@@ -398,6 +403,7 @@ _RUN_FLAGS = {
     "dataset": "data.dataset",
     "data_root": "data.data_root",
     "val_size": "data.val_size",
+    "classes": "data.classes",
     "epochs": "optim.epochs",
     "batch_size": "optim.batch_size",
     "lr": "optim.lr",
@@ -495,6 +501,12 @@ def _run_config(args):
             config = load_config(args.config)
     values = {key: getattr(args, flag) for flag, key in _RUN_FLAGS.items()
               if getattr(args, flag, None) is not None}
+    if "data.classes" in values:
+        from multikd.train.config import parse_classes
+
+        text = values.pop("data.classes")
+        with problems.check():
+            values["data.classes"] = parse_classes(text)
     if args.command_kind == "distill":
         values["kind"] = "distill"
         teachers = []

@@ -29,3 +29,16 @@ def train_two_teachers(root: Path, data_args: list[str]) -> Path:
         args = ["train-teacher", "--arch", "resnet8", "--epochs", "1", "--seed", seed]
         assert main([*args, "--out", str(root / name), *data_args]) == 0
     return root
+
+
+def train_epoch(run, epoch: int) -> dict:
+    """One epoch of a prepared ``engine.TrainingRun`` the way the engine runs it; its row."""
+    from multikd.train import engine
+
+    run.splits.train.set_epoch(epoch)
+    run.train_loader.sampler.set_epoch(epoch)
+    run.begin_epoch(epoch)
+    for step, batch in enumerate(run.train_loader):
+        x, y = engine.to_device(batch[0], batch[1], run.device)
+        run.train_step(step, x, y)
+    return run.end_epoch(epoch, 1.0)

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from run_helpers import train_epoch
 
 from multikd.cli import main
 from multikd.data import build_datasets
@@ -100,13 +101,7 @@ def _run(tmp_path, name, splits, **overrides):
     ))
     run = engine.prepare_run(cfg, splits=splits, teacher_acc={})
     for epoch in (1, 2):
-        run.splits.train.set_epoch(epoch)
-        run.train_loader.sampler.set_epoch(epoch)
-        run.begin_epoch(epoch)
-        for step, batch in enumerate(run.train_loader):
-            x, y = engine.to_device(batch[0], batch[1], run.device)
-            run.train_step(step, x, y)
-        run.end_epoch(epoch, 1.0)
+        train_epoch(run, epoch)
     return pd.DataFrame(run.rows).drop(columns=["epoch_time_s", "images_per_s"])
 
 

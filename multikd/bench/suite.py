@@ -53,7 +53,10 @@ _SUITE_KEYS = {
     "repeated for each, in folders SET@labeledF (the student alone learns from that labelled "
     "part; the teachers are trained on all labels)",
 }
-_TEACHER_KEYS = ("arch", "seed", "published", "expected_acc", "recipe", "synthetic")
+_TEACHER_KEYS = ("arch", "seed", "published", "expected_acc", "recipe", "synthetic",
+                 "from_epoch")
+SELF = "self"
+"""``arch: self`` (with ``from_epoch: E``): the student itself, a frozen snapshot from epoch E."""
 _STRATEGY_KEYS = ("name", "params", "label", "loss", "variants")
 _RESERVED = ("kind", "model", "teachers", "strategy", "runtime.seed", "output.run_dir")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
@@ -73,6 +76,8 @@ class TeacherSpec:
     """Options of the synthetic dataset this teacher trains on, over the suite's: a teacher
     from another domain with the same label space (e.g. ``{seed: 1}``: other class
     patterns), whose predictions on the students' images are confidently wrong."""
+    from_epoch: int | None = None
+    """For ``arch: self``: the epoch from which the student's snapshot teaches it."""
 
 
 @dataclass
@@ -336,6 +341,18 @@ def _teachers(raw, where: str) -> dict[str, TeacherSpec]:
             raise ConfigError(f"{at}: unknown key(s) {unknown}; valid: {', '.join(_TEACHER_KEYS)}")
         if "arch" not in spec:
             raise ConfigError(f"{at}: 'arch' is required (a zoo architecture or timm:<name>)")
+        if spec["arch"] == SELF:
+            extra = sorted(set(spec) - {"arch", "from_epoch"})
+            epoch = spec.get("from_epoch")
+            if extra or isinstance(epoch, bool) or not isinstance(epoch, int):
+                raise ConfigError(
+                    f"{at}: a self-teacher is {{arch: self, from_epoch: E}} (the student's "
+                    f"snapshot from epoch E); got keys {sorted(spec)} and from_epoch {epoch!r}"
+                )
+            teachers[tid] = TeacherSpec(tid, SELF, from_epoch=epoch)
+            continue
+        if "from_epoch" in spec:
+            raise ConfigError(f"{at}: 'from_epoch' belongs to a self-teacher (arch: self)")
         arch = _arch(spec["arch"], at)
         seed = spec.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool):
@@ -549,6 +566,8 @@ def expand(
     jobs: dict[str, TeacherJob] = {}
     missing = []
     for tid, spec in suite.teachers.items():
+        if spec.arch == SELF:  # nothing to train: each run's own student
+            continue
         config = teacher_config(suite, spec, out, sets)
         if teachers_dir is not None and spec.published:
             path = Path(teachers_dir) / spec.published
@@ -581,7 +600,8 @@ def expand(
                     for student in students
                     for strategy, variant in _labels(suite)
                 ]
-                groups.append(LockstepGroup(folder, seed, list(ids), runs))
+                trained = [t for t in ids if t in jobs]
+                groups.append(LockstepGroup(folder, seed, trained, runs))
     return Plan(suite, out, jobs, groups, sets)
 
 
@@ -613,6 +633,8 @@ def _student_run(
         config.loss = type(config.loss)()
     else:
         config.teachers = [
+            TeacherConfig(arch=SELF, name=t, self_from_epoch=suite.teachers[t].from_epoch)
+            if t not in jobs else
             TeacherConfig(arch=jobs[t].spec.arch, checkpoint=jobs[t].checkpoint, name=t)
             for t in ids
         ]

@@ -135,12 +135,31 @@ def _synthetic_arrays(options: dict | None):
     return tr_x, tr_y, te_x, te_y, names
 
 
+def _restrict(tr_x, tr_y, te_x, te_y, names, classes):
+    """Only the images of ``classes``, labels renumbered by their position in it."""
+    bad = [c for c in classes if not 0 <= c < len(names)]
+    if bad:
+        raise DataError(
+            f"data.classes {bad} lie outside the dataset's label space 0..{len(names) - 1} "
+            f"({len(names)} classes); give indices in that range"
+        )
+    lookup = np.full(len(names), -1, dtype=np.int64)
+    lookup[np.asarray(classes)] = np.arange(len(classes))
+    tr_y, te_y = lookup[np.asarray(tr_y)], lookup[np.asarray(te_y)]
+    tr_keep, te_keep = tr_y >= 0, te_y >= 0
+    return (tr_x[tr_keep], tr_y[tr_keep], te_x[te_keep], te_y[te_keep],
+            [names[c] for c in classes])
+
+
 def build_datasets(name: str, data_root=None, val_size: int = 0, seed: int = 0,
                    synthetic: dict | None = None, return_index: bool = False,
-                   labeled_fraction: float = 1.0, unlabeled_dir: str | None = None) -> DataSplits:
+                   labeled_fraction: float = 1.0, unlabeled_dir: str | None = None,
+                   classes: list[int] | None = None) -> DataSplits:
     """Train (augmented, views seeded by ``seed``), optional val (``val_size`` images carved
     from train, stratified by class, chosen by ``seed``), and the untouched test split.
 
+    ``classes`` keeps the images of those classes only, in train and test, relabelled
+    ``0..m-1`` in the given order (a teacher of part of the label space).
     ``labeled_fraction`` < 1 keeps the labels of a class-balanced subset of the training
     images only (the others get :data:`~multikd.data.transfer.UNLABELED`), and
     ``unlabeled_dir`` appends a folder of unlabelled images (:mod:`multikd.data.transfer`).
@@ -159,6 +178,8 @@ def build_datasets(name: str, data_root=None, val_size: int = 0, seed: int = 0,
         tr_x, tr_y, names, _ = load_cifar(name, data_root, "train")
         te_x, te_y, _, _ = load_cifar(name, data_root, "test")
         mean, std = CIFAR_LAYOUTS[name].mean, CIFAR_LAYOUTS[name].std
+    if classes is not None:
+        tr_x, tr_y, te_x, te_y, names = _restrict(tr_x, tr_y, te_x, te_y, names, classes)
     val = None
     if val_size:
         train_idx, val_idx = stratified_split(tr_y, val_size, seed)

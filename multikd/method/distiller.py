@@ -153,6 +153,8 @@ class MultiTeacherDistiller(nn.Module):
         batch_size: int | None = None,
         partial_labels: bool = False,
         unlabeled_ce: str = "entropy",
+        self_teacher: int | None = None,
+        self_from_epoch: int | None = None,
     ):
         super().__init__()
         if not isinstance(ensemble, TeacherEnsemble):
@@ -191,6 +193,9 @@ class MultiTeacherDistiller(nn.Module):
         self.feature_grad = bool(feature_grad)
         self.partial_labels = bool(partial_labels)
         self.unlabeled_ce = _choice("unlabeled_ce", unlabeled_ce, UNLABELED_CE)
+        self.self_teacher = self_teacher
+        self.self_from_epoch = self_from_epoch
+        self._self_ready = False
         self.student = student
         self.ensemble = ensemble
         self.strategy = strategy
@@ -227,7 +232,9 @@ class MultiTeacherDistiller(nn.Module):
         if classes != ensemble.num_classes:
             raise ModelError(
                 f"the student predicts {classes} classes but the teachers predict "
-                f"{ensemble.num_classes}; build all models for the same dataset"
+                f"{ensemble.num_classes}; build all models for the same dataset (a teacher "
+                "trained with --classes predicts only its own classes: merging such partial "
+                "teachers into one student is not supported yet)"
             )
         student_shape = teacher_shapes = None
         if self.use_features:
@@ -254,8 +261,12 @@ class MultiTeacherDistiller(nn.Module):
             ))
 
     def set_epoch(self, epoch: int) -> None:
-        """The 1-based epoch the next steps belong to (DKD's warmup, the feature term's start)."""
+        """The 1-based epoch the next steps belong to (DKD's warmup, the feature term's
+        start); at a self-teacher's epoch, the student is copied into it."""
         self.epoch = int(epoch)
+        if self.self_teacher is not None and not self._self_ready \
+                and self.epoch >= self.self_from_epoch:
+            self.snapshot_self_teacher()
 
     def _loss_params(self) -> dict:
         """The logit loss's parameters: its published defaults (``LOGIT_LOSS_DEFAULTS``)
@@ -310,6 +321,12 @@ class MultiTeacherDistiller(nn.Module):
             teacher_out = self.ensemble(x, y, features=self.use_features)
         self._check_teacher_out(teacher_out, y, x.device)
         logits, student_feature, adapted = self.forward_student(x)
+        full_out, active = teacher_out, self._active_teachers()
+        if active is not None:  # a self-teacher before its epoch takes no part
+            if not active:
+                return self._ce_only(logits, y, full_out)
+            teacher_out = _subset(full_out, active)
+            adapted = [adapted[i] for i in active] if adapted else adapted
         strategy = self.strategy
         context = None
         if strategy.needs_student or strategy.needs_features:
@@ -346,12 +363,55 @@ class MultiTeacherDistiller(nn.Module):
         with torch.no_grad():  # no graph: the detach()es it saves would be ops
             info = {
                 "teachers": list(self.ensemble.names),
-                "weights": weights.mean(1),
+                "weights": _scatter(weights.mean(1), active, full_out),
                 "ce": (teacher_ce.mean(1) if self.partial_labels else teacher_out.ce_mean)
                 .detach().float(),
-                "kept": selection.kept.float().mean(1),
+                "kept": _scatter(selection.kept.float().mean(1), active, full_out),
             }
+            if active is not None:
+                info["ce"] = full_out.ce_mean.detach().float()
         return logits, {"ce": ce, "kd": kd, "feat": feat, "total": total}, info
+
+    # ------------------------------------------------------------------ self-teacher
+    def _active_teachers(self) -> list[int] | None:
+        """Indices of the teachers that take part now: None (all) unless a self-teacher
+        waits for its epoch (then every other one)."""
+        if self.self_teacher is None or self._self_ready:
+            return None
+        return [k for k in range(self.ensemble.num_teachers) if k != self.self_teacher]
+
+    def _ce_only(self, logits, y, teacher_out):
+        """The step of a run whose only teacher is the student itself, before its epoch."""
+        ce = labeled_ce(logits, y) if self.partial_labels else F.cross_entropy(logits, y)
+        zero = self._zero_on(logits.device)
+        with torch.no_grad():
+            k = self.ensemble.num_teachers
+            info = {"teachers": list(self.ensemble.names),
+                    "weights": torch.zeros(k, device=logits.device),
+                    "ce": teacher_out.ce_mean.detach().float(),
+                    "kept": torch.zeros(k, device=logits.device)}
+        return logits, {"ce": ce, "kd": zero, "feat": zero, "total": _scaled(self.alpha, ce)}, info
+
+    def snapshot_self_teacher(self) -> None:
+        """Copy the student into the self-teacher (frozen, eval mode) and let it take part."""
+        teacher = self.ensemble.teachers[self.self_teacher]
+        with torch.no_grad():
+            teacher.load_state_dict(self.student.state_dict())
+        self._self_ready = True
+
+    def self_teacher_state(self) -> dict | None:
+        """The self-teacher's snapshot for a checkpoint (None before its epoch or without one)."""
+        if self.self_teacher is None or not self._self_ready:
+            return None
+        return self.ensemble.teachers[self.self_teacher].state_dict()
+
+    def load_self_teacher_state(self, state: dict | None) -> None:
+        if state is None:
+            return
+        if self.self_teacher is None:
+            raise ModelError("the checkpoint holds a self-teacher snapshot, but this run has none")
+        self.ensemble.teachers[self.self_teacher].load_state_dict(state)
+        self._self_ready = True
 
     def forward_student(self, x: torch.Tensor):
         """``(logits [B,C], tapped feature or None, adapted features (one per teacher))``."""
@@ -371,8 +431,14 @@ class MultiTeacherDistiller(nn.Module):
     def per_teacher_feature_loss(self, adapted, teacher_features) -> torch.Tensor:
         """``[K,B]``: ``mean_e (a_k(f_s)_i - f_tk,i)^2`` against each teacher's feature (as
         its adapter compares it, :meth:`FeatureAdapter.target`)."""
-        targets = [a.target(f.detach()) for a, f in zip(self.adapters, teacher_features)]
+        targets = [a.target(f.detach()) for a, f in zip(self._active(self.adapters),
+                                                          teacher_features)]
         return feature_loss_per_teacher(adapted, targets)
+
+    def _active(self, per_teacher: Sequence) -> list:
+        """The entries of ``per_teacher`` (one per teacher) of the teachers taking part."""
+        active = self._active_teachers()
+        return list(per_teacher) if active is None else [per_teacher[i] for i in active]
 
     def _feature_term(self, adapted, teacher_out, selection, y):
         """``r_v * mean_i sum_k v_ki * mean_e (a_k(f_s)_i - f_tk,i)^2`` (see the class doc),
@@ -429,7 +495,7 @@ class MultiTeacherDistiller(nn.Module):
         of ``models/util.py`` ``CalWeight.forward``); one teacher gets weight 1."""
         head_ce = torch.stack([
             F.cross_entropy(teacher.forward_head(a).float(), y, reduction="none")
-            for teacher, a in zip(self.ensemble.teachers, adapted)
+            for teacher, a in zip(self._active(self.ensemble.teachers), adapted)
         ])
         k = head_ce.shape[0]
         if k == 1:
@@ -523,6 +589,22 @@ def unlabeled_teacher_ce(ce: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
         mean = (ce * labelled).sum(1, keepdim=True) / count.clamp(min=1)
         proxy = torch.where(count > 0, mean.expand_as(ce), entropy)
     return torch.where(labelled, ce, proxy)
+
+
+def _subset(out: EnsembleOutput, keep: list[int]) -> EnsembleOutput:
+    """The teacher output of the teachers ``keep`` only."""
+    index = torch.tensor(keep, device=out.logits.device)
+    feats = [out.features[i] for i in keep] if out.features is not None else None
+    return EnsembleOutput(out.logits.index_select(0, index), feats,
+                          out.ce.index_select(0, index), out.ce_mean.index_select(0, index))
+
+
+def _scatter(values: torch.Tensor, active: list[int] | None, full: EnsembleOutput) -> torch.Tensor:
+    """``[K_active]`` per-teacher values placed into ``[K]`` (0 for the left-out teacher)."""
+    if active is None:
+        return values
+    out = torch.zeros(full.logits.shape[0], dtype=values.dtype, device=values.device)
+    return out.index_copy(0, torch.tensor(active, device=values.device), values)
 
 
 def _dry_run(student: nn.Module, tap: FeatureTap | None, example: torch.Tensor):

@@ -54,6 +54,7 @@ def build_data(cfg: RunConfig, seed: int):
         synthetic=(d.synthetic or None) if d.dataset == "synthetic" else None,
         return_index=bool(cfg.runtime.teacher_cache),
         labeled_fraction=d.labeled_fraction,
+        classes=d.classes,
         unlabeled_dir=d.unlabeled_dir or None,
     )
 
@@ -79,7 +80,14 @@ def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
 
     strategy = create_strategy(cfg.strategy.name, **cfg.strategy.params)
     teachers = []
+    self_index = None
     for t in cfg.teachers:
+        if t.self_from_epoch is not None:  # the student itself: a copy, filled at its epoch
+            import copy
+
+            self_index = len(teachers)
+            teachers.append(copy.deepcopy(model))
+            continue
         if t.checkpoint is None:
             log.warning("teacher %s has no checkpoint: it keeps its random initialization", t.name)
         teachers.append(create_model(t.arch, num_classes=num_classes, checkpoint=t.checkpoint))
@@ -109,6 +117,8 @@ def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
         batch_size=cfg.optim.batch_size // max(1, ddp.detect().world_size),
         partial_labels=partial,
         unlabeled_ce=loss.unlabeled_ce,
+        self_teacher=self_index,
+        self_from_epoch=None if self_index is None else cfg.teachers[self_index].self_from_epoch,
     )
     return Learner(distiller, model, distiller.ensemble, strategy, tuple(names))
 

@@ -64,6 +64,10 @@ class DataConfig:
         1.0, "share of the training images that keep their label (a fixed, seeded, "
         "class-balanced subset; 0: no label is read); the rest is an unlabelled transfer set"
     )
+    classes: Optional[list[int]] = _doc(
+        None, "train and test on these classes only, relabelled 0..m-1 in this order (a "
+        "partial teacher, e.g. 0-49; CLI --classes 0-49,60); null: every class"
+    )
     unlabeled_dir: str = _doc(
         "", "folder of extra unlabelled images (png/jpg/bmp, any size: resized to 32x32) added "
         "to the transfer set"
@@ -83,6 +87,11 @@ class TeacherConfig:
     arch: str = _doc("resnet32x4", "zoo architecture or timm:<name>")
     checkpoint: Optional[str] = _doc(None, "trained weights (e.g. RUN_DIR/checkpoint.pt)")
     name: Optional[str] = _doc(None, "label in logs and tables (default: the architecture)")
+    self_from_epoch: Optional[int] = _doc(
+        None, "self-distillation: this teacher is a frozen snapshot of the running student "
+        "taken at the start of epoch E (>= 2, < optim.epochs); before E it is left out "
+        "(arch and checkpoint are then not used; CLI: --teacher self@E)"
+    )
 
 
 @dataclass
@@ -467,6 +476,10 @@ def resolve(config: RunConfig) -> RunConfig:
     with problems.check():
         cfg.model.arch = _canonical_arch(cfg.model.arch)
     for teacher in cfg.teachers:
+        if teacher.self_from_epoch is not None:  # the student's own architecture
+            teacher.arch, teacher.checkpoint = cfg.model.arch, None
+            teacher.name = teacher.name or "self"
+            continue
         with problems.check():
             teacher.arch = _canonical_arch(teacher.arch)
     o = cfg.optim
@@ -536,7 +549,17 @@ def _problems_of(cfg: RunConfig) -> list[str]:
             f"teachers are only used by distill; a {cfg.kind} run trains one model alone "
             "(remove the teachers or use `multikd distill`)"
         )
+    problems.extend(_self_teacher_problems(cfg))
     d = cfg.data
+    if d.classes is not None and (
+        not isinstance(d.classes, list) or not d.classes
+        or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in d.classes)
+        or len(set(d.classes)) != len(d.classes)
+    ):
+        problems.append(
+            f"data.classes must be a non-empty list of distinct class indices >= 0 (e.g. "
+            f"--classes 0-49), got {d.classes!r}"
+        )
     if isinstance(d.labeled_fraction, bool) or not isinstance(d.labeled_fraction, (int, float)) \
             or not 0.0 <= d.labeled_fraction <= 1.0:
         problems.append(
@@ -576,6 +599,37 @@ def _problems_of(cfg: RunConfig) -> list[str]:
         problems.append(
             f"loss.teacher_features names {len(feats)} modules for {len(cfg.teachers)} teachers; "
             "give one per teacher, or leave it null to use each teacher's last stage"
+        )
+    return problems
+
+
+def _self_teacher_problems(cfg: RunConfig) -> list[str]:
+    """What a self-teacher (``teachers[i].self_from_epoch``) cannot be combined with."""
+    selfs = [t for t in cfg.teachers if t.self_from_epoch is not None]
+    if not selfs:
+        return []
+    e, epochs = selfs[0].self_from_epoch, cfg.optim.epochs
+    problems = []
+    if len(selfs) > 1:
+        problems.append("only one teacher can be the student itself (self_from_epoch)")
+    if isinstance(e, bool) or not isinstance(e, int) or not 2 <= e < epochs:
+        problems.append(
+            f"a self-teacher's self_from_epoch must be an integer from 2 (the snapshot is the "
+            f"student at the start of that epoch; at 1 it would be untrained) to "
+            f"optim.epochs - 1 = {epochs - 1}, got {e!r}"
+        )
+    if cfg.runtime.teacher_cache:
+        problems.append(
+            "runtime.teacher_cache stores teacher logits once, but a self-teacher changes "
+            "with the student: leave runtime.teacher_cache empty"
+        )
+    from multikd.method.strategies import STRATEGIES
+
+    cls = STRATEGIES.get(str(cfg.strategy.name).strip().lower().replace("_", "-"))
+    if cls is not None and (cls.learns or cls.name == "fixed"):
+        problems.append(
+            f"strategy {cls.name!r} is sized for a fixed set of teachers, but a self-teacher "
+            "joins only at its epoch: use another strategy (uniform, ca-mkd, ce-filter, ...)"
         )
     return problems
 
@@ -634,6 +688,7 @@ def to_yaml(config: RunConfig) -> str:
 _LEGACY_VALUES = {
     ("data", "drop_last"): (False,),
     ("data", "labeled_fraction"): (1.0,),
+    ("data", "classes"): (None,),
     ("data", "unlabeled_dir"): ("",),
     ("loss", "unlabeled_ce"): ("entropy",),
     ("loss", "logit_params"): ({},),
@@ -674,13 +729,38 @@ def config_hash(config: RunConfig) -> str:
     for (section, key), legacy in _LEGACY_VALUES.items():
         if data[section].get(key, legacy[0]) in legacy:
             data[section].pop(key, None)
+    for teacher in data["teachers"]:  # added later too: only a self-teacher carries it
+        if teacher.get("self_from_epoch") is None:
+            teacher.pop("self_from_epoch", None)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 
+def parse_classes(text: str) -> list[int]:
+    """``"0-49"``, ``"3,7,9"`` or ``"0-9,20-29"`` (the CLI's ``--classes``) as class indices."""
+    out: list[int] = []
+    for part in str(text).replace(" ", "").split(","):
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ConfigError(
+                f"--classes {text!r} must list class indices and ranges, e.g. 0-49 or 0-9,20-29"
+            )
+        first, last = int(lo), int(hi) if sep else int(lo)
+        if last < first:
+            raise ConfigError(f"--classes {text!r}: the range {part} runs backwards")
+        out.extend(range(first, last + 1))
+    return out
+
+
 def parse_teacher(text: str) -> TeacherConfig:
-    """``"ARCH"`` or ``"ARCH=CHECKPOINT"`` (the CLI's ``--teacher``) as a TeacherConfig."""
+    """``"ARCH"``, ``"ARCH=CHECKPOINT"`` or ``"self@E"`` (the student itself from epoch E)
+    (the CLI's ``--teacher``) as a TeacherConfig."""
+    if text.strip().lower().startswith("self@"):
+        epoch = text.strip()[5:]
+        if not epoch.isdigit():
+            raise ConfigError(f"--teacher {text!r}: write self@E with E the epoch, e.g. self@120")
+        return TeacherConfig(arch="self", name="self", self_from_epoch=int(epoch))
     arch, sep, checkpoint = text.partition("=")
     if not arch.strip() or (sep and not checkpoint.strip()):
         raise ConfigError(f"--teacher {text!r} must look like ARCH or ARCH=CHECKPOINT")

@@ -342,7 +342,9 @@ class TrainingRun:
         sums = torch.tensor([float(acc[k]) * n for k in names] + [n], dtype=torch.float64,
                             device=self.device)
         sums = ddp.all_reduce_sum(sums, self.env).tolist()
-        return {k: sums[i] / sums[-1] for i, k in enumerate(names)}
+        own = {t.name for t in self.cfg.teachers if t.self_from_epoch is not None}
+        # a self-teacher is the student: its accuracy is the run's, not a teacher's
+        return {k: sums[i] / sums[-1] for i, k in enumerate(names) if k not in own}
 
     # ------------------------------------------------------------------ state
     def _split_state(self) -> tuple[set[str], set[str]]:
@@ -371,6 +373,7 @@ class TrainingRun:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "strategy": strategy_state() if callable(strategy_state) else {},
+            "self_teacher": getattr(parts.module, "self_teacher_state", lambda: None)(),
             "rng": rng_state(),
             "epoch": epoch,
             "metrics": self.rows,
@@ -398,6 +401,8 @@ class TrainingRun:
         self.scaler.load_state_dict(state["scaler"])
         if state["strategy"]:
             parts.strategy.load_state_dict(state["strategy"])
+        if state.get("self_teacher") is not None:
+            parts.module.load_self_teacher_state(state["self_teacher"])
         set_rng_state(state["rng"])
         self.teacher_acc = state["teacher_test_acc"]
         self.rows = list(state["metrics"])

@@ -81,17 +81,20 @@ def teacher_taps(cfg: RunConfig) -> tuple:
 
 def split_by_taps(configs: list[RunConfig]) -> list[list[RunConfig]]:
     """Runs that can share one teacher pass: one list per set of tapped teacher layers
-    (runs without features join the first), in the order of ``configs``."""
+    (runs without features join the first), in the order of ``configs``; a run with a
+    self-teacher is a group of its own."""
     groups: dict[tuple, list[RunConfig]] = {}
-    plain = []
+    plain, alone = [], []
     for cfg in configs:
-        if cfg.kind == "distill" and cfg.loss.gamma > 0:
+        if any(t.self_from_epoch is not None for t in cfg.teachers):
+            alone.append([cfg])  # its own teacher changes with it: nothing to share
+        elif cfg.kind == "distill" and cfg.loss.gamma > 0:
             groups.setdefault(teacher_taps(cfg), []).append(cfg)
         else:
             plain.append(cfg)
     lists = list(groups.values()) or [[]]
     lists[0] = plain + lists[0]
-    return [group for group in lists if group]
+    return [group for group in lists if group] + alone
 
 
 class _Member:

@@ -27,7 +27,7 @@ import torch
 
 from multikd.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 from multikd.train.config import RunConfig, load_config, to_yaml
-from multikd.errors import CheckpointError, TrainingError
+from multikd.errors import CheckpointError, ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,13 @@ def teachers_from_runs(run_dirs: list[str]) -> list:
         if not run.has_checkpoint():
             raise CheckpointError(f"--teachers-from {path}: {run.file(CHECKPOINT)} is missing")
         config = run.read_config()
+        if config.data.classes is not None:
+            raise ConfigError(
+                f"--teachers-from {path}: that run was trained on classes "
+                f"{_span(config.data.classes)} only (train-teacher --classes, data.classes); "
+                "merging teachers of part of the label space into one student is not "
+                "supported yet: distill from teachers trained on every class"
+            )
         teachers.append(
             TeacherConfig(
                 arch=config.model.arch,
@@ -202,3 +209,15 @@ def teachers_from_runs(run_dirs: list[str]) -> list:
             )
         )
     return teachers
+
+
+def _span(classes: list[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``0-2,5``."""
+    parts, start = [], None
+    for i, c in enumerate(classes):
+        if start is None:
+            start = c
+        if i + 1 == len(classes) or classes[i + 1] != c + 1:
+            parts.append(str(start) if start == c else f"{start}-{c}")
+            start = None
+    return ",".join(parts)
