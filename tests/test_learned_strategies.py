@@ -166,7 +166,11 @@ def test_weights_move_toward_the_better_teacher(good_teacher, strategy, params, 
     assert main(["distill", "--student", "resnet8", "--teacher", f"resnet8={good_teacher}",
                  "--teacher", "resnet8", "--strategy", strategy, *params, "--epochs", "3",
                  "--out", str(tmp_path), *DATA_320]) == 0
-    good = _metrics(tmp_path)["w_resnet8"].tolist()
+    metrics = _metrics(tmp_path)
+    assert metrics["strategy_loss"].notna().all()  # the agent's BCE / the meta CE, per epoch
+    if strategy == "mmkd":
+        assert (metrics["strategy_loss"] > 0).all()
+    good = metrics["w_resnet8"].tolist()
     if strategy == "mtkd-rl":  # every weight 1 in the first epoch, then the policy's mix
         assert good[0] == pytest.approx(0.5) and min(good[1:]) > 0.5
     else:

@@ -103,6 +103,8 @@ class LearnedStrategy(Strategy):
         self.networks: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.spec: StrategySpec | None = None
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_count = 0
 
     # ------------------------------------------------------------------ lifecycle
     def bind(self, spec: StrategySpec) -> nn.Module:
@@ -149,6 +151,22 @@ class LearnedStrategy(Strategy):
                 p.grad = torch.zeros_like(p)
             dist.all_reduce(p.grad)
             p.grad.div_(world)
+
+    def record_loss(self, loss: torch.Tensor) -> None:
+        """Add one value of the strategy's own objective to the epoch's mean (no host read)."""
+        loss = loss.detach().double()
+        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        self._loss_count += 1
+
+    def epoch_loss(self) -> float | None:
+        """The mean of the strategy's own objective over the updates since the last call
+        (MTKD-RL: the agent's BCE; MMKD: the meta objective, the CE after the virtual steps),
+        None without any; one host read. The engine writes it as ``strategy_loss``."""
+        if self._loss_sum is None:
+            return None
+        value = float(self._loss_sum) / self._loss_count
+        self._loss_sum, self._loss_count = None, 0
+        return value
 
     def draw(self, high: int, size: int) -> torch.Tensor:
         """``size`` distinct integers of ``[0, high)`` from the strategy's own generator

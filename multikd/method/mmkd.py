@@ -172,7 +172,6 @@ class MMKD(LearnedStrategy):
         self.batch_size = None if batch_size is None else _positive_int("mmkd", "batch_size", batch_size)
         self._buffer: dict | None = None
         self._last: dict | None = None
-        self.last_meta_loss: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ build
     def build_networks(self, spec: StrategySpec) -> nn.Module:
@@ -355,7 +354,7 @@ class MMKD(LearnedStrategy):
                 [a * (1 - lr * wd) + wd * b + h for a, b, h in zip(a0, a1, hv)],
                 [b * momentum - lr * momentum * a for a, b in zip(a0, a1)],
             )
-        self.last_meta_loss = final.detach()
+        self.record_loss(final)
         return net_grads
 
     # ------------------------------------------------------------------ state

@@ -135,7 +135,6 @@ class MTKDRL(LearnedStrategy):
         self._states: list[tuple[torch.Tensor, ...]] = []
         self._rewards: list[torch.Tensor] = []
         self._pending: tuple[torch.Tensor, ...] | None = None
-        self.last_agent_loss: float | None = None
 
     def build_networks(self, spec: StrategySpec) -> nn.Module:
         if spec.num_teachers < 2:
@@ -227,7 +226,6 @@ class MTKDRL(LearnedStrategy):
         self._bound()
         policy = self.networks
         policy.train()
-        total, count = None, 0
         with torch.enable_grad():
             for state, reward in zip(self._states, self._rewards):
                 logit_w, feature_w = policy(*state)
@@ -239,9 +237,7 @@ class MTKDRL(LearnedStrategy):
                 loss.backward()
                 self.all_reduce_grads()
                 self.optimizer.step()
-                total = loss.detach() if total is None else total + loss.detach()
-                count += 1
-        self.last_agent_loss = None if total is None else total / count
+                self.record_loss(loss)
         self._states, self._rewards = [], []
 
     def extra_state(self) -> dict:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import platform
 import sys
@@ -485,6 +486,9 @@ class TrainingRun:
         if callable(end_strategy_epoch):  # a learned strategy's end-of-epoch update
             end_strategy_epoch(epoch)
         train = self.meter.finish(self.parts.teacher_names)
+        if getattr(self.parts.strategy, "learns", False):  # its own objective, this epoch
+            own = self.parts.strategy.epoch_loss()
+            train["strategy_loss"] = math.nan if own is None else own
         t0 = time.perf_counter()
         evaluated = self._evaluate_all()
         row = {"epoch": epoch, "lr": self.epoch_lr}
