@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from multikd.errors import ConfigError
-from multikd.method.losses import kd_loss, mse_logit_loss
+from multikd.method.losses import kd_loss, mse_logit_loss, upcast as _upcast
 
 LOGIT_LOSSES = ("kd", "mse", "dkd", "dist")
 
@@ -88,12 +88,6 @@ _LS_EPS = 1e-7
 _DIST_EPS = 1e-8
 # DKD's NCKD masks the ground-truth class by subtracting this from its (scaled) logit.
 _DKD_GT_OFFSET = 1000.0
-
-
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    """``x.float()`` for half-precision (and integer) input, so that the loss is computed in
-    float32 even under autocast; float64 input stays float64 (exact reference checks)."""
-    return x if x.dtype == torch.float64 else x.float()
 
 
 def standardize_logits(z: torch.Tensor) -> torch.Tensor:

@@ -45,8 +45,8 @@ def kd_loss(
     their mean. The teacher side is a constant target only if the caller detaches it.
     """
     _check_reduction(reduction)
-    log_q = F.log_softmax(_wide(student) / temperature, dim=-1)
-    log_p = F.log_softmax(_wide(teacher) / temperature, dim=-1)
+    log_q = F.log_softmax(upcast(student) / temperature, dim=-1)
+    log_p = F.log_softmax(upcast(teacher) / temperature, dim=-1)
     per_row = (log_p.exp() * (log_p - log_q)).sum(-1) * temperature**2
     return per_row.mean() if reduction == "batchmean" else per_row
 
@@ -63,7 +63,7 @@ def mse_logit_loss(
     mean over the C classes; ``reduction`` as in :func:`kd_loss`.
     """
     _check_reduction(reduction)
-    per_row = (_wide(student) - _wide(teacher)).pow(2).mean(-1)
+    per_row = (upcast(student) - upcast(teacher)).pow(2).mean(-1)
     return per_row.mean() if reduction == "batchmean" else per_row
 
 
@@ -76,7 +76,7 @@ def weighted_teacher_mean(per_teacher: torch.Tensor, weights: torch.Tensor) -> t
             f"per-teacher losses {tuple(per_teacher.shape)} and weights "
             f"{tuple(weights.shape)} must both be [K,B]"
         )
-    return (_wide(weights) * per_teacher).sum(0).mean()
+    return (upcast(weights) * per_teacher).sum(0).mean()
 
 
 def multi_teacher_kd_loss(
@@ -134,7 +134,7 @@ def feature_loss_per_teacher(
                 f"adapted student feature {tuple(a.shape)} does not match teacher {k}'s "
                 f"feature {tuple(t.shape)}"
             )
-        per_teacher.append((_wide(a) - _wide(t)).pow(2).flatten(1).mean(1))
+        per_teacher.append((upcast(a) - upcast(t)).pow(2).flatten(1).mean(1))
     return torch.stack(per_teacher)
 
 
@@ -151,7 +151,7 @@ def _check_logits(student: torch.Tensor, teachers: torch.Tensor) -> None:
         )
 
 
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    """float32 for half-precision input (AMP), float64 kept: losses are computed in at
-    least float32."""
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """float32 for half-precision (and integer) input, so a loss is computed in float32
+    even under autocast; float64 stays float64 (exact reference checks)."""
     return x if x.dtype == torch.float64 else x.float()
