@@ -30,8 +30,10 @@ def test_distill_flags_set_their_config_keys(capsys):
     )
     assert cfg["kind"] == "distill" and cfg["model"] == {"arch": "resnet8", "checkpoint": None}
     assert cfg["teachers"] == [
-        {"arch": "resnet20", "checkpoint": "a/ckpt.pt", "name": "resnet20", "self_from_epoch": None},
-        {"arch": "resnet20", "checkpoint": None, "name": "resnet20_2", "self_from_epoch": None},
+        {"arch": "resnet20", "checkpoint": "a/ckpt.pt", "name": "resnet20", "self_from_epoch": None,
+         "classes": None},
+        {"arch": "resnet20", "checkpoint": None, "name": "resnet20_2", "self_from_epoch": None,
+         "classes": None},
     ]
     assert cfg["strategy"] == {"name": "ce-filter", "params": {"margin": 0.5, "granularity": "sample"}}
     loss = cfg["loss"]

@@ -1,5 +1,6 @@
-"""Teachers of part of the label space (#18 item 2, first part): ``--classes`` restricts a
-run to some classes, relabelled 0..m-1 and recorded in its config.yaml."""
+"""Teachers of part of the label space (#18 item 2): ``--classes`` restricts a run to some
+classes, relabelled 0..m-1 and recorded in its config.yaml (merging such teachers:
+tests/test_label_merge.py)."""
 
 from __future__ import annotations
 
@@ -50,8 +51,13 @@ def test_train_teacher_on_half_the_classes(tmp_path, capsys):
     assert state["num_classes"] == 5 and state["model"]["fc.weight"].shape[0] == 5
     labels = np.load(out / "predictions.npz")["label"]
     assert set(labels.tolist()) <= set(range(5))  # tested on its own classes only
-    # a 10-class student cannot take it yet: a clear error, not a traceback
+    # a 10-class student takes it: classes 5-9 are taught by their labels alone
     assert main(["distill", "--student", "resnet8", "--teachers-from", str(out), "--epochs", "1",
-                 "--out", str(tmp_path / "s"), *DATA]) != 0
+                 "--out", str(tmp_path / "s"), *DATA]) == 0
+    run = yaml.safe_load((tmp_path / "s" / "config.yaml").read_text())
+    assert run["teachers"][0]["classes"] == [0, 1, 2, 3, 4]
+    # with no label read, classes 5-9 have no teacher: a clear error naming them
+    assert main(["distill", "--student", "resnet8", "--teachers-from", str(out), "--epochs", "1",
+                 "--set", "data.labeled_fraction=0", "--out", str(tmp_path / "s0"), *DATA]) != 0
     err = capsys.readouterr().err
-    assert "--classes" in err and "Traceback" not in err
+    assert "classes 5-9 are in no teacher's classes" in err and "Traceback" not in err

@@ -88,9 +88,20 @@ def row_cost(student_arch: str, runs: pd.DataFrame) -> RowCost:
         first = distill.iloc[0]
         archs = first["teacher_archs"]
         if isinstance(archs, (list, tuple)) and len(archs) == len(first["teacher_names"]):
-            row.teachers = [Member(n, a, _cost(a, classes), classes)
-                            for n, a in zip(first["teacher_names"], archs)]
+            outputs = _teacher_outputs(first.get("experiment"), len(archs), classes)
+            row.teachers = [Member(n, a, _cost(a, m), m)
+                            for n, a, m in zip(first["teacher_names"], archs, outputs)]
     return row
+
+
+def _teacher_outputs(experiment: str | None, k: int, classes: int) -> list[int]:
+    """Each teacher's output count: ``classes``, or the length of its ``classes`` list (a
+    teacher of part of the label space)."""
+    teachers = json.loads(experiment).get("teachers", []) if isinstance(experiment, str) else []
+    if len(teachers) != k:
+        return [classes] * k
+    return [len(t["classes"]) if isinstance(t, dict) and t.get("classes") else classes
+            for t in teachers]
 
 
 def add_throughput(costs: dict, device: str = "cpu", batch_size: int = 256,

@@ -203,6 +203,10 @@ def _normalized(summary: dict) -> dict:
         out[name] = next((summary[k] for k in keys if summary.get(k) is not None), None)
     out["teacher_names"] = tuple(out["teacher_names"] or ())
     out["features"] = bool(out["features"])
+    fraction = summary.get("labeled_fraction")
+    if isinstance(fraction, (int, float)) and fraction < 1 and summary.get("dataset"):
+        # another experiment: its own rows (and its own student-alone baseline)
+        out["dataset"] = f"{summary['dataset']}@labeled{fraction:g}"
     return out
 
 

@@ -38,7 +38,8 @@ _SUITE_KEYS = {
     "recipe": "config sections shared by every run (optim, loss, runtime, output)",
     "teacher_recipe": "config sections for training teachers (default: recipe's optim/runtime)",
     "features": "loss keys of the logits+feat variant (gamma, student_feature, ...)",
-    "teachers": "teacher id -> {arch, seed, published, expected_acc, recipe, synthetic}",
+    "teachers": "teacher id -> {arch, seed, published, expected_acc, recipe, synthetic, "
+    "classes}",
     "teacher_sets": "set name -> list of teacher ids",
     "pairs": "list of {teachers: SET, students: [ARCH, ...]}",
     "strategies": "list of strategy names or {name, params, label, loss, variants}",
@@ -51,10 +52,11 @@ _SUITE_KEYS = {
     "default: torch's choice)",
     "labeled_fractions": "list of data.labeled_fraction values: every teacher set's runs "
     "repeated for each, in folders SET@labeledF (the student alone learns from that labelled "
-    "part; the teachers are trained on all labels)",
+    "part; the teachers are trained on all labels; at 0 it has nothing to learn from and is "
+    "left out)",
 }
 _TEACHER_KEYS = ("arch", "seed", "published", "expected_acc", "recipe", "synthetic",
-                 "from_epoch")
+                 "from_epoch", "classes")
 SELF = "self"
 """``arch: self`` (with ``from_epoch: E``): the student itself, a frozen snapshot from epoch E."""
 _STRATEGY_KEYS = ("name", "params", "label", "loss", "variants")
@@ -78,6 +80,9 @@ class TeacherSpec:
     patterns), whose predictions on the students' images are confidently wrong."""
     from_epoch: int | None = None
     """For ``arch: self``: the epoch from which the student's snapshot teaches it."""
+    classes: list[int] | None = None
+    """A teacher of part of the classes (``classes: 0-49`` or a list): trained on those
+    only (``data.classes``), placed there in the students' label space (``teachers[].classes``)."""
 
 
 @dataclass
@@ -369,7 +374,9 @@ def _teachers(raw, where: str) -> dict[str, TeacherSpec]:
             raise ConfigError(f"{at}: 'published' must be a file path relative to --teachers-dir")
         recipe = _recipe(spec.get("recipe", {}), f"{at}.recipe")
         synthetic = _mapping(spec.get("synthetic", {}), f"{at}.synthetic")
-        teachers[tid] = TeacherSpec(tid, arch, seed, published, expected, recipe, synthetic)
+        classes = _classes(spec.get("classes"), f"{at}.classes")
+        teachers[tid] = TeacherSpec(tid, arch, seed, published, expected, recipe, synthetic,
+                                    classes=classes)
     return teachers
 
 
@@ -394,6 +401,26 @@ def _check_teacher_domains(suite_data: dict, teachers: dict[str, TeacherSpec], w
                     key, SYNTHETIC_DEFAULTS[key]):
                 raise ConfigError(f"{at}: {key} must equal the suite's (a teacher predicts "
                                   "the students' label space)")
+
+
+def _classes(value, where: str) -> list[int] | None:
+    """``0-49`` / ``"0-9,20-29"`` / a list of class indices (None: every class)."""
+    from multikd.train.config import parse_classes
+
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, str):
+        try:
+            return parse_classes(value)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    if not isinstance(value, list) or not value or len(set(value)) != len(value) or any(
+            isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in value):
+        raise ConfigError(f"{where}: give distinct class indices as a list or ranges like "
+                          f"0-49, got {value!r}")
+    return value
 
 
 def _teacher_sets(raw, teachers: dict, where: str) -> dict[str, list[str]]:
@@ -543,6 +570,7 @@ def teacher_config(suite: Suite, spec: TeacherSpec, out: Path, sets: list[str] =
     _apply(config, {"data": data, **_teacher_recipe(suite, spec)}, [])
     config.model.arch = spec.arch
     config.runtime.seed = spec.seed
+    config.data.classes = spec.classes
     config.output.run_dir = str(out / "teachers" / spec.id)
     _apply(config, {}, sets)
     return resolve(config)
@@ -599,6 +627,7 @@ def expand(
                                  variant, sets, fraction)
                     for student in students
                     for strategy, variant in _labels(suite)
+                    if strategy is not None or fraction != 0  # no label: no student alone
                 ]
                 trained = [t for t in ids if t in jobs]
                 groups.append(LockstepGroup(folder, seed, trained, runs))
@@ -635,7 +664,8 @@ def _student_run(
         config.teachers = [
             TeacherConfig(arch=SELF, name=t, self_from_epoch=suite.teachers[t].from_epoch)
             if t not in jobs else
-            TeacherConfig(arch=jobs[t].spec.arch, checkpoint=jobs[t].checkpoint, name=t)
+            TeacherConfig(arch=jobs[t].spec.arch, checkpoint=jobs[t].checkpoint, name=t,
+                          classes=jobs[t].spec.classes)
             for t in ids
         ]
         config.strategy.name = strategy.name

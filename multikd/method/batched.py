@@ -179,6 +179,12 @@ class TeacherRunner:
             self._taps[k] = None if name is None else FeatureTap(self.teachers[k], [name])
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        logits, feats = self.run(x)
+        return torch.stack(logits), feats
+
+    def run(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """Each teacher's logits ``[B, C_k]`` (a list: teachers of part of the label space
+        return fewer) and features."""
         if any(t.training for t in self.teachers):
             raise ModelError(
                 "TeacherRunner runs frozen teachers in eval mode, but a teacher is in training "
@@ -195,7 +201,7 @@ class TeacherRunner:
             else:
                 for k in group.indices:
                     logits[k], feats[k] = self._loop_one(k, x)
-        return torch.stack(logits), feats
+        return logits, feats
 
     def _loop_one(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         tap = self._taps[k]

@@ -19,6 +19,7 @@ from torch import nn
 from multikd.errors import ConfigError, ModelError, StrategyError
 from multikd.method.adapters import ADAPTER_KINDS, build_adapters
 from multikd.method.ensemble import EnsembleOutput, TeacherEnsemble
+from multikd.method.label_spaces import LABEL_MERGES, restrict_weights
 from multikd.method.logit_losses import (
     LOGIT_LOSS_DEFAULTS,
     LOGIT_LOSSES,
@@ -31,7 +32,7 @@ from multikd.method.losses import (
     labeled_ce,
     weighted_teacher_mean,
 )
-from multikd.method.strategies import StepContext, Strategy, check_finite
+from multikd.method.strategies import Selection, StepContext, Strategy, check_finite
 from multikd.models.taps import FeatureTap
 
 FEATURE_WEIGHTS = ("strategy", "uniform", "teacher-head")
@@ -98,6 +99,17 @@ class MultiTeacherDistiller(nn.Module):
       CA-MKD's loop leaves it out in epoch 1: it is computed, so adapter BatchNorm statistics
       move as there, but not added); ``feature_grad=False`` detaches it (CA-MKD's FitNet-MKD).
 
+    Teachers of part of the label space (``ensemble.class_maps.partial``, see
+    :mod:`multikd.method.label_spaces`): with ``label_merge="restricted"`` (default) ``L``
+    compares teacher k with the student's logits on k's classes only (the student's
+    distribution restricted to them and renormalised, Vongkulbhisal et al. 2019), the
+    strategy reads each teacher's CE only on samples of classes it knows (elsewhere the
+    ``unlabeled_ce`` stand-in) and its weights are restricted to the teachers that know the
+    sample's label and renormalised (every teacher on an unlabelled sample); with
+    ``label_merge="concat"`` the teachers' logits are merged into one teacher over all
+    classes (per class the mean of the teachers that know it), distilled with weight 1 (the
+    naive baseline; strategy ``uniform``, no features).
+
     Every option that is ``"reference"`` (or None for the two stage/epoch numbers) takes
     the strategy's value (:attr:`Strategy.reference`), so e.g. ``ca-mkd`` computes the loss
     of CA-MKD's public code. With ``gamma == 0`` there are no adapters and no taps, the
@@ -155,6 +167,7 @@ class MultiTeacherDistiller(nn.Module):
         unlabeled_ce: str = "entropy",
         self_teacher: int | None = None,
         self_from_epoch: int | None = None,
+        label_merge: str = "restricted",
     ):
         super().__init__()
         if not isinstance(ensemble, TeacherEnsemble):
@@ -193,6 +206,13 @@ class MultiTeacherDistiller(nn.Module):
         self.feature_grad = bool(feature_grad)
         self.partial_labels = bool(partial_labels)
         self.unlabeled_ce = _choice("unlabeled_ce", unlabeled_ce, UNLABELED_CE)
+        if self.partial_labels and self.logit_loss == "dkd":
+            raise ConfigError(
+                "loss.logit_loss dkd splits the loss at each image's target class, but some "
+                "training images have no label (data.labeled_fraction < 1 or "
+                "data.unlabeled_dir): use kd, mse or dist"
+            )
+        self.label_merge = _choice("label_merge", label_merge, LABEL_MERGES)
         self.self_teacher = self_teacher
         self.self_from_epoch = self_from_epoch
         self._self_ready = False
@@ -233,9 +253,12 @@ class MultiTeacherDistiller(nn.Module):
             raise ModelError(
                 f"the student predicts {classes} classes but the teachers predict "
                 f"{ensemble.num_classes}; build all models for the same dataset (a teacher "
-                "trained with --classes predicts only its own classes: merging such partial "
-                "teachers into one student is not supported yet)"
+                "trained with --classes knows only its own classes: give them in "
+                "teachers[].classes and the ensemble num_classes)"
             )
+        self.class_maps = ensemble.class_maps if ensemble.class_maps.partial else None
+        if self.class_maps is not None:
+            self._check_partial_teachers(strategy)
         student_shape = teacher_shapes = None
         if self.use_features:
             student_shape = tuple(student_out[1][self.student_feature].shape[1:])
@@ -296,6 +319,35 @@ class MultiTeacherDistiller(nn.Module):
                     "loss.teacher_features and loss.feature_stage at their defaults"
                 )
 
+    def _check_partial_teachers(self, strategy: Strategy) -> None:
+        """What teachers of part of the label space cannot be combined with."""
+        problems = []
+        if self.logit_loss == "dkd":
+            problems.append(
+                "loss.logit_loss dkd splits the loss at the target class, which a teacher "
+                "does not have for images of classes it does not know: use kd, mse or dist"
+            )
+        if strategy.learns:
+            problems.append(
+                f"strategy {strategy.name!r} learns weights over teachers of one label space "
+                "(its source defines nothing else): use uniform, ce-filter, ca-mkd, ebkd, ..."
+            )
+        if self.use_features and self.feature_weights == "teacher-head":
+            problems.append(
+                "loss.feature_weights teacher-head scores each teacher's classifier head "
+                "against the label, which a partial teacher's head may not know: set "
+                "loss.feature_weights strategy or uniform"
+            )
+        if self.label_merge == "concat" and (strategy.name != "uniform" or self.use_features):
+            problems.append(
+                "loss.label_merge concat merges the teachers into one teacher over all "
+                "classes, so there is nothing to weight and no per-teacher feature: use "
+                "strategy uniform and gamma 0"
+            )
+        if problems:
+            raise ConfigError("with teachers of part of the label space (teachers[].classes): "
+                              + "; ".join(problems))
+
     @property
     def teacher_names(self) -> list[str]:
         return self.ensemble.names
@@ -336,17 +388,26 @@ class MultiTeacherDistiller(nn.Module):
                     context.student_feature = student_feature.detach()
                     context.adapted = [a.detach() for a in adapted]
                     context.teacher_features = [f.detach() for f in teacher_out.features]
-        teacher_ce = teacher_out.ce
-        if self.partial_labels:
-            teacher_ce = unlabeled_teacher_ce(teacher_ce, teacher_out.logits, y, self.unlabeled_ce)
+        ids = list(range(full_out.logits.shape[0])) if active is None else active
+        teacher_ce = self._strategy_ce(teacher_out, y, ids)
         selection = strategy.select(teacher_ce, teacher_out.logits, y, check=False, context=context)
+        if self.class_maps is not None:  # a teacher never votes on a class it does not know
+            votes = _rows(self.class_maps.votes(y), ids)
+            selection = Selection(restrict_weights(selection.weights, votes),
+                                  selection.kept & votes, selection.feature_weights,
+                                  selection.scale)
         weights = selection.weights
         teacher_logits = teacher_out.logits.detach()
         ce = labeled_ce(logits, y) if self.partial_labels else F.cross_entropy(logits, y)
-        per_teacher = self.per_teacher_logit_loss(logits, teacher_logits, y)
-        kd = _scaled(self._reduction_scale(strategy.weight_mass(weights.shape[0]),
-                                           weights.shape[0]) * selection.scale,
-                     weighted_teacher_mean(per_teacher, weights))
+        if self.class_maps is not None and self.label_merge == "concat":
+            merged = self.class_maps.concatenate(teacher_logits, ids)
+            per_teacher = self.per_teacher_logit_loss(logits, merged, y)
+            kd = per_teacher.mean()
+        else:
+            per_teacher = self.per_teacher_logit_loss(logits, teacher_logits, y, ids)
+            kd = _scaled(self._reduction_scale(strategy.weight_mass(weights.shape[0]),
+                                               weights.shape[0]) * selection.scale,
+                         weighted_teacher_mean(per_teacher, weights))
         if self._warmup is not None:
             kd = _scaled(dkd_warmup_factor(self.epoch, self._warmup), kd)
         total = _scaled(self.alpha, ce) + _scaled(self.beta, kd)
@@ -364,12 +425,13 @@ class MultiTeacherDistiller(nn.Module):
             info = {
                 "teachers": list(self.ensemble.names),
                 "weights": _scatter(weights.mean(1), active, full_out),
-                "ce": (teacher_ce.mean(1) if self.partial_labels else teacher_out.ce_mean)
-                .detach().float(),
+                "ce": (teacher_ce.mean(1) if teacher_ce is not teacher_out.ce
+                       else teacher_out.ce_mean).detach().float(),
                 "kept": _scatter(selection.kept.float().mean(1), active, full_out),
             }
             if active is not None:
-                info["ce"] = full_out.ce_mean.detach().float()
+                every = list(range(full_out.logits.shape[0]))
+                info["ce"] = self._strategy_ce(full_out, y, every).mean(1).detach().float()
         return logits, {"ce": ce, "kd": kd, "feat": feat, "total": total}, info
 
     # ------------------------------------------------------------------ self-teacher
@@ -421,12 +483,36 @@ class MultiTeacherDistiller(nn.Module):
         feature = tapped[self.student_feature]
         return logits, feature, [adapter(feature) for adapter in self.adapters]
 
-    def per_teacher_logit_loss(self, logits, teacher_logits, y) -> torch.Tensor:
-        """``[K,B]``: the configured logit loss of the student against each teacher."""
-        return logit_loss_per_teacher(
-            self.logit_loss, logits, teacher_logits, y, self.temperature, self._loss_params(),
-            self.logit_standardize,
-        )
+    def per_teacher_logit_loss(self, logits, teacher_logits, y,
+                               ids: Sequence[int] | None = None) -> torch.Tensor:
+        """``[K,B]``: the configured logit loss of the student against each teacher; with
+        teachers of part of the label space (``ids``: the ensemble index of each row of
+        ``teacher_logits``), each on its own classes (student logits restricted to them,
+        :meth:`ClassMaps.restrict <multikd.method.label_spaces.ClassMaps.restrict>`)."""
+        if self.class_maps is None or ids is None:
+            return logit_loss_per_teacher(
+                self.logit_loss, logits, teacher_logits, y, self.temperature,
+                self._loss_params(), self.logit_standardize,
+            )
+        rows = []
+        for row, k in enumerate(ids):
+            student, teacher, labels = self.class_maps.restrict(k, logits, teacher_logits[row], y)
+            rows.append(logit_loss_per_teacher(
+                self.logit_loss, student, teacher.unsqueeze(0), labels, self.temperature,
+                self._loss_params(), self.logit_standardize,
+            ))
+        return torch.cat(rows)
+
+    def _strategy_ce(self, out: EnsembleOutput, y: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        """The teachers' CE ``[K,B]`` that the strategy reads: their CE where they know the
+        sample's label, the ``unlabeled_ce`` stand-in where it is unlabelled or of a class
+        the teacher does not know."""
+        if self.class_maps is not None:
+            known = _rows(self.class_maps.knows(y), ids)
+            return unlabeled_teacher_ce(out.ce, out.logits, y, self.unlabeled_ce, known=known)
+        if self.partial_labels:
+            return unlabeled_teacher_ce(out.ce, out.logits, y, self.unlabeled_ce)
+        return out.ce
 
     def per_teacher_feature_loss(self, adapted, teacher_features) -> torch.Tensor:
         """``[K,B]``: ``mean_e (a_k(f_s)_i - f_tk,i)^2`` against each teacher's feature (as
@@ -570,7 +656,7 @@ class MultiTeacherDistiller(nn.Module):
 
 
 def unlabeled_teacher_ce(ce: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,
-                         rule: str) -> torch.Tensor:
+                         rule: str, known: torch.Tensor | None = None) -> torch.Tensor:
     """The teachers' CE ``[K,B]`` that strategies read, with each unlabelled sample's entry
     (0 from ``cross_entropy``'s ``ignore_index``) replaced by a label-free stand-in:
 
@@ -579,16 +665,29 @@ def unlabeled_teacher_ce(ce: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
     - ``labeled``: teacher k's mean CE over the batch's labelled samples (the batch's verdict
       on the teacher, shared by its unlabelled samples); a batch without labelled samples
       falls back to ``entropy``.
+
+    ``known [K,B]`` (default: every teacher knows every labelled sample) marks the entries
+    that are real CEs: a teacher of part of the label space has none on a sample of a class
+    it does not know, and gets the stand-in there too (``labeled``: its mean over the
+    samples it knows).
     """
-    labelled = y != UNLABELED
+    known = (y != UNLABELED).unsqueeze(0) if known is None else known
     entropy = torch.special.entr(torch.softmax(logits.float(), dim=-1)).sum(-1)
     if rule == "entropy":
         proxy = entropy
     else:
-        count = labelled.sum()
-        mean = (ce * labelled).sum(1, keepdim=True) / count.clamp(min=1)
+        count = known.sum(1, keepdim=True)
+        zero = torch.zeros((), dtype=ce.dtype, device=ce.device)
+        mean = torch.where(known, ce, zero).sum(1, keepdim=True) / count.clamp(min=1)
         proxy = torch.where(count > 0, mean.expand_as(ce), entropy)
-    return torch.where(labelled, ce, proxy)
+    return torch.where(known, ce, proxy)
+
+
+def _rows(per_teacher: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """The rows ``ids`` of a ``[K, ...]`` tensor (itself when they are all of them, in order)."""
+    if len(ids) == per_teacher.shape[0]:
+        return per_teacher
+    return per_teacher.index_select(0, torch.tensor(ids, device=per_teacher.device))
 
 
 def _subset(out: EnsembleOutput, keep: list[int]) -> EnsembleOutput:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from multikd.method.batched import TeacherRunner
+from multikd.method.label_spaces import ClassMaps, span
 from multikd.errors import DataError, ModelError
 
 DEFAULT_INPUT_SHAPE = (1, 3, 32, 32)
@@ -71,7 +72,14 @@ class TeacherEnsemble(nn.Module):
     :func:`multikd.models.create_model`, else its class name), with ``_<k>`` appended
     where several teachers share one. ``num_classes`` is found by one dry forward pass on
     ``example_input`` (default zeros ``[1,3,32,32]``); teachers that disagree are a
-    :class:`~multikd.errors.ModelError`. The teachers run through a
+    :class:`~multikd.errors.ModelError`.
+
+    Teachers of part of the label space (``classes[k]``: the student classes teacher k
+    predicts, in the order of its outputs; None: every class) need ``num_classes``, the
+    student's C: their logits are scattered into ``[B,C]`` (:class:`~multikd.method.
+    label_spaces.ClassMaps`, ``class_maps``), so the output is ``[K,B,C]`` as for any other
+    teachers, and :meth:`evaluate` scores each teacher on the test images of its own
+    classes. The teachers run through a
     :class:`~multikd.method.batched.TeacherRunner`: ``batched=True`` runs same-architecture
     teachers as one vmapped pass (off by default: on an H100 it was faster only for some
     architectures and batch sizes, at up to 3x the activation memory; see multikd.method.batched).
@@ -85,6 +93,8 @@ class TeacherEnsemble(nn.Module):
         *,
         example_input: torch.Tensor | None = None,
         batched: bool = False,
+        classes: Sequence[Sequence[int] | None] | None = None,
+        num_classes: int | None = None,
     ):
         super().__init__()
         teachers = list(teachers)
@@ -102,7 +112,14 @@ class TeacherEnsemble(nn.Module):
             torch.zeros(DEFAULT_INPUT_SHAPE) if example_input is None else example_input.detach()
         )
         self.feature_names: list[str | None] = [None] * len(teachers)
-        self.num_classes = self._check_num_classes()
+        classes = [None] * len(teachers) if classes is None else list(classes)
+        if len(classes) != len(teachers):
+            raise ModelError(
+                f"got {len(classes)} class lists for {len(teachers)} teachers ({self.names}); "
+                "give one per teacher (None for a teacher of every class)"
+            )
+        self.num_classes = self._check_num_classes(classes, num_classes)
+        self.class_maps = ClassMaps(classes, self.num_classes, self.names)
         noise = torch.Generator().manual_seed(0)
         check_input = torch.randn((2, *self.example_input.shape[1:]), generator=noise)
         self.runner = TeacherRunner(teachers, batched=batched, example_input=check_input)
@@ -154,8 +171,12 @@ class TeacherEnsemble(nn.Module):
             return EnsembleOutput.from_logits(logits, y, feats if features else None)
 
     def _run_teachers(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """Logits ``[K,B,C]`` and tapped features of every teacher (looped or batched)."""
-        return self.runner(x)
+        """Logits ``[K,B,C]`` and tapped features of every teacher (looped or batched);
+        partial teachers' logits scattered into the C classes."""
+        if not self.class_maps.partial:
+            return self.runner(x)
+        logits, feats = self.runner.run(x)
+        return self.class_maps.scatter(logits), feats
 
     def feature_shapes(
         self, example_input: torch.Tensor | None = None
@@ -168,27 +189,51 @@ class TeacherEnsemble(nn.Module):
 
     def evaluate(self, loader, device: torch.device | str | None = None) -> dict[str, float]:
         """Top-1 test accuracy (%) of each teacher over ``loader``'s ``(x, y)`` batches,
-        as ``{teacher name: accuracy}`` in the ensemble's order. One host sync, at the end."""
+        as ``{teacher name: accuracy}`` in the ensemble's order; a partial teacher is scored
+        on the images of its own classes only. One host sync, at the end."""
+        correct, seen = self.evaluate_counts(loader, device)
+        if int(seen.sum()) == 0:
+            raise DataError("cannot evaluate the teachers: the data loader yielded no samples")
+        empty = [n for n, s in zip(self.names, seen.tolist()) if s == 0]
+        if empty:
+            raise DataError(
+                f"cannot evaluate teacher(s) {', '.join(empty)}: the test images hold none "
+                "of their classes"
+            )
+        accuracy = (correct.double() * 100.0 / seen.double()).tolist()
+        return dict(zip(self.names, accuracy))
+
+    def evaluate_counts(self, loader, device: torch.device | str | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(correct [K], seen [K])`` on the device, no host sync: per teacher, the test
+        images of its classes it gets right, and how many there are (sums over processes
+        give the accuracy of a sharded test set)."""
         device = torch.device(device) if device is not None else _device_of(self)
-        correct = torch.zeros(self.num_teachers, dtype=torch.long, device=device)
-        seen = 0
+        k = self.num_teachers
+        correct = torch.zeros(k, dtype=torch.long, device=device)
+        seen = torch.zeros(k, dtype=torch.long, device=device)
         with torch.no_grad():
             for x, y in loader:
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
                 logits, _ = self._run_teachers(x)
-                correct += (logits.argmax(-1) == y.unsqueeze(0)).sum(1)
-                seen += y.shape[0]
-        if seen == 0:
-            raise DataError("cannot evaluate the teachers: the data loader yielded no samples")
-        accuracy = (correct.double() * (100.0 / seen)).tolist()
-        return dict(zip(self.names, accuracy))
+                hits = logits.argmax(-1) == y.unsqueeze(0)
+                if self.class_maps.partial:
+                    known = self.class_maps.knows(y)
+                    correct += (hits & known).sum(1)
+                    seen += known.sum(1)
+                else:
+                    correct += hits.sum(1)
+                    seen += y.shape[0]
+        return correct, seen
 
     def _example(self, example_input: torch.Tensor | None) -> torch.Tensor:
         example = self.example_input if example_input is None else example_input
         return example.to(_device_of(self))
 
-    def _check_num_classes(self) -> int:
+    def _check_num_classes(self, classes: list, num_classes: int | None) -> int:
+        """The C of the teachers' ``[K,B,C]`` output: every full teacher's class count, or
+        ``num_classes`` (required with partial teachers, which return ``len(classes[k])``)."""
         with torch.no_grad():
             example = self._example(None)
             shapes = [tuple(teacher(example).shape) for teacher in self.teachers]
@@ -198,14 +243,30 @@ class TeacherEnsemble(nn.Module):
                 f"teacher(s) {', '.join(bad)} did not return logits [B,C] for an input of shape "
                 f"{tuple(example.shape)}; a teacher's forward must return logits only"
             )
-        counts = {n: s[1] for n, s in zip(self.names, shapes)}
+        partial = {n: (s[1], c) for n, s, c in zip(self.names, shapes, classes) if c is not None}
+        wrong = [f"{n} returns {m} logits but lists {len(c)} classes ({span(c)})"
+                 for n, (m, c) in partial.items() if m != len(c)]
+        if wrong:
+            raise ModelError(
+                f"a partial teacher returns one logit per class it knows: {'; '.join(wrong)}; "
+                "give teachers[].classes as its train-teacher --classes"
+            )
+        counts = {n: s[1] for n, s, c in zip(self.names, shapes, classes) if c is None}
+        if num_classes is not None:
+            counts = {**counts, "the student": int(num_classes)}
+        elif partial and not counts:
+            raise ModelError(
+                "every teacher knows part of the label space only: pass num_classes, the "
+                "student's class count"
+            )
         if len(set(counts.values())) > 1:
             listing = ", ".join(f"{n}: {c}" for n, c in counts.items())
             raise ModelError(
                 f"the teachers predict different numbers of classes ({listing}); all teachers "
-                "and the student must be built for the same dataset"
+                "and the student must be built for the same dataset (a teacher of part of the "
+                "classes lists them in teachers[].classes)"
             )
-        return shapes[0][1]
+        return next(iter(counts.values()))
 
     def extra_repr(self) -> str:
         return f"names={self.names}, num_classes={self.num_classes}"

@@ -90,12 +90,16 @@ def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
             continue
         if t.checkpoint is None:
             log.warning("teacher %s has no checkpoint: it keeps its random initialization", t.name)
-        teachers.append(create_model(t.arch, num_classes=num_classes, checkpoint=t.checkpoint))
+        outputs = num_classes if t.classes is None else len(t.classes)
+        teachers.append(create_model(t.arch, num_classes=outputs, checkpoint=t.checkpoint))
     names = [t.name for t in cfg.teachers]
+    classes = [t.classes for t in cfg.teachers]
+    _check_coverage(cfg, classes, num_classes)
     loss = cfg.loss
     distiller = MultiTeacherDistiller(
         model,
-        TeacherEnsemble(teachers, names=names, batched=cfg.runtime.batched_teachers),
+        TeacherEnsemble(teachers, names=names, batched=cfg.runtime.batched_teachers,
+                        classes=classes, num_classes=num_classes),
         strategy,
         alpha=loss.alpha,
         beta=loss.beta,
@@ -119,8 +123,26 @@ def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
         unlabeled_ce=loss.unlabeled_ce,
         self_teacher=self_index,
         self_from_epoch=None if self_index is None else cfg.teachers[self_index].self_from_epoch,
+        label_merge=loss.label_merge,
     )
     return Learner(distiller, model, distiller.ensemble, strategy, tuple(names))
+
+
+def _check_coverage(cfg: RunConfig, classes: list, num_classes: int) -> None:
+    """With teachers of part of the classes and no label read, every student class must be
+    known to some teacher (nothing else could teach it)."""
+    if all(c is None for c in classes) or cfg.data.labeled_fraction > 0:
+        return
+    from multikd.method.label_spaces import ClassMaps, span
+
+    missing = ClassMaps(classes, num_classes, [t.name for t in cfg.teachers]).uncovered()
+    if missing:
+        raise ConfigError(
+            f"student classes {span(missing)} are in no teacher's classes "
+            "(teachers[].classes) and data.labeled_fraction is 0, so no label is read: nothing "
+            "can teach them. Add a teacher that knows them, or keep some labels "
+            "(--set data.labeled_fraction=0.1)"
+        )
 
 
 def build_teacher_cache(cfg: RunConfig, ensemble, train_set, device: torch.device):
@@ -139,6 +161,8 @@ def build_teacher_cache(cfg: RunConfig, ensemble, train_set, device: torch.devic
 
     compute = (f"device={device.type}|amp={rt.amp}|channels_last={rt.channels_last}"
                f"|batched={rt.batched_teachers}")
+    if ensemble.class_maps.partial:  # the same weights placed in other classes: other logits
+        compute += f"|classes={ensemble.class_maps.classes}"
     cache = TeacherLogitCache.for_teachers(
         rt.teacher_cache, ensemble.teachers, train_set, cfg.data.dataset, ensemble.num_classes,
         dtype=getattr(torch, rt.teacher_cache_dtype),

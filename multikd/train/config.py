@@ -92,6 +92,11 @@ class TeacherConfig:
         "taken at the start of epoch E (>= 2, < optim.epochs); before E it is left out "
         "(arch and checkpoint are then not used; CLI: --teacher self@E)"
     )
+    classes: Optional[list[int]] = _doc(
+        None, "the student classes this teacher predicts, in the order of its outputs (a "
+        "teacher trained with train-teacher --classes); null: read from its run's config.yaml "
+        "beside the checkpoint, else every class"
+    )
 
 
 @dataclass
@@ -115,6 +120,12 @@ class LossConfig:
         "what strategies that judge teachers by their CE against the label read on an "
         "unlabelled sample: entropy (the teacher's prediction entropy, its CE against its own "
         "distribution) or labeled (the teacher's mean CE over the batch's labelled samples)",
+    )
+    label_merge: str = _choice(
+        "restricted", ("restricted", "concat"),
+        "teachers of part of the classes (teachers[].classes): restricted (each teacher "
+        "against the student's distribution on its classes, renormalised; Vongkulbhisal et "
+        "al. 2019) or concat (their logits side by side as one teacher: the naive baseline)",
     )
     temperature: float = _doc(4.0, "softmax temperature T of the KD term")
     logit_loss: str = _choice(
@@ -482,6 +493,9 @@ def resolve(config: RunConfig) -> RunConfig:
             continue
         with problems.check():
             teacher.arch = _canonical_arch(teacher.arch)
+        if teacher.classes is None and teacher.checkpoint:
+            with problems.check():
+                teacher.classes = recorded_classes(teacher.checkpoint)
     o = cfg.optim
     if o.lr is None and not problems:
         o.lr = default_lr(cfg.model.arch)
@@ -550,6 +564,7 @@ def _problems_of(cfg: RunConfig) -> list[str]:
             "(remove the teachers or use `multikd distill`)"
         )
     problems.extend(_self_teacher_problems(cfg))
+    problems.extend(_partial_teacher_problems(cfg))
     d = cfg.data
     if d.classes is not None and (
         not isinstance(d.classes, list) or not d.classes
@@ -634,6 +649,46 @@ def _self_teacher_problems(cfg: RunConfig) -> list[str]:
     return problems
 
 
+def recorded_classes(checkpoint: str) -> list[int] | None:
+    """The ``data.classes`` a multikd run recorded for the model in ``checkpoint`` (its
+    config.yaml beside it, or in it when ``checkpoint`` is a run directory); None for a
+    model of every class and for checkpoints from elsewhere (no config.yaml there)."""
+    path = Path(checkpoint)
+    config = (path if path.is_dir() else path.parent) / "config.yaml"
+    if not config.is_file():
+        return None
+    data = load_yaml(config)
+    classes = (data.get("data") or {}).get("classes") if isinstance(data, dict) else None
+    if classes is not None and not (isinstance(classes, list)
+                                    and all(isinstance(c, int) for c in classes)):
+        raise ConfigError(f"{config}: data.classes must be a list of class indices, got "
+                          f"{classes!r}")
+    return classes
+
+
+def _partial_teacher_problems(cfg: RunConfig) -> list[str]:
+    """What teachers of part of the label space (``teachers[].classes``) cannot be combined
+    with; the checks that need the student's class count run when the run is built."""
+    partial = [t for t in cfg.teachers if t.classes is not None]
+    problems = []
+    for t in partial:
+        c = t.classes
+        if not isinstance(c, list) or not c or len(set(c)) != len(c) or any(
+                isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in c):
+            problems.append(
+                f"teacher {t.name or t.arch}: classes must be a non-empty list of distinct "
+                f"class indices >= 0, in the order of the teacher's outputs; got {c!r}"
+            )
+    if not partial:
+        return problems
+    if cfg.data.classes is not None:
+        problems.append(
+            "data.classes restricts the student to part of the classes, and teachers[].classes "
+            "places partial teachers in the student's classes: use one or the other"
+        )
+    return problems
+
+
 def _resolve_strategy(cfg: RunConfig) -> None:
     """Check the strategy and its parameters; a strategy that draws random numbers gets the
     run's seed unless its own ``seed`` is given, so seeds vary its draws like the rest."""
@@ -691,6 +746,7 @@ _LEGACY_VALUES = {
     ("data", "classes"): (None,),
     ("data", "unlabeled_dir"): ("",),
     ("loss", "unlabeled_ce"): ("entropy",),
+    ("loss", "label_merge"): ("restricted",),
     ("loss", "logit_params"): ({},),
     ("loss", "logit_standardize"): (False,),
     ("loss", "teacher_reduction"): ("sum", REFERENCE),
@@ -729,9 +785,10 @@ def config_hash(config: RunConfig) -> str:
     for (section, key), legacy in _LEGACY_VALUES.items():
         if data[section].get(key, legacy[0]) in legacy:
             data[section].pop(key, None)
-    for teacher in data["teachers"]:  # added later too: only a self-teacher carries it
-        if teacher.get("self_from_epoch") is None:
-            teacher.pop("self_from_epoch", None)
+    for teacher in data["teachers"]:  # added later too: only the teachers they describe
+        for key in ("self_from_epoch", "classes"):
+            if teacher.get(key) is None:
+                teacher.pop(key, None)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

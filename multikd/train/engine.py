@@ -157,15 +157,20 @@ def evaluate_checkpoint(
     seed: int = 0,
     batch_size: int = 256,
     device: str = "auto",
+    classes: list[int] | None = None,
 ) -> dict:
-    """Top-1 accuracy (%) and mean CE of a saved model on the test (and val) split."""
+    """Top-1 accuracy (%) and mean CE of a saved model on the test (and val) split; a model
+    of part of the classes (``classes``, default: what its run recorded, see
+    :func:`~multikd.train.config.recorded_classes`) on the images of those classes."""
     from multikd import data
     from multikd.models import create_model
+    from multikd.train.config import recorded_classes
 
     dev = pick_device(device)
     splits = data.build_datasets(
         dataset, data_root=data_root, val_size=val_size, seed=seed,
         synthetic=synthetic if dataset == "synthetic" else None,
+        classes=classes if classes is not None else recorded_classes(checkpoint),
     )
     model = create_model(arch, num_classes=splits.num_classes, checkpoint=checkpoint).to(dev)
     result = {"arch": model.arch_name, "checkpoint": str(checkpoint), "dataset": dataset}
@@ -332,20 +337,19 @@ class TrainingRun:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
 
     def _teacher_test_acc(self) -> dict:
-        """Each teacher's test accuracy (%) via ``TeacherEnsemble.evaluate``."""
+        """Each teacher's test accuracy (%) (``TeacherEnsemble.evaluate_counts``, summed over
+        processes); a partial teacher's over the test images of its own classes (None when
+        there are none)."""
         ensemble = self.parts.ensemble
         if ensemble is None:
             return {}
-        loader = self.eval_loaders["test"]
-        acc = ensemble.evaluate(loader, device=self.device)
-        names = self.parts.teacher_names
-        n = float(len(loader.dataset))
-        sums = torch.tensor([float(acc[k]) * n for k in names] + [n], dtype=torch.float64,
-                            device=self.device)
-        sums = ddp.all_reduce_sum(sums, self.env).tolist()
+        correct, seen = ensemble.evaluate_counts(self.eval_loaders["test"], device=self.device)
+        counts = ddp.all_reduce_sum(torch.cat([correct, seen]).double(), self.env).tolist()
+        k = len(self.parts.teacher_names)
         own = {t.name for t in self.cfg.teachers if t.self_from_epoch is not None}
         # a self-teacher is the student: its accuracy is the run's, not a teacher's
-        return {k: sums[i] / sums[-1] for i, k in enumerate(names) if k not in own}
+        return {name: (100.0 * counts[i] / counts[k + i] if counts[k + i] else None)
+                for i, name in enumerate(self.parts.teacher_names) if name not in own}
 
     # ------------------------------------------------------------------ state
     def _split_state(self) -> tuple[set[str], set[str]]:
@@ -369,6 +373,7 @@ class TrainingRun:
             "model": parts.model.state_dict(),
             "arch": self.cfg.model.arch,
             "num_classes": self.splits.num_classes,
+            "classes": self.cfg.data.classes,
             "learner": learner,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -588,6 +593,7 @@ class TrainingRun:
             "features_used": distill and cfg.loss.gamma > 0,
             "seed": cfg.runtime.seed,
             "dataset": cfg.data.dataset,
+            "labeled_fraction": cfg.data.labeled_fraction,
             "epochs": cfg.optim.epochs,
             "last_test_acc": rows[-1]["test_acc"],
             "best_test_acc": best["test_acc"],

@@ -64,7 +64,8 @@ def check_compatible(configs: list[RunConfig]) -> None:
                     "must share the data stream (train them separately with --no-lockstep)"
                 )
     distill = [c for c in configs if c.kind == "distill"]
-    teachers = {tuple((t.arch, t.checkpoint) for t in c.teachers) for c in distill}
+    teachers = {tuple((t.arch, t.checkpoint, tuple(t.classes or ())) for t in c.teachers)
+                for c in distill}
     feats = {teacher_taps(c) for c in distill if c.loss.gamma > 0}
     if len(teachers) > 1 or len(feats) > 1:
         raise ConfigError(

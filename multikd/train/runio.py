@@ -180,7 +180,8 @@ class RunDir:
 
 def teachers_from_runs(run_dirs: list[str]) -> list:
     """One TeacherConfig per finished run directory: its architecture, its checkpoint.pt,
-    and the directory's name as the teacher's name."""
+    the directory's name as the teacher's name, and the classes it was trained on
+    (``data.classes``; None: every class)."""
     from multikd.train.config import TeacherConfig
 
     teachers = []
@@ -194,30 +195,12 @@ def teachers_from_runs(run_dirs: list[str]) -> list:
         if not run.has_checkpoint():
             raise CheckpointError(f"--teachers-from {path}: {run.file(CHECKPOINT)} is missing")
         config = run.read_config()
-        if config.data.classes is not None:
-            raise ConfigError(
-                f"--teachers-from {path}: that run was trained on classes "
-                f"{_span(config.data.classes)} only (train-teacher --classes, data.classes); "
-                "merging teachers of part of the label space into one student is not "
-                "supported yet: distill from teachers trained on every class"
-            )
         teachers.append(
             TeacherConfig(
                 arch=config.model.arch,
                 checkpoint=str(run.file(CHECKPOINT)),
                 name=run.path.resolve().name,
+                classes=config.data.classes,
             )
         )
     return teachers
-
-
-def _span(classes: list[int]) -> str:
-    """``[0, 1, 2, 5]`` as ``0-2,5``."""
-    parts, start = [], None
-    for i, c in enumerate(classes):
-        if start is None:
-            start = c
-        if i + 1 == len(classes) or classes[i + 1] != c + 1:
-            parts.append(str(start) if start == c else f"{start}-{c}")
-            start = None
-    return ",".join(parts)
