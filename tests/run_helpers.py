@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import torch
 
 from multikd.cli import main
 
@@ -42,3 +49,20 @@ def train_epoch(run, epoch: int) -> dict:
         x, y = engine.to_device(batch[0], batch[1], run.device)
         run.train_step(step, x, y)
     return run.end_epoch(epoch, 1.0)
+
+
+def kill_after_first_checkpoint(args: list[str], run_dir: Path) -> None:
+    """Run ``multikd ARGS --out run_dir`` in a child process and SIGKILL it as soon as its
+    first epoch checkpoint exists (a run killed mid-training, to be resumed)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    child = subprocess.Popen([sys.executable, "-m", "multikd", *args, "--out", str(run_dir)],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (Path(run_dir) / "checkpoint.pt").exists():
+        if child.poll() is not None:
+            raise AssertionError(f"the run ended before its first checkpoint: "
+                                 f"{child.stderr.read().decode()}")
+        assert time.monotonic() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.005)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()

@@ -11,13 +11,9 @@ columns differ.
 
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import torch
+from run_helpers import kill_after_first_checkpoint
 
 from multikd.cli import main
 
@@ -37,20 +33,9 @@ def _rows(run_dir):
 
 
 def _kill_after_first_checkpoint(run_dir) -> int:
-    """Start the run in a child process; SIGKILL it as soon as epoch 1's checkpoint exists."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    child = subprocess.Popen(
-        [sys.executable, "-m", "multikd", *ARGS, "--out", str(run_dir)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 120
-    while not (run_dir / "checkpoint.pt").exists():
-        if child.poll() is not None:
-            raise AssertionError(f"the run ended before its first checkpoint: {child.stderr.read().decode()}")
-        assert time.monotonic() < deadline, "no checkpoint after 120 s"
-        time.sleep(0.005)
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
+    """Start the run in a child process; SIGKILL it once epoch 1's checkpoint exists; the
+    epoch its checkpoint holds."""
+    kill_after_first_checkpoint(ARGS, run_dir)
     return torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"]
 
 

@@ -5,16 +5,12 @@ weights that move toward the better teacher."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from run_helpers import kill_after_first_checkpoint
 
 from multikd.bench.runner import run_bench
 from multikd.bench.suite import parse_suite
@@ -56,24 +52,10 @@ def _assert_same_state(a, b, where=""):
         assert a == b, where
 
 
-def _kill_after_first_checkpoint(args: list[str], run_dir: Path) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    child = subprocess.Popen([sys.executable, "-m", "multikd", *args, "--out", str(run_dir)],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (run_dir / "checkpoint.pt").exists():
-        if child.poll() is not None:
-            raise AssertionError(f"the run ended early: {child.stderr.read().decode()}")
-        assert time.monotonic() < deadline, "no checkpoint after 120 s"
-        time.sleep(0.005)
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
-
-
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_sigkill_then_resume_equals_the_uninterrupted_run(strategy, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    _kill_after_first_checkpoint(_args(strategy), killed)
+    kill_after_first_checkpoint(_args(strategy), killed)
     assert torch.load(killed / "checkpoint.pt", weights_only=True)["epoch"] < 3
     assert main([*_args(strategy), "--out", str(straight)]) == 0
     assert main(["distill", "--resume", str(killed), "--quiet"]) == 0

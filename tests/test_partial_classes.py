@@ -56,6 +56,11 @@ def test_train_teacher_on_half_the_classes(tmp_path, capsys):
                  "--out", str(tmp_path / "s"), *DATA]) == 0
     run = yaml.safe_load((tmp_path / "s" / "config.yaml").read_text())
     assert run["teachers"][0]["classes"] == [0, 1, 2, 3, 4]
+    # --teacher ARCH=RUN/checkpoint.pt reads them back from the run's config.yaml too
+    assert main(["distill", "--student", "resnet8", "--teacher",
+                 f"resnet8={out / 'checkpoint.pt'}", "--show-config", *DATA]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["teachers"][0]["classes"] == [0, 1, 2, 3, 4]
     # with no label read, classes 5-9 have no teacher: a clear error naming them
     assert main(["distill", "--student", "resnet8", "--teachers-from", str(out), "--epochs", "1",
                  "--set", "data.labeled_fraction=0", "--out", str(tmp_path / "s0"), *DATA]) != 0

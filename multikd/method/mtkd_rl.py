@@ -60,7 +60,7 @@ from torch import nn
 
 from multikd.errors import StrategyError
 from multikd.method.learned import AfterStep, LearnedStrategy, StepRecord, StrategySpec
-from multikd.method.losses import kd_loss
+from multikd.method.losses import kd_loss, upcast as _wide
 from multikd.method.strategies import (
     Selection,
     StepContext,
@@ -251,11 +251,6 @@ class MTKDRL(LearnedStrategy):
         device = next(iter(self.networks.parameters())).device
         self._states = [tuple(t.to(device) for t in s) for s in state["states"]]
         self._rewards = [r.to(device) for r in state["rewards"]]
-
-
-def _wide(t: torch.Tensor) -> torch.Tensor:
-    """Half precision (AMP) widened to float32; float32 and float64 kept."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _pooled(feature: torch.Tensor) -> torch.Tensor:
