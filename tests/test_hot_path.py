@@ -164,8 +164,9 @@ def setup(tmp_path_factory):
 
 
 def _config(root, checkpoints, name, kind="distill", strategy="uniform", gamma=0.0,
-            amp=False) -> RunConfig:
-    teachers = [TeacherConfig(arch="resnet8", checkpoint=c, name=f"t{k}")
+            amp=False, classes=None, merge="restricted") -> RunConfig:
+    teachers = [TeacherConfig(arch="resnet8", checkpoint=c, name=f"t{k}",
+                              classes=None if classes is None else classes[k])
                 for k, c in enumerate(checkpoints)] if kind == "distill" else []
     return resolve(RunConfig(
         kind=kind,
@@ -173,7 +174,7 @@ def _config(root, checkpoints, name, kind="distill", strategy="uniform", gamma=0
         model=ModelConfig(arch="resnet8"),
         teachers=teachers,
         strategy=StrategyConfig(name=strategy, params=PARAMS.get(strategy, {})),
-        loss=LossConfig(gamma=gamma),
+        loss=LossConfig(gamma=gamma, label_merge=merge),
         optim=OptimConfig(batch_size=8, epochs=1),
         runtime=RuntimeConfig(device="cpu", seed=0, amp=amp, channels_last=amp),
         output=OutputConfig(run_dir=str(root / "runs" / name), quiet=True,
@@ -228,6 +229,21 @@ def test_distill_steps_read_nothing_but_the_log(setup, strategy):
 ])
 def test_feature_amp_and_plain_steps_read_nothing_but_the_log(setup, name, kw):
     _assert_hot_path(_epoch_syncs(setup, name, **kw))
+
+
+@pytest.mark.parametrize("strategy, merge", [("ca-mkd", "restricted"), ("uniform", "concat")])
+def test_steps_with_teachers_of_part_of_the_classes_read_nothing_but_the_log(
+        setup, strategy, merge):
+    root, _, splits = setup
+    halves = []
+    for k in range(2):
+        torch.manual_seed(200 + k)
+        path = root / f"half{k}.pt"
+        torch.save({"model": create_model("resnet8", num_classes=5).state_dict()}, path)
+        halves.append(str(path))
+    found = _epoch_syncs((root, halves, splits), f"partial_{merge}", strategy=strategy,
+                         classes=[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]], merge=merge)
+    _assert_hot_path(found)
 
 
 def test_first_batch_is_checked_and_cpu_batches_by_default(setup):
