@@ -286,3 +286,27 @@ def test_label_merge_suite_dry_runs(capsys):
     assert "runs/halves@labeled0/resnet8x4/concat_s0" in out
     assert "runs/quarters@labeled1/resnet8x4/student_s0" in out
     assert "runs/halves@labeled0/resnet8x4/student_s0" not in out
+
+
+def test_partial_teachers_beside_a_self_teacher():
+    """Before its epoch the self-teacher (every class) takes no part; the partial teachers'
+    rows are then a subset of the ensemble's, and their class maps follow them."""
+    classes = [[0, 1, 2], [3, 4, 5], None]
+    ensemble = _partial_ensemble(classes)
+    distiller = MultiTeacherDistiller(Linear(6, seed=9), ensemble, create_strategy("ca-mkd"),
+                                      example_input=EXAMPLE, self_teacher=2, self_from_epoch=2)
+    x = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(6))
+    y = torch.tensor([0, 4, -100, 5])
+    distiller.set_epoch(1)
+    _, losses, info = distiller(x, y)
+    assert info["weights"][2] == 0 and torch.isfinite(losses["total"])
+    # samples of classes 0, 4, 5: all weight on the teacher that knows them; the unlabelled
+    # one is shared, so t0 holds 1/4 plus its share of it, t1 2/4 plus the rest
+    w = info["weights"]
+    torch.testing.assert_close(w[:2].sum(), torch.tensor(1.0))
+    assert 0.25 <= float(w[0]) <= 0.5 and 0.5 <= float(w[1]) <= 0.75
+    assert torch.isfinite(info["ce"]).all() and info["ce"].max() < 100
+    distiller.set_epoch(2)
+    _, losses, info = distiller(x, y)
+    assert info["weights"][2] > 0 and torch.isfinite(losses["total"])
+    assert torch.isfinite(info["ce"]).all() and info["ce"].max() < 100

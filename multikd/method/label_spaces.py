@@ -24,6 +24,10 @@ the rest of the package needs to treat such teachers like any other:
   weights are restricted to them and renormalised (:func:`restrict_weights`); on an
   unlabelled sample every teacher votes (each on its own classes, as in the paper, whose
   transfer set has no labels);
+- strategies that read the teachers' distributions see each teacher's own softmax, 0 off
+  its classes: ``ebkd``'s entropy is the teacher's over its classes; ``aekd`` compares the
+  gradients of the *unrestricted* KL over all C classes (a heuristic for partial teachers,
+  not the restricted loss's gradient); the learned strategies are refused;
 - **naive concatenation**, the baseline the paper compares against
   (``loss.label_merge: concat``, :meth:`ClassMaps.concatenate`): one teacher over C whose
   logit for class c is the mean of the logits of the teachers that know c (for disjoint
