@@ -264,14 +264,17 @@ def test_a_suite_of_partial_teachers_runs_and_tables(tmp_path):
         "teacher_sets": {"halves": ["lo", "hi"]},
         "pairs": [{"teachers": "halves", "students": ["resnet8"]}],
         "labeled_fractions": [0.0, 1.0],
-        "strategies": ["ca-mkd", {"name": "uniform", "label": "concat",
-                                  "loss": {"label_merge": "concat"}}],
+        "strategies": ["uniform", {"name": "uniform", "label": "concat",
+                                   "loss": {"label_merge": "concat"}}],
         "variants": ["logits"], "seeds": [0], "cpu_threads": 1,
     }
     report = run_bench(parse_suite(suite), tmp_path)
     assert len(report.trained) == 2 + 2 + 3  # teachers; @labeled0 without the student alone
     table = (tmp_path / "table_last.md").read_text()
     assert "| synthetic@labeled0 | resnet8 ← lo+hi |" in table and "concat" in table
+    # rows without a student alone are still compared, pairwise, against uniform
+    paired = (tmp_path / "table_paired_vs_uniform_last.md").read_text()
+    assert "| synthetic@labeled0 | resnet8 ← lo+hi |" in paired and "uniform (reference)" in paired
     teacher = yaml.safe_load((tmp_path / "teachers" / "lo" / "config.yaml").read_text())
     assert teacher["data"]["classes"] == [0, 1]
     with pytest.raises(ConfigError, match="teachers.lo.classes"):

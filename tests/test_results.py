@@ -300,7 +300,8 @@ def test_write_results_tables_and_plots(runs_dir, tmp_path):
     paths = write_results(runs_dir, tmp_path / "out")
     names = sorted(str(p.relative_to(tmp_path / "out")) for p in paths)
     assert names == sorted(
-        [f"table_{m}.{f}" for m in ("last", "best", "val", "paired_last") for f in ("md", "csv")]
+        [f"table_{m}.{f}" for m in ("last", "best", "val", "paired_last", "paired_vs_uniform_last")
+         for f in ("md", "csv")]
         + [f"plots/synthetic_resnet8_strong+weak_{kind}.png" for kind in ("acc", "weights")]
     )
     assert "**66.62 ± 0.88 (2)**" in (tmp_path / "out" / "table_last.md").read_text()

@@ -17,6 +17,9 @@ from multikd.bench.results import (
     ALONE, METRIC_COLUMNS, collect_runs, comparison_runs, strategy_table, write_table,
 )
 
+UNIFORM = "uniform"
+"""The label of the reference strategy of the second paired table."""
+
 
 def write_results(
     root: str | Path, out_dir: str | Path, formats=("md", "csv"), plots: bool = True
@@ -26,7 +29,10 @@ def write_results(
     Writes ``table_<metric>.<fmt>`` for metric last and best (and val when some run has a
     val-selected accuracy) in each of ``formats``, ``table_paired_last.<fmt>`` (every
     method's paired difference to the student alone, :mod:`multikd.bench.paired`) when
-    students alone and distilled runs are both there, and, if ``plots``, the PNG files of
+    students alone and distilled runs are both there, ``table_paired_vs_uniform_last.<fmt>``
+    (the same against ``uniform``, the plain multi-teacher average) when ``uniform`` and
+    another strategy are (so rows without a student alone, e.g. a suite's labelled fraction
+    0, still get a paired comparison), and, if ``plots``, the PNG files of
     :func:`multikd.bench.plots.plot_collected` under ``out_dir/plots``. Returns the paths written.
     """
     df = collect_runs(root)
@@ -40,10 +46,15 @@ def write_results(
         table = strategy_table(df, metric=metric)
         written += [write_table(table, out_dir / f"table_{metric}.{fmt}", fmt) for fmt in formats]
     methods = set(comparison_runs(df)["method"])
-    if ALONE in methods and len(methods) > 1:
-        table = paired_table(df, metric="last", vs="student")
+    for reference, name in ((ALONE, "table_paired_last"),
+                            (UNIFORM, "table_paired_vs_uniform_last")):
+        if reference not in methods or len(methods) < 2:
+            continue
+        if reference == UNIFORM and ALONE in methods and len(methods) < 3:
+            continue  # uniform vs the student alone is already in table_paired_last
+        table = paired_table(df, metric="last", vs=reference)
         for fmt in formats:
-            path = out_dir / f"table_paired_last.{fmt}"
+            path = out_dir / f"{name}.{fmt}"
             atomic_write_text(path, format_paired(table, fmt))
             written.append(path)
     if plots:
