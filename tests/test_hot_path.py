@@ -153,14 +153,20 @@ def test_meter_names_the_first_step_whose_loss_was_not_finite(bad):
 def setup(tmp_path_factory):
     """Checkpoints of two random resnet8 teachers, and data splits shared by every run."""
     root = tmp_path_factory.mktemp("hot_path")
-    checkpoints = []
-    for k in range(2):
-        torch.manual_seed(100 + k)
-        path = root / f"teacher{k}.pt"
-        torch.save({"model": create_model("resnet8", num_classes=10).state_dict()}, path)
-        checkpoints.append(str(path))
+    checkpoints = _random_teachers(root, "teacher", outputs=10, seed=100)
     splits = build_data(_config(root, checkpoints, "run"), seed=0)
     return root, checkpoints, splits
+
+
+def _random_teachers(root, prefix: str, outputs: int, seed: int) -> list[str]:
+    """Checkpoint files of two randomly initialised resnet8 with ``outputs`` logits."""
+    paths = []
+    for k in range(2):
+        torch.manual_seed(seed + k)
+        path = root / f"{prefix}{k}.pt"
+        torch.save({"model": create_model("resnet8", num_classes=outputs).state_dict()}, path)
+        paths.append(str(path))
+    return paths
 
 
 def _config(root, checkpoints, name, kind="distill", strategy="uniform", gamma=0.0,
@@ -235,12 +241,7 @@ def test_feature_amp_and_plain_steps_read_nothing_but_the_log(setup, name, kw):
 def test_steps_with_teachers_of_part_of_the_classes_read_nothing_but_the_log(
         setup, strategy, merge):
     root, _, splits = setup
-    halves = []
-    for k in range(2):
-        torch.manual_seed(200 + k)
-        path = root / f"half{k}.pt"
-        torch.save({"model": create_model("resnet8", num_classes=5).state_dict()}, path)
-        halves.append(str(path))
+    halves = _random_teachers(root, "half", outputs=5, seed=200)
     found = _epoch_syncs((root, halves, splits), f"partial_{merge}", strategy=strategy,
                          classes=[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]], merge=merge)
     _assert_hot_path(found)
