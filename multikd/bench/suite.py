@@ -405,7 +405,7 @@ def _check_teacher_domains(suite_data: dict, teachers: dict[str, TeacherSpec], w
 
 def _classes(value, where: str) -> list[int] | None:
     """``0-49`` / ``"0-9,20-29"`` / a list of class indices (None: every class)."""
-    from multikd.train.config import parse_classes
+    from multikd.train.config import is_class_list, parse_classes
 
     if value is None:
         return None
@@ -416,8 +416,7 @@ def _classes(value, where: str) -> list[int] | None:
             return parse_classes(value)
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
-    if not isinstance(value, list) or not value or len(set(value)) != len(value) or any(
-            isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in value):
+    if not is_class_list(value):
         raise ConfigError(f"{where}: give distinct class indices as a list or ranges like "
                           f"0-49, got {value!r}")
     return value

@@ -190,18 +190,17 @@ class TeacherEnsemble(nn.Module):
     def evaluate(self, loader, device: torch.device | str | None = None) -> dict[str, float]:
         """Top-1 test accuracy (%) of each teacher over ``loader``'s ``(x, y)`` batches,
         as ``{teacher name: accuracy}`` in the ensemble's order; a partial teacher is scored
-        on the images of its own classes only. One host sync, at the end."""
-        correct, seen = self.evaluate_counts(loader, device)
-        if int(seen.sum()) == 0:
+        on the images of its own classes only. One host read, at the end."""
+        correct, seen = torch.stack(self.evaluate_counts(loader, device)).tolist()
+        if sum(seen) == 0:
             raise DataError("cannot evaluate the teachers: the data loader yielded no samples")
-        empty = [n for n, s in zip(self.names, seen.tolist()) if s == 0]
+        empty = [n for n, s in zip(self.names, seen) if s == 0]
         if empty:
             raise DataError(
                 f"cannot evaluate teacher(s) {', '.join(empty)}: the test images hold none "
                 "of their classes"
             )
-        accuracy = (correct.double() * 100.0 / seen.double()).tolist()
-        return dict(zip(self.names, accuracy))
+        return {n: 100.0 * c / s for n, c, s in zip(self.names, correct, seen)}
 
     def evaluate_counts(self, loader, device: torch.device | str | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,14 +216,9 @@ class TeacherEnsemble(nn.Module):
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
                 logits, _ = self._run_teachers(x)
-                hits = logits.argmax(-1) == y.unsqueeze(0)
-                if self.class_maps.partial:
-                    known = self.class_maps.knows(y)
-                    correct += (hits & known).sum(1)
-                    seen += known.sum(1)
-                else:
-                    correct += hits.sum(1)
-                    seen += y.shape[0]
+                known = self.class_maps.knows(y)  # all True for teachers of every class
+                correct += ((logits.argmax(-1) == y.unsqueeze(0)) & known).sum(1)
+                seen += known.sum(1)
         return correct, seen
 
     def _example(self, example_input: torch.Tensor | None) -> torch.Tensor:

@@ -93,13 +93,13 @@ def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
         outputs = num_classes if t.classes is None else len(t.classes)
         teachers.append(create_model(t.arch, num_classes=outputs, checkpoint=t.checkpoint))
     names = [t.name for t in cfg.teachers]
-    classes = [t.classes for t in cfg.teachers]
-    _check_coverage(cfg, classes, num_classes)
+    ensemble = TeacherEnsemble(teachers, names=names, batched=cfg.runtime.batched_teachers,
+                               classes=[t.classes for t in cfg.teachers], num_classes=num_classes)
+    _check_coverage(cfg, ensemble.class_maps)
     loss = cfg.loss
     distiller = MultiTeacherDistiller(
         model,
-        TeacherEnsemble(teachers, names=names, batched=cfg.runtime.batched_teachers,
-                        classes=classes, num_classes=num_classes),
+        ensemble,
         strategy,
         alpha=loss.alpha,
         beta=loss.beta,
@@ -128,14 +128,14 @@ def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
     return Learner(distiller, model, distiller.ensemble, strategy, tuple(names))
 
 
-def _check_coverage(cfg: RunConfig, classes: list, num_classes: int) -> None:
+def _check_coverage(cfg: RunConfig, class_maps) -> None:
     """With teachers of part of the classes and no label read, every student class must be
     known to some teacher (nothing else could teach it)."""
-    if all(c is None for c in classes) or cfg.data.labeled_fraction > 0:
+    if cfg.data.labeled_fraction > 0:
         return
-    from multikd.method.label_spaces import ClassMaps, span
+    from multikd.method.label_spaces import span
 
-    missing = ClassMaps(classes, num_classes, [t.name for t in cfg.teachers]).uncovered()
+    missing = class_maps.uncovered()
     if missing:
         raise ConfigError(
             f"student classes {span(missing)} are in no teacher's classes "

@@ -566,11 +566,7 @@ def _problems_of(cfg: RunConfig) -> list[str]:
     problems.extend(_self_teacher_problems(cfg))
     problems.extend(_partial_teacher_problems(cfg))
     d = cfg.data
-    if d.classes is not None and (
-        not isinstance(d.classes, list) or not d.classes
-        or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in d.classes)
-        or len(set(d.classes)) != len(d.classes)
-    ):
+    if d.classes is not None and not is_class_list(d.classes):
         problems.append(
             f"data.classes must be a non-empty list of distinct class indices >= 0 (e.g. "
             f"--classes 0-49), got {d.classes!r}"
@@ -649,6 +645,13 @@ def _self_teacher_problems(cfg: RunConfig) -> list[str]:
     return problems
 
 
+def is_class_list(value) -> bool:
+    """Whether ``value`` is a non-empty list of distinct class indices >= 0 (``data.classes``,
+    ``teachers[].classes``)."""
+    return (isinstance(value, list) and bool(value) and len(set(value)) == len(value)
+            and all(not isinstance(c, bool) and isinstance(c, int) and c >= 0 for c in value))
+
+
 def recorded_classes(checkpoint: str) -> list[int] | None:
     """The ``data.classes`` a multikd run recorded for the model in ``checkpoint`` (its
     config.yaml beside it, or in it when ``checkpoint`` is a run directory); None for a
@@ -672,12 +675,10 @@ def _partial_teacher_problems(cfg: RunConfig) -> list[str]:
     partial = [t for t in cfg.teachers if t.classes is not None]
     problems = []
     for t in partial:
-        c = t.classes
-        if not isinstance(c, list) or not c or len(set(c)) != len(c) or any(
-                isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in c):
+        if not is_class_list(t.classes):
             problems.append(
                 f"teacher {t.name or t.arch}: classes must be a non-empty list of distinct "
-                f"class indices >= 0, in the order of the teacher's outputs; got {c!r}"
+                f"class indices >= 0, in the order of the teacher's outputs; got {t.classes!r}"
             )
     if not partial:
         return problems

@@ -27,7 +27,7 @@ import torch
 
 from multikd.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 from multikd.train.config import RunConfig, load_config, to_yaml
-from multikd.errors import CheckpointError, ConfigError, TrainingError
+from multikd.errors import CheckpointError, TrainingError
 
 log = logging.getLogger(__name__)
 
