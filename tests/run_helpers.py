@@ -66,3 +66,24 @@ def kill_after_first_checkpoint(args: list[str], run_dir: Path) -> None:
         time.sleep(0.005)
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
+
+
+def tiny_suite(name: str, epochs: int, **keys) -> dict:
+    """A suite on 4-class synthetic data (96 train / 48 test images), CPU, quiet, batch 16,
+    lr 0.05, logits only, seed 0, one CPU thread; ``keys`` add or replace suite keys."""
+    return {
+        "name": name,
+        "data": {"dataset": "synthetic", "synthetic": {
+            "num_classes": 4, "num_superclasses": 2, "train_size": 96, "test_size": 48, "seed": 3}},
+        "recipe": {"optim": {"epochs": epochs, "batch_size": 16, "lr": 0.05},
+                   "runtime": {"device": "cpu"}, "output": {"quiet": True}},
+        "variants": ["logits"], "seeds": [0], "cpu_threads": 1,
+        **keys,
+    }
+
+
+def dry_run_suite(name: str, capsys, out: str = "/nonexistent/dry") -> str:
+    """What ``multikd bench experiments/cifar100/NAME.yaml --dry-run`` prints (exit code 0)."""
+    path = Path(__file__).parents[1] / "experiments" / "cifar100" / f"{name}.yaml"
+    assert main(["bench", str(path), "--dry-run", "--out", out]) == 0
+    return capsys.readouterr().out

@@ -6,13 +6,12 @@ classes, errors, and a student merged from two half-label teachers without a lab
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from run_helpers import read_metrics
+from run_helpers import dry_run_suite, read_metrics, tiny_suite
 from torch import nn
 
 from multikd.bench.runner import run_bench
@@ -254,20 +253,16 @@ def test_two_half_label_teachers_teach_every_class_without_a_label(tmp_path, cap
 
 
 def test_a_suite_of_partial_teachers_runs_and_tables(tmp_path):
-    suite = {
-        "name": "merge", "data": {"dataset": "synthetic", "synthetic": {
-            "num_classes": 4, "num_superclasses": 2, "train_size": 96, "test_size": 48, "seed": 3}},
-        "recipe": {"optim": {"epochs": 2, "batch_size": 16, "lr": 0.05},
-                   "runtime": {"device": "cpu"}, "output": {"quiet": True}},
-        "teachers": {"lo": {"arch": "resnet8", "seed": 0, "classes": "0-1"},
-                     "hi": {"arch": "resnet8", "seed": 1, "classes": [2, 3]}},
-        "teacher_sets": {"halves": ["lo", "hi"]},
-        "pairs": [{"teachers": "halves", "students": ["resnet8"]}],
-        "labeled_fractions": [0.0, 1.0],
-        "strategies": ["uniform", {"name": "uniform", "label": "concat",
-                                   "loss": {"label_merge": "concat"}}],
-        "variants": ["logits"], "seeds": [0], "cpu_threads": 1,
-    }
+    suite = tiny_suite(
+        "merge", 2,
+        teachers={"lo": {"arch": "resnet8", "seed": 0, "classes": "0-1"},
+                  "hi": {"arch": "resnet8", "seed": 1, "classes": [2, 3]}},
+        teacher_sets={"halves": ["lo", "hi"]},
+        pairs=[{"teachers": "halves", "students": ["resnet8"]}],
+        labeled_fractions=[0.0, 1.0],
+        strategies=["uniform", {"name": "uniform", "label": "concat",
+                                "loss": {"label_merge": "concat"}}],
+    )
     report = run_bench(parse_suite(suite), tmp_path)
     assert len(report.trained) == 2 + 2 + 3  # teachers; @labeled0 without the student alone
     table = (tmp_path / "table_last.md").read_text()
@@ -283,9 +278,7 @@ def test_a_suite_of_partial_teachers_runs_and_tables(tmp_path):
 
 
 def test_label_merge_suite_dry_runs(capsys):
-    path = Path(__file__).parents[1] / "experiments" / "cifar100" / "label-merge.yaml"
-    assert main(["bench", str(path), "--dry-run", "--out", "/nonexistent/merge"]) == 0
-    out = capsys.readouterr().out
+    out = dry_run_suite("label-merge", capsys)
     assert "runs/halves@labeled0/resnet8x4/concat_s0" in out
     assert "runs/quarters@labeled1/resnet8x4/student_s0" in out
     assert "runs/halves@labeled0/resnet8x4/student_s0" not in out

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from run_helpers import kill_after_first_checkpoint
+from run_helpers import dry_run_suite, kill_after_first_checkpoint, tiny_suite
 
 from multikd.bench.runner import run_bench
 from multikd.bench.suite import parse_suite
@@ -68,23 +68,15 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(strategy, tmp_path):
 
 
 def _suite(strategies, variants=("logits+feat",), epochs=2) -> dict:
-    return {
-        "name": "learned",
-        "data": {"dataset": "synthetic", "synthetic": {
-            "num_classes": 4, "num_superclasses": 2, "train_size": 96, "test_size": 48, "seed": 3}},
-        "recipe": {"optim": {"epochs": epochs, "batch_size": 16, "lr": 0.05},
-                   "runtime": {"device": "cpu"}, "output": {"quiet": True}},
-        "features": {"gamma": 5.0},
-        "teachers": {"t_a": {"arch": "resnet8", "seed": 1},
-                     "t_b": {"arch": "resnet8", "seed": 2, "recipe": {"optim": {"epochs": 1}}}},
-        "teacher_sets": {"duo": ["t_a", "t_b"]},
-        "pairs": [{"teachers": "duo", "students": ["resnet8"]}],
-        "strategies": strategies,
-        "variants": list(variants),
-        "seeds": [0],
-        "baseline": False,
-        "cpu_threads": 1,
-    }
+    return tiny_suite(
+        "learned", epochs,
+        features={"gamma": 5.0},
+        teachers={"t_a": {"arch": "resnet8", "seed": 1},
+                  "t_b": {"arch": "resnet8", "seed": 2, "recipe": {"optim": {"epochs": 1}}}},
+        teacher_sets={"duo": ["t_a", "t_b"]},
+        pairs=[{"teachers": "duo", "students": ["resnet8"]}],
+        strategies=strategies, variants=list(variants), baseline=False,
+    )
 
 
 LOCKSTEP = [
@@ -161,7 +153,5 @@ def test_weights_move_toward_the_better_teacher(good_teacher, strategy, params, 
 
 def test_suites_with_learned_strategies_dry_run(capsys):
     for name in ("mtkd-rl", "mmkd"):
-        path = Path(__file__).parents[1] / "experiments" / "cifar100" / f"{name}.yaml"
-        assert main(["bench", str(path), "--dry-run", "--out", "/nonexistent/dry"]) == 0
-        out = capsys.readouterr().out
+        out = dry_run_suite(name, capsys)
         assert name in out

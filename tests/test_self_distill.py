@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from run_helpers import train_epoch
+from run_helpers import dry_run_suite, tiny_suite, train_epoch
 
 from multikd.bench.runner import run_bench
 from multikd.bench.suite import parse_suite
@@ -119,18 +118,15 @@ def test_bad_input_names_the_key(tmp_path, capsys):
 
 
 def test_a_suite_with_a_self_teacher_runs_and_tables(tmp_path):
-    suite = {
-        "name": "self", "data": {"dataset": "synthetic", "synthetic": {
-            "num_classes": 4, "num_superclasses": 2, "train_size": 96, "test_size": 48, "seed": 3}},
-        "recipe": {"optim": {"epochs": 3, "batch_size": 16, "lr": 0.05},
-                   "runtime": {"device": "cpu"}, "output": {"quiet": True}},
-        "teachers": {"me": {"arch": "self", "from_epoch": 2},
-                     "t_a": {"arch": "resnet8", "seed": 1, "recipe": {"optim": {"epochs": 1}}}},
-        "teacher_sets": {"alone": ["me"], "both": ["t_a", "me"]},
-        "pairs": [{"teachers": "alone", "students": ["resnet8"]},
-                  {"teachers": "both", "students": ["resnet8"]}],
-        "strategies": ["uniform"], "variants": ["logits"], "seeds": [0], "cpu_threads": 1,
-    }
+    suite = tiny_suite(
+        "self", 3,
+        teachers={"me": {"arch": "self", "from_epoch": 2},
+                  "t_a": {"arch": "resnet8", "seed": 1, "recipe": {"optim": {"epochs": 1}}}},
+        teacher_sets={"alone": ["me"], "both": ["t_a", "me"]},
+        pairs=[{"teachers": "alone", "students": ["resnet8"]},
+               {"teachers": "both", "students": ["resnet8"]}],
+        strategies=["uniform"],
+    )
     report = run_bench(parse_suite(suite), tmp_path)
     assert len(report.trained) == 1 + 4  # the one real teacher, then 4 student runs
     table = (tmp_path / "table_last.md").read_text()
@@ -140,8 +136,6 @@ def test_a_suite_with_a_self_teacher_runs_and_tables(tmp_path):
 
 
 def test_self_distill_suite_dry_runs(capsys):
-    path = Path(__file__).parents[1] / "experiments" / "cifar100" / "self-distill.yaml"
-    assert main(["bench", str(path), "--dry-run", "--out", "/nonexistent/self"]) == 0
-    out = capsys.readouterr().out
+    out = dry_run_suite("self-distill", capsys)
     assert "runs/self_only/resnet8x4/uniform_s0" in out
     assert "runs/gu2023_self/vgg8/ca-mkd_s0" in out
