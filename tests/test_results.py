@@ -303,6 +303,7 @@ def test_write_results_tables_and_plots(runs_dir, tmp_path):
         [f"table_{m}.{f}" for m in ("last", "best", "val", "paired_last", "paired_vs_uniform_last")
          for f in ("md", "csv")]
         + [f"plots/synthetic_resnet8_strong+weak_{kind}.png" for kind in ("acc", "weights")]
+        + ["report.html"]
     )
     assert "**66.62 ± 0.88 (2)**" in (tmp_path / "out" / "table_last.md").read_text()
     # ce-filter - alone at seeds 0, 1: 66 - 60, 67.25 - 62 -> mean 5.625 (t over 2 seeds)

@@ -1,7 +1,9 @@
-"""What a suite's output folder gets from its finished runs: the tables, then the plots.
+"""What a suite's output folder gets from its finished runs: the tables, the plots, the report.
 
-Tables come from :mod:`multikd.bench.results` and plots from :mod:`multikd.bench.plots`,
-which reads those tables' rows; this module is the one place both are written together.
+Tables come from :mod:`multikd.bench.results` and :mod:`multikd.bench.paired`, plots from
+:mod:`multikd.bench.plots`, which reads those tables' rows, and the one-page HTML report
+from :mod:`multikd.bench.report`, which embeds them all; this module is the one place they
+are written together.
 """
 
 from __future__ import annotations
@@ -11,20 +13,16 @@ from pathlib import Path
 import pandas as pd
 
 from multikd.atomic import atomic_write_text
-from multikd.bench.paired import format_paired, paired_table
+from multikd.bench.paired import format_paired, suite_paired_tables
 from multikd.bench.plots import plot_collected
-from multikd.bench.results import (
-    ALONE, METRIC_COLUMNS, collect_runs, comparison_runs, strategy_table, write_table,
-)
-
-UNIFORM = "uniform"
-"""The label of the reference strategy of the second paired table."""
+from multikd.bench.report import write_report
+from multikd.bench.results import METRIC_COLUMNS, collect_runs, strategy_table, write_table
 
 
 def write_results(
     root: str | Path, out_dir: str | Path, formats=("md", "csv"), plots: bool = True
 ) -> list[Path]:
-    """Tables and plots of the finished runs under ``root``, written into ``out_dir``.
+    """Tables, plots and report of the finished runs under ``root``, written into ``out_dir``.
 
     Writes ``table_<metric>.<fmt>`` for metric last and best (and val when some run has a
     val-selected accuracy) in each of ``formats``, ``table_paired_last.<fmt>`` (every
@@ -32,8 +30,10 @@ def write_results(
     students alone and distilled runs are both there, ``table_paired_vs_uniform_last.<fmt>``
     (the same against ``uniform``, the plain multi-teacher average) when ``uniform`` and
     another strategy are (so rows without a student alone, e.g. a suite's labelled fraction
-    0, still get a paired comparison), and, if ``plots``, the PNG files of
-    :func:`multikd.bench.plots.plot_collected` under ``out_dir/plots``. Returns the paths written.
+    0, still get a paired comparison; see :func:`multikd.bench.paired.suite_paired_tables`),
+    if ``plots``, the PNG files of :func:`multikd.bench.plots.plot_collected` under
+    ``out_dir/plots``, and last ``out_dir/report.html`` (:mod:`multikd.bench.report`: all of
+    them on one page, with ``root``'s suite.yaml and teachers.json). Returns the paths written.
     """
     df = collect_runs(root)
     metrics = ["last", "best"]
@@ -45,18 +45,14 @@ def write_results(
     for metric in metrics:
         table = strategy_table(df, metric=metric)
         written += [write_table(table, out_dir / f"table_{metric}.{fmt}", fmt) for fmt in formats]
-    methods = set(comparison_runs(df)["method"])
-    for reference, name in ((ALONE, "table_paired_last"),
-                            (UNIFORM, "table_paired_vs_uniform_last")):
-        if reference not in methods or len(methods) < 2:
-            continue
-        if reference == UNIFORM and ALONE in methods and len(methods) < 3:
-            continue  # uniform vs the student alone is already in table_paired_last
-        table = paired_table(df, metric="last", vs=reference)
+    paired = suite_paired_tables(df)
+    for name, table in paired:
         for fmt in formats:
             path = out_dir / f"{name}.{fmt}"
             atomic_write_text(path, format_paired(table, fmt))
             written.append(path)
-    if plots:
-        written += plot_collected(df, out_dir / "plots")
+    figures = plot_collected(df, out_dir / "plots") if plots else []
+    written += figures
+    written.append(write_report(root, out_dir / "report.html", runs=df, paired=paired,
+                                figures=figures))
     return written

@@ -48,6 +48,8 @@ from multikd.train.runio import RunDir
 
 PAIRED_STATS = ("diff", "low", "high", "n", "test", "significant")
 STUDENT_ALIASES = ("student", "alone", ALONE)
+UNIFORM = "uniform"
+"""The label of the reference strategy of the second paired table (:func:`suite_paired_tables`)."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,27 @@ def _pairs(runs: pd.DataFrame, reference: pd.DataFrame) -> list[tuple[pd.Series,
     return out
 
 
+def suite_paired_tables(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(file stem, table) of the last-epoch paired tables a suite's outputs carry.
+
+    ``table_paired_last``: every method against the student alone, when students alone and
+    distilled runs are both there; ``table_paired_vs_uniform_last``: against ``uniform``
+    (the plain multi-teacher average) when ``uniform`` and another strategy are, so rows
+    without a student alone (e.g. a labelled fraction of 0) still get a paired comparison.
+    The second is left out when it would only repeat the first (uniform vs the student alone).
+    """
+    methods = set(comparison_runs(df)["method"])
+    out = []
+    for reference, stem in ((ALONE, "table_paired_last"),
+                            (UNIFORM, "table_paired_vs_uniform_last")):
+        if reference not in methods or len(methods) < 2:
+            continue
+        if reference == UNIFORM and ALONE in methods and len(methods) < 3:
+            continue
+        out.append((stem, paired_table(df, metric="last", vs=reference)))
+    return out
+
+
 def _caption_text(metric: str, ref: str, confidence: float) -> str:
     level = f"{100 * confidence:g}%"
     return (
@@ -223,7 +246,13 @@ def _caption_text(metric: str, ref: str, confidence: float) -> str:
 
 # --------------------------------------------------------------------------- formatting
 def format_paired(table: pd.DataFrame, fmt: str = "md") -> str:
-    """The paired table as Markdown, CSV or LaTeX (see :func:`paired_table`)."""
+    """The paired table as Markdown, CSV or LaTeX (see :func:`paired_table`).
+
+    csv: one line per row with ``metric``, ``vs``, the row keys, then per method
+    ``<method> diff``, ``<method> low``, ``<method> high`` (plain decimal numbers in points,
+    empty where there is none), ``<method> n`` (integer, 0 for no runs), ``<method> test``
+    (``t``, ``bootstrap`` or empty) and ``<method> significant`` (1 or 0).
+    """
     if fmt == "csv":
         return _paired_csv(table)
     if fmt not in ("md", "tex"):
@@ -300,16 +329,10 @@ def _paired_csv(table: pd.DataFrame) -> str:
     for index in table.index:
         row = [table.attrs["metric"], table.attrs["vs"], *index]
         for method in methods:
-            n = int(table.at[index, (method, "n")])
-            for stat in PAIRED_STATS:
-                value = table.at[index, (method, stat)]
-                if n == 0 or (isinstance(value, float) and math.isnan(value)):
-                    row.append("")
-                elif stat == "significant":
-                    row.append(int(bool(value)))
-                elif isinstance(value, float):
-                    row.append(repr(value))
-                else:
-                    row.append(value)
+            cell = {s: table.at[index, (method, s)] for s in PAIRED_STATS}
+            for stat in ("diff", "low", "high"):  # floats, never numpy's np.float64(...) repr
+                value = float(cell[stat])
+                row.append("" if cell["n"] == 0 or math.isnan(value) else repr(value))
+            row += [int(cell["n"]), cell["test"], int(bool(cell["significant"]))]
         writer.writerow(row)
     return out.getvalue()

@@ -54,6 +54,7 @@ FORMATS = ("md", "csv", "tex")
 ALONE = "student alone"
 FEAT_SUFFIX = " +feat"
 TEACHER_SUFFIX = " (teacher)"
+TEACHERS_FILE = "teachers.json"  # the teachers' verification records in a bench folder
 ROW_KEYS = ("dataset", "student", "teachers", "epochs")
 STATS = ("mean", "std", "n")
 
@@ -119,6 +120,7 @@ def collect_runs(root: str | Path | list) -> pd.DataFrame:
                 df[key] = None
     df.attrs["skipped"] = skipped
     df.attrs["root"] = ", ".join(map(str, roots))
+    df.attrs["roots"] = roots
     return df
 
 
@@ -225,7 +227,9 @@ def strategy_table(df: pd.DataFrame, metric: str = "last", cost: bool = True) ->
     ``table.attrs``: ``metric``, ``caption``, ``methods`` (student methods, compared for
     bold), ``teacher_columns``, ``costs`` (row index -> :class:`multikd.bench.costs.RowCost`:
     parameters and MACs of the student and each teacher; empty with ``cost=False``), shown by
-    :func:`format_table` as the last columns.
+    :func:`format_table` as the last columns; ``teacher_notes`` (:func:`own_domain_text` of
+    each teacher trained on another domain, from the runs folders' ``teachers.json``), shown
+    by the Markdown table under it.
     """
     if metric not in METRIC_COLUMNS:
         raise ResultsError(
@@ -296,9 +300,12 @@ def strategy_table(df: pd.DataFrame, metric: str = "last", cost: bool = True) ->
             same = (students["dataset"] == dataset) & (students["student"] == student)
             same &= (students["epochs"] == epochs) & (students["teachers"].isin([teachers, ""]))
             costs[final] = row_cost(student, students[same])
+    records = teacher_records(df.attrs.get("roots", ()))
+    names = [c.removesuffix(TEACHER_SUFFIX) for c in teacher_columns]
     table.attrs.update(
         metric=metric, caption=CAPTIONS[metric], methods=[ALONE, *methods],
         teacher_columns=teacher_columns, costs=costs,
+        teacher_notes=[t for t in (own_domain_text(n, records.get(n)) for n in names) if t],
     )
     return table
 
@@ -459,6 +466,46 @@ def _recorded_teacher_acc(run: pd.Series, name: str) -> float | None:
     return None if value is None else float(value)
 
 
+def teacher_records(roots) -> dict[str, dict]:
+    """The teachers' verification records (``teachers.json``, written by ``multikd bench``)
+    of the folders ``roots``, merged; ``{}`` where there is none. An unreadable file is
+    skipped with a warning: the records annotate the tables, they do not make them."""
+    records = {}
+    for root in roots:
+        path = Path(root) / TEACHERS_FILE
+        if not path.is_file():
+            continue
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            log.warning("cannot read %s (%s); the teachers' own-domain accuracies are left out",
+                        path, err)
+            continue
+        if isinstance(found, dict):
+            records |= {k: v for k, v in found.items() if isinstance(v, dict)}
+    return records
+
+
+def own_domain_text(name: str, record: dict | None) -> str | None:
+    """``wrong: 6.90% here; 91.40% on its own domain (synthetic seed 1)`` for a teacher
+    that was trained and verified on another domain than the students' (a ``teachers.json``
+    record with ``own_domain_test_acc``); None for any other teacher."""
+    if not record or record.get("own_domain_test_acc") is None:
+        return None
+    here = record.get("test_acc")
+    here_text = "" if here is None else f"{float(here):.2f}% here; "
+    return f"{name}: {here_text}{own_domain_accuracy(record)}"
+
+
+def own_domain_accuracy(record: dict) -> str:
+    """``91.40% on its own domain (synthetic seed 1)``: a ``teachers.json`` record's
+    accuracy on the synthetic world it was trained on (its ``synthetic`` settings)."""
+    domain = record.get("own_domain")
+    where = ", ".join(f"{k} {v}" for k, v in domain.items()) if isinstance(domain, dict) else ""
+    return (f"{float(record['own_domain_test_acc']):.2f}% on its own domain"
+            + (f" (synthetic {where})" if where else ""))
+
+
 def _teacher_accuracy(df: pd.DataFrame, distill_runs: pd.DataFrame, name: str, dataset: str):
     """(mean, std, n) of one teacher's test accuracy; see the module docstring."""
     per_seed = {}
@@ -586,6 +633,8 @@ def _format_md(table: pd.DataFrame, rows: list[list[str]]) -> str:
     lines += ["", "Best student method of each row in bold; — : one run, std undefined."]
     if cost_header:
         lines[-1] += _cost_note(table)
+    for note in table.attrs.get("teacher_notes") or ():
+        lines += ["", f"Teacher {note}, where it was trained and verified."]
     return "\n".join(lines) + "\n"
 
 

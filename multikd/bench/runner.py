@@ -13,7 +13,8 @@ where it stopped when the same command is run again):
 3. students: lockstep groups (one teacher set, one seed; see :mod:`multikd.train.lockstep`) or,
    with ``lockstep=False``, one engine run after the other. Finished runs are skipped,
    unfinished ones resumed from their last checkpoint;
-4. the table and plots of :mod:`multikd.bench.results` are written into ``OUT``.
+4. the tables, plots and ``report.html`` of :mod:`multikd.bench.outputs` are written into
+   ``OUT``.
 
 A run directory that holds a different experiment than the suite now asks for (the suite
 or ``--set`` changed) is an error, never silently mixed into the table.
