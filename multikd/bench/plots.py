@@ -4,10 +4,13 @@ For every (dataset, student, teacher set, epochs) row of :func:`multikd.bench.re
 
 - ``<row>_acc.png``: test accuracy per epoch, mean over seeds, one line per method (the
   student alone in black, each strategy in its own colour, solid for logits only and dashed
-  for logits + features);
+  for logits + features), with a shaded band from the lowest to the highest seed at each
+  epoch (methods with two or more seeds): how far one seed's curve may sit from the mean;
 - ``<row>_weights.png``: a grid with one panel per distillation method, one line per
   teacher: the teacher's weight per epoch (the ``w_<teacher>`` column of metrics.csv,
-  the epoch mean of the strategy's weights), averaged over seeds.
+  the epoch mean of the strategy's weights), averaged over seeds. Each teacher has its own
+  line style and marker, so curves that lie on top of each other (``uniform`` gives every
+  teacher 1/K) stay readable, and a panel where some coincide says which (``a = b``).
 
 ``<row>`` is ``<dataset>_<student>_<teacher+teacher+...>`` with ``_<N>ep`` appended when one
 student and teacher set was trained for several lengths; characters outside
@@ -44,6 +47,11 @@ from multikd.atomic import atomic_write_bytes  # noqa: E402
 log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]")
+# Per teacher in a weights panel: (line style, marker), told apart even where lines overlap.
+_TEACHER_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"),
+                   ((0, (1, 3)), "P"), ((0, (8, 3)), "X"), ((0, (3, 1, 1, 1, 1, 1)), "*")]
+COINCIDE_ATOL = 1e-3
+"""Two teachers' weight curves coincide when they differ by at most this at every epoch."""
 
 
 def plot_runs(root: str | Path, out_dir: str | Path) -> list[Path]:
@@ -63,15 +71,16 @@ def plot_collected(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         dataset, student, teachers, epochs = key
         alone = runs[(runs["kind"] == "student") & (runs["dataset"] == dataset)
                      & (runs["student"] == student) & (runs["epochs"] == epochs)]
-        curves = mean_curves(pd.concat([alone, group]))
-        if not curves:
+        per_run = seed_curves(pd.concat([alone, group]))
+        if not per_run:
             continue
+        curves = {m: _mean(frames) for m, frames in per_run.items()}
         stem = _UNSAFE.sub("-", f"{dataset}_{student}_{teachers}")
         if several_lengths:
             stem += f"_{epochs}ep"
         title = f"{row_label(student, teachers)} ({dataset}, {epochs} epochs)"
         names = list(group["teacher_names"].iloc[0])
-        written.append(_save(_accuracy_figure(curves, title), out_dir / f"{stem}_acc.png"))
+        written.append(_save(_accuracy_figure(per_run, title), out_dir / f"{stem}_acc.png"))
         weights = {
             m: c for m, c in curves.items() if m != ALONE and any(f"w_{t}" in c for t in names)
         }
@@ -89,6 +98,12 @@ def mean_curves(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     ``runs``: rows of :func:`~multikd.bench.results.collect_runs` with a ``method`` column
     (:func:`~multikd.bench.results.method_labels`).
     """
+    return {m: _mean(frames) for m, frames in seed_curves(runs).items()}
+
+
+def seed_curves(runs: pd.DataFrame) -> dict[str, list[pd.DataFrame]]:
+    """Per method: each of its runs' numeric metrics.csv columns, indexed by epoch (runs as
+    in :func:`mean_curves`; a run without a readable metrics.csv is left out)."""
     frames: dict[str, list[pd.DataFrame]] = {}
     for _, run in runs.iterrows():
         metrics = read_metrics(run["path"])
@@ -97,7 +112,11 @@ def mean_curves(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
         frames.setdefault(run["method"], []).append(
             metrics.set_index("epoch").apply(pd.to_numeric, errors="coerce")
         )
-    return {m: pd.concat(fs).groupby(level=0).mean() for m, fs in frames.items()}
+    return frames
+
+
+def _mean(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(frames).groupby(level=0).mean()
 
 
 def _method_styles(methods: list[str]) -> dict[str, dict]:
@@ -114,16 +133,24 @@ def _method_styles(methods: list[str]) -> dict[str, dict]:
     return styles
 
 
-def _accuracy_figure(curves: dict[str, pd.DataFrame], title: str):
-    methods = sorted(curves, key=lambda m: (m != ALONE, m))
+def _accuracy_figure(per_run: dict[str, list[pd.DataFrame]], title: str):
+    """Mean test accuracy per method, over a band from the lowest to the highest seed."""
+    methods = sorted(per_run, key=lambda m: (m != ALONE, m))
     styles = _method_styles(methods)
     fig, ax = plt.subplots(figsize=(8, 5))
+    banded = False
     for method in methods:
-        curve = curves[method]["test_acc"]
+        seeds = pd.concat([f["test_acc"] for f in per_run[method]], axis=1)  # [epoch, run]
+        curve = seeds.mean(axis=1)
         ax.plot(curve.index, curve.values, label=method, **styles[method])
+        if seeds.shape[1] > 1:
+            ax.fill_between(seeds.index, seeds.min(axis=1), seeds.max(axis=1),
+                            color=styles[method]["color"], alpha=0.12, linewidth=0)
+            banded = True
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("test accuracy (%), mean over seeds")
+    ax.set_ylabel("test accuracy (%), mean over seeds"
+                  + ("\n(band: lowest to highest seed)" if banded else ""))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", ncol=2 if len(methods) > 8 else 1, loc="lower right")
@@ -138,11 +165,21 @@ def _weights_figure(curves: dict[str, pd.DataFrame], teachers: list[str], title:
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), sharex=True,
                              sharey=True, squeeze=False)
     for ax, method in zip(axes.flat, methods):
-        for teacher in teachers:
+        drawn = {}
+        for i, teacher in enumerate(teachers):
             column = f"w_{teacher}"
             if column in curves[method]:
                 curve = curves[method][column]
-                ax.plot(curve.index, curve.values, label=teacher)
+                linestyle, marker = _TEACHER_STYLES[i % len(_TEACHER_STYLES)]
+                # hollow markers growing with i: coinciding points nest instead of hiding
+                ax.plot(curve.index, curve.values, label=teacher, color=f"C{i % 10}",
+                        linestyle=linestyle, marker=marker, markersize=3 + 1.5 * (i % 6),
+                        markerfacecolor="none", alpha=0.85, markevery=max(1, len(curve) // 8))
+                drawn[teacher] = curve
+        groups = coinciding(drawn)
+        if groups:
+            ax.text(0.02, 0.97, "\n".join(" = ".join(g) for g in groups), transform=ax.transAxes,
+                    va="top", fontsize="small", color="0.3")
         ax.set_title(method, fontsize="medium")
         ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
@@ -158,6 +195,22 @@ def _weights_figure(curves: dict[str, pd.DataFrame], teachers: list[str], title:
     fig.suptitle(f"teacher weights per epoch — {title}")
     fig.tight_layout(rect=(0, 0, 0.88, 0.95))
     return fig
+
+
+def coinciding(curves: dict[str, pd.Series]) -> list[list[str]]:
+    """Groups (two or more, in the given order) of the named curves that lie on top of each
+    other: no epoch where they differ by more than :data:`COINCIDE_ATOL`."""
+    groups: list[list[str]] = []
+    for name, curve in curves.items():
+        for group in groups:
+            other = curves[group[0]]
+            if curve.index.equals(other.index) and bool(
+                    ((curve - other).abs() <= COINCIDE_ATOL).all()):
+                group.append(name)
+                break
+        else:
+            groups.append([name])
+    return [g for g in groups if len(g) > 1]
 
 
 def _save(fig, path: Path) -> Path:
