@@ -318,6 +318,8 @@ def _cmd_bench(args) -> int:
     shard = shards.parse_shard(args.shard) if args.shard else None
     if args.executor != "local" and (shard or args.jobs != 1):
         raise MultikdError(f"--executor {args.executor} makes its own jobs; drop --shard/--jobs")
+    if not (args.status or args.dry_run):
+        _check_writable("--out", Path(args.out))
     if args.status:
         plan = runner.make_plan(path, args.out, args.data_root, args.teachers_dir, args.sets)
         print(status.format_status(status.plan_status(plan)))
@@ -547,18 +549,34 @@ def _run_config(args):
 
 
 def _check_output(run_dir: Path, overwrite: bool) -> None:
-    """A usable --out: a folder (or a path that can become one) not holding another run."""
+    """A usable --out: a folder (or a path that can become one) that this process can write
+    in, not holding another run."""
     from multikd.train.runio import RunDir
 
-    for part in (run_dir, *run_dir.parents):
-        if part.exists():
-            if not part.is_dir():
-                raise ConfigError(
-                    f"--out {run_dir}: {part} is a file, not a folder; give a folder path"
-                )
-            break
+    _check_writable("--out", run_dir)
     if run_dir.is_dir():
         RunDir(run_dir).prepare_new(overwrite)
+
+
+def _check_writable(flag: str, folder: Path) -> None:
+    """``folder`` is a folder, or a path that can become one, that this process can write
+    in: its nearest existing part is a folder that takes a new file (not read-only, not
+    someone else's), tried with a temporary file that leaves no trace."""
+    import tempfile
+
+    for part in (folder, *folder.parents):
+        if part.exists():
+            break
+    if not part.is_dir():
+        raise ConfigError(f"{flag} {folder}: {part} is a file, not a folder; give a folder path")
+    try:
+        with tempfile.TemporaryFile(dir=part):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"{flag} {folder}: cannot write in {part} ({(err.strerror or str(err)).lower()}); "
+            "give a folder you can write to"
+        ) from None
 
 
 def _cmd_train(args) -> int:
@@ -577,6 +595,7 @@ def _cmd_train(args) -> int:
                 f"--resume continues {args.resume} with its own config.yaml; only --device and "
                 f"--quiet may be given with it (got {', '.join(extra or ['--overwrite'])})"
             )
+        _check_writable("--resume", Path(args.resume))
         summary = engine.resume(args.resume, device=args.device, quiet=args.quiet)
     else:
         config = _run_config(args)

@@ -52,6 +52,11 @@ class TrainingError(MultikdError):
     """Training cannot go on (non-finite loss, unusable run directory)."""
 
 
+class StorageError(MultikdError):
+    """A file could not be written: its disk is full or over quota, or its folder is
+    read-only."""
+
+
 class Problems:
     """Collects every problem of one input, so a user fixes them all in one go.
 

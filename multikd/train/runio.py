@@ -17,6 +17,7 @@ writer is killed.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -27,7 +28,7 @@ import torch
 
 from multikd.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 from multikd.train.config import RunConfig, load_config, to_yaml
-from multikd.errors import CheckpointError, TrainingError
+from multikd.errors import CheckpointError, StorageError, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,17 @@ def metrics_csv_text(rows: list[dict]) -> str:
     return out.getvalue()
 
 
+def continue_hint(run_dir: str | Path) -> str:
+    """How a user continues the unfinished run in ``run_dir``."""
+    return f"--resume {run_dir} (under multikd bench: the same bench command)"
+
+
+def _first_sentence(err: Exception) -> str:
+    """``Type: first sentence`` of an error (torch's read errors run to paragraphs)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else "no details"
+    return f"{type(err).__name__}: {text.split('. ')[0]}"
+
+
 class RunDir:
     """One run's folder: its files, its state, and safe ways to write them."""
 
@@ -69,7 +81,9 @@ class RunDir:
             return json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise TrainingError(
-                f"{path} is unreadable ({err}); remove it or use --overwrite"
+                f"{path} is unreadable ({err}); delete it, then --resume {self.path} writes it "
+                f"again from {CHECKPOINT} (--overwrite would discard the "
+                f"{self.finished_epochs()} finished epoch(s) in {METRICS})"
             ) from None
 
     def state(self) -> str:
@@ -120,7 +134,25 @@ class RunDir:
         return load_config(self.file(CONFIG))
 
     def write_metrics(self, rows: list[dict]) -> None:
-        atomic_write_text(self.file(METRICS), metrics_csv_text(rows))
+        with self._resumable_writes():
+            atomic_write_text(self.file(METRICS), metrics_csv_text(rows))
+
+    def finished_epochs(self) -> int:
+        """How many epochs ``metrics.csv`` records (0 when it is missing or unreadable)."""
+        try:
+            with open(self.file(METRICS), newline="") as handle:
+                return sum(1 for _ in csv.DictReader(handle))
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return 0
+
+    @contextlib.contextmanager
+    def _resumable_writes(self):
+        """A full disk while a run writes its progress says how to continue the run."""
+        try:
+            yield
+        except StorageError as err:
+            raise StorageError(f"{err}, then continue the run with "
+                               f"{continue_hint(self.path)}") from err
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_text(self.file(SUMMARY), json.dumps(summary, indent=2) + "\n")
@@ -156,7 +188,8 @@ class RunDir:
         """Atomically, with the zoo's writer (the file loads with ``load_checkpoint``)."""
         from multikd.models.checkpoint import save_checkpoint
 
-        save_checkpoint(state, self.file(CHECKPOINT))
+        with self._resumable_writes():
+            save_checkpoint(state, self.file(CHECKPOINT))
 
     def has_checkpoint(self) -> bool:
         return self.file(CHECKPOINT).is_file()
@@ -172,9 +205,19 @@ class RunDir:
         try:
             return torch.load(path, map_location=map_location, weights_only=True)
         except Exception as err:
+            done = self.finished_epochs()
+            advice = (
+                f"{METRICS} records {done} finished epoch(s): restore {CHECKPOINT} from a copy "
+                f"(a backup, or the folder this run was copied from) and continue with "
+                f"{continue_hint(self.path)}; --overwrite would start the run again and "
+                f"discard those {done} epoch(s)"
+                if done else
+                f"{METRICS} records no finished epoch, so starting again with --overwrite "
+                "loses nothing"
+            )
             raise CheckpointError(
-                f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); it is "
-                "corrupt or not a multikd checkpoint. Start again with --overwrite"
+                f"checkpoint {path} is unreadable ({_first_sentence(err)}): it is truncated "
+                f"or damaged, so the run cannot continue from it. {advice}"
             ) from None
 
 

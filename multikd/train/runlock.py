@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from multikd.atomic import atomic_write_text
-from multikd.errors import TrainingError
+from multikd.errors import MultikdError, TrainingError
 from multikd.train.runio import RunDir
 
 try:
@@ -143,8 +143,11 @@ def hold_runs(run_dirs: Sequence[str | Path], wait_s: float = 0.0,
             record = {"error": f"{type(err).__name__}: {err}",
                       "traceback": traceback.format_exc(limit=8)} | holder_info()
             for run_dir in dirs:
-                if RunDir(run_dir).state() != "finished":  # e.g. refused to overwrite it
-                    atomic_write_text(run_dir / FAILED, json.dumps(record, indent=2) + "\n")
+                # best effort: on a full disk the record cannot be written either, and the
+                # error itself is what the user needs
+                with contextlib.suppress(MultikdError, OSError):
+                    if RunDir(run_dir).state() != "finished":  # e.g. refused to overwrite it
+                        atomic_write_text(run_dir / FAILED, json.dumps(record, indent=2) + "\n")
             raise
         for run_dir in dirs:
             (run_dir / FAILED).unlink(missing_ok=True)
