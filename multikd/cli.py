@@ -492,12 +492,14 @@ def _run_config(args):
     """
     from multikd.errors import Problems
     from multikd.train.config import (
-        RunConfig, load_config, parse_assignment, parse_teacher, parse_value, resolve, set_value,
+        NO_TEACHER, RunConfig, load_config, parse_assignment, parse_teacher, parse_value,
+        resolve, set_value,
     )
     from multikd.train.runio import teachers_from_runs
 
     problems = Problems()
     config = RunConfig()
+    teacher_failed = False  # a --teacher/--teachers-from that could not be read
     if args.config:
         with problems.check():
             config = load_config(args.config)
@@ -511,7 +513,7 @@ def _run_config(args):
             values["data.classes"] = parse_classes(text)
     if args.command_kind == "distill":
         values["kind"] = "distill"
-        teachers = []
+        teachers, before = [], len(problems.errors)
         for text in args.teacher_specs:
             with problems.check():
                 teachers.append(parse_teacher(text))
@@ -520,6 +522,7 @@ def _run_config(args):
                 teachers += teachers_from_runs([run_dir])
         if teachers:
             values["teachers"] = teachers
+        teacher_failed = len(problems.errors) > before
     for key, value in values.items():
         with problems.check():
             set_value(config, key, value)
@@ -539,7 +542,15 @@ def _run_config(args):
             )
     resolved = None
     with problems.check():
-        resolved = resolve(config)
+        try:
+            resolved = resolve(config)
+        except ConfigError as err:
+            # no teacher because a teacher flag failed: that flag's error says it once
+            if not (teacher_failed and NO_TEACHER in err.problems):
+                raise
+            for text in err.problems:
+                if text != NO_TEACHER:
+                    problems.add(text)
     run_dir = config.output.run_dir or (resolved and resolved.output.run_dir)
     if run_dir and not args.show_config:
         with problems.check():
@@ -703,6 +714,9 @@ def _add_results(sub) -> None:
     )
     p.add_argument("--confidence", type=float, default=0.95,
                    help="interval level for --vs (default 0.95)")
+    p.add_argument("--allow-duplicates", action="store_true",
+                   help="average copies of one run (same config and seed, e.g. a folder passed "
+                   "twice or copied) instead of refusing them; --vs pairs each seed once anyway")
     p.add_argument("--cost", action="store_true",
                    help="also measure inference images/s of the student and each teacher on "
                    "--device at --cost-batch (parameters and MACs are always shown)")
@@ -747,7 +761,8 @@ def _cmd_table(args) -> int:
                                     vs=args.vs, confidence=args.confidence)
         text = paired.format_paired(table, fmt=args.fmt)
     else:
-        table = results.load_table(args.runs_dir, metric=args.metric)
+        table = results.load_table(args.runs_dir, metric=args.metric,
+                                   allow_duplicates=args.allow_duplicates)
         if args.cost:
             from multikd.bench.costs import add_throughput
 

@@ -213,13 +213,20 @@ def _normalized(summary: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- the table
-def load_table(root: str | Path | list, metric: str = "last") -> pd.DataFrame:
+def load_table(root: str | Path | list, metric: str = "last",
+               allow_duplicates: bool = True) -> pd.DataFrame:
     """:func:`strategy_table` of the finished runs under ``root``."""
-    return strategy_table(collect_runs(root), metric=metric)
+    return strategy_table(collect_runs(root), metric=metric, allow_duplicates=allow_duplicates)
 
 
-def strategy_table(df: pd.DataFrame, metric: str = "last", cost: bool = True) -> pd.DataFrame:
+def strategy_table(df: pd.DataFrame, metric: str = "last", cost: bool = True,
+                   allow_duplicates: bool = True) -> pd.DataFrame:
     """The comparison table of the runs in ``df`` (from :func:`collect_runs`).
+
+    ``allow_duplicates=False`` refuses a cell holding copies of one run (same config hash
+    and seed, e.g. one runs folder passed twice under two names), which would count one
+    result several times (``multikd table`` refuses them unless ``--allow-duplicates``);
+    allowed, they are averaged with a warning.
 
     Index: (dataset, student, teachers, epochs), ``teachers`` joined with ``+``. Columns: a
     MultiIndex (method, stat) with stat in mean/std/n, methods ordered student alone, each
@@ -272,6 +279,8 @@ def strategy_table(df: pd.DataFrame, metric: str = "last", cost: bool = True) ->
         cells.update({m: in_row[in_row["method"] == m] for m in methods})
         row = {}
         for method, runs in cells.items():
+            if not allow_duplicates:
+                refuse_copies(runs, key, method)
             _warn_duplicate_seeds(runs, key, method)
             row.update({(method, stat): v for stat, v in zip(STATS, _aggregate(runs["value"]))})
         for name in in_row["teacher_names"].iloc[0] if len(in_row) else ():
@@ -441,6 +450,26 @@ def alone_runs_of_row(alone: pd.DataFrame, in_row: pd.DataFrame) -> pd.DataFrame
     parents = {Path(p).parent for p in in_row["path"]}
     near = alone[alone["path"].map(lambda p: Path(p).parent in parents)]
     return near if len(near) else alone
+
+
+def refuse_copies(runs: pd.DataFrame, key: tuple, method: str) -> None:
+    """A :class:`ResultsError` listing the folders of each run that ``runs`` (one table
+    cell) holds more than once: the same ``config_hash`` and ``seed`` in its summary.json
+    (the config hash covers every setting but where the run was written)."""
+    if runs.empty or "config_hash" not in runs:
+        return
+    known = runs.dropna(subset=["config_hash"])
+    copies = sorted(sorted(cell["path"]) for _, cell in
+                    known.groupby(["config_hash", "seed"], dropna=False) if len(cell) > 1)
+    if not copies:
+        return
+    listing = "; ".join(" = ".join(paths) for paths in copies)
+    raise ResultsError(
+        f"{'|'.join(map(str, key))} / {method}: {sum(map(len, copies))} runs are copies of "
+        f"{len(copies)} (same config hash and seed), so each result would count more than "
+        f"once: {listing}. Pass each run once (leave out the copied folders), or "
+        "--allow-duplicates to average them anyway"
+    )
 
 
 def _warn_duplicate_seeds(runs: pd.DataFrame, key: tuple, method: str) -> None:

@@ -122,6 +122,16 @@ def load_checkpoint(model: nn.Module, path_or_state, arch: str | None = None) ->
     return ckpt.meta
 
 
+def trained_classes(ckpt: Checkpoint, arch: str) -> int | None:
+    """How many classes the model in ``ckpt`` predicts: what the file records, else the rows
+    of zoo architecture ``arch``'s classifier weight in it; None when neither is known."""
+    if ckpt.num_classes is not None:
+        return ckpt.num_classes
+    _, classifier = _zoo_shapes().get(arch, ({}, ()))
+    weight = ckpt.state.get(classifier[0]) if classifier else None
+    return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
+
+
 def save_checkpoint(obj, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` atomically: temp file in the same folder + os.replace."""
     path = Path(path)

@@ -90,8 +90,10 @@ def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
             continue
         if t.checkpoint is None:
             log.warning("teacher %s has no checkpoint: it keeps its random initialization", t.name)
-        outputs = num_classes if t.classes is None else len(t.classes)
-        teachers.append(create_model(t.arch, num_classes=outputs, checkpoint=t.checkpoint))
+            teachers.append(create_model(t.arch, num_classes=num_classes if t.classes is None
+                                         else len(t.classes)))
+        else:
+            teachers.append(_load_teacher(cfg, t, num_classes))
     names = [t.name for t in cfg.teachers]
     ensemble = TeacherEnsemble(teachers, names=names, batched=cfg.runtime.batched_teachers,
                                classes=[t.classes for t in cfg.teachers], num_classes=num_classes)
@@ -126,6 +128,67 @@ def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
         label_merge=loss.label_merge,
     )
     return Learner(distiller, model, distiller.ensemble, strategy, tuple(names))
+
+
+def _load_teacher(cfg: RunConfig, t, num_classes: int) -> nn.Module:
+    """Teacher ``t`` with its checkpoint's weights; a checkpoint trained on another number of
+    classes than the run's data has (or than ``t.classes`` lists) is an error naming both."""
+    from multikd.errors import CheckpointError
+    from multikd.models import create_model
+    from multikd.models.checkpoint import read_checkpoint, trained_classes
+
+    ckpt = read_checkpoint(t.checkpoint)
+    outputs = num_classes if t.classes is None else len(t.classes)
+    try:
+        return create_model(t.arch, num_classes=outputs, checkpoint=ckpt)
+    except CheckpointError as err:
+        trained = trained_classes(ckpt, t.arch)
+        if trained is None or trained == outputs:
+            raise
+        try:  # the class count alone: the file fits the architecture with its own count
+            create_model(t.arch, num_classes=trained, checkpoint=ckpt)
+        except CheckpointError:
+            raise err from None
+    if t.classes is not None:
+        raise ConfigError(
+            f"teacher {t.name}: {ckpt.source} predicts {trained} classes, but its "
+            f"teachers[].classes lists {outputs}; list the classes it was trained on, in the "
+            "order of its outputs (a train-teacher --classes run records them itself)"
+        ) from None
+    d = cfg.data
+    if d.classes is not None:
+        data = f"data.classes keeps {num_classes} of the {d.dataset} classes"
+    elif d.dataset == "synthetic":
+        data = f"synthetic data with num_classes {num_classes}"
+    else:
+        data = f"{d.dataset} has {num_classes}"
+    partial = ("; a teacher of part of these classes lists them in teachers[].classes"
+               if trained < num_classes else "")
+    raise ConfigError(
+        f"teacher {t.name}: {ckpt.source} was trained on {trained} classes, but this run's "
+        f"data has {num_classes} ({data}{_trained_on(t.checkpoint)}). Distill on the data "
+        f"the teacher was trained on{partial}"
+    ) from None
+
+
+def _trained_on(checkpoint: str) -> str:
+    """``; the teacher's run used synthetic data with num_classes 10``, read from the
+    config.yaml of the run the checkpoint comes from ("" without one)."""
+    from pathlib import Path
+
+    from multikd.train.config import load_yaml
+
+    config = Path(checkpoint).parent / "config.yaml"
+    try:
+        data = load_yaml(config).get("data") or {}
+    except ConfigError:
+        return ""
+    dataset, synthetic = data.get("dataset"), data.get("synthetic") or {}
+    if not isinstance(dataset, str):
+        return ""
+    if dataset == "synthetic" and isinstance(synthetic, dict) and "num_classes" in synthetic:
+        dataset = f"synthetic data with num_classes {synthetic['num_classes']}"
+    return f"; the teacher's run used {dataset}"
 
 
 def _check_coverage(cfg: RunConfig, class_maps) -> None:

@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,6 +34,10 @@ KINDS = ("teacher", "student", "distill")
 REFERENCE = "reference"
 SMALL_LR_ARCHS = ("mobilenetv2", "shufflev1", "shufflev2")
 """Students trained with lr 0.01 instead of 0.05 by the field's convention (CRD, mdistiller)."""
+NO_TEACHER = ("distill needs at least one teacher: pass --teacher ARCH=CHECKPOINT (repeatable) "
+              "or --teachers-from RUN_DIR ...")
+"""The problem of a distill config without teachers (the CLI leaves it out when a teacher
+flag it was given failed: that flag's own error says what is wrong)."""
 
 
 def _choice(default, choices: tuple, doc: str):
@@ -505,8 +510,9 @@ def resolve(config: RunConfig) -> RunConfig:
         problems.add(message)
     if cfg.kind == "distill":
         _name_teachers(cfg.teachers)
-        with problems.check():
-            _resolve_strategy(cfg)
+        if not any(key.startswith("strategy.params.") for key in non_finite_values(cfg)):
+            with problems.check():  # (a NaN parameter is refused once, above)
+                _resolve_strategy(cfg)
     else:
         from multikd.method.strategies import REFERENCE_LOSS_DEFAULTS
 
@@ -519,9 +525,33 @@ def resolve(config: RunConfig) -> RunConfig:
     return cfg
 
 
+def non_finite_values(cfg: RunConfig) -> dict[str, float]:
+    """Every NaN or infinite number in ``cfg`` by its dotted key (``loss.temperature``,
+    ``loss.logit_params.alpha``, ``data.synthetic.noise``), nested mappings and lists
+    included. An infinite strategy parameter is left to its strategy, which may give it a
+    meaning (ce-filter's ``margin: .inf`` keeps every teacher); a NaN never has one."""
+    found: dict[str, float] = {}
+
+    def walk(value, key: str) -> None:
+        if isinstance(value, dict):
+            for name, item in value.items():
+                walk(item, f"{key}.{name}" if key else str(name))
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{key}[{i}]")
+        elif isinstance(value, float) and not math.isfinite(value):
+            if not (math.isinf(value) and key.startswith("strategy.params.")):
+                found[key] = value
+
+    walk(cfg.to_dict(), "")
+    return found
+
+
 def _problems_of(cfg: RunConfig) -> list[str]:
-    """Every problem with the values of ``cfg`` (empty: none)."""
-    problems: list[str] = []
+    """Every problem with the values of ``cfg`` (empty: none). A NaN or infinite number is
+    refused here, before anything is built, and only once: the range checks skip it."""
+    bad = non_finite_values(cfg)
+    problems = [f"{key} must be a finite number, got {value}" for key, value in bad.items()]
     o = cfg.optim
     positive = {
         "optim.epochs": o.epochs,
@@ -531,7 +561,7 @@ def _problems_of(cfg: RunConfig) -> list[str]:
         "output.log_interval": cfg.output.log_interval,
     }
     for key, value in positive.items():
-        if value is not None and value <= 0:
+        if value is not None and value <= 0 and key not in bad:
             problems.append(f"{key} must be positive, got {value}")
     non_negative = {
         "optim.warmup_epochs": o.warmup_epochs,
@@ -544,7 +574,7 @@ def _problems_of(cfg: RunConfig) -> list[str]:
         "data.workers": cfg.data.workers,
     }
     for key, value in non_negative.items():
-        if value < 0:
+        if value < 0 and key not in bad:
             problems.append(f"{key} must be >= 0, got {value}")
     if o.warmup_epochs >= o.epochs and o.warmup_epochs > 0:
         problems.append(
@@ -554,10 +584,7 @@ def _problems_of(cfg: RunConfig) -> list[str]:
     if o.nesterov and o.momentum == 0:
         problems.append("optim.nesterov needs optim.momentum > 0")
     if cfg.kind == "distill" and not cfg.teachers:
-        problems.append(
-            "distill needs at least one teacher: pass --teacher ARCH=CHECKPOINT (repeatable) "
-            "or --teachers-from RUN_DIR ..."
-        )
+        problems.append(NO_TEACHER)
     if cfg.kind != "distill" and cfg.teachers:
         problems.append(
             f"teachers are only used by distill; a {cfg.kind} run trains one model alone "
@@ -571,8 +598,10 @@ def _problems_of(cfg: RunConfig) -> list[str]:
             f"data.classes must be a non-empty list of distinct class indices >= 0 (e.g. "
             f"--classes 0-49), got {d.classes!r}"
         )
-    if isinstance(d.labeled_fraction, bool) or not isinstance(d.labeled_fraction, (int, float)) \
-            or not 0.0 <= d.labeled_fraction <= 1.0:
+    if "data.labeled_fraction" not in bad and (
+            isinstance(d.labeled_fraction, bool)
+            or not isinstance(d.labeled_fraction, (int, float))
+            or not 0.0 <= d.labeled_fraction <= 1.0):
         problems.append(
             f"data.labeled_fraction must be a number in [0, 1] (the share of training images "
             f"that keep their label), got {d.labeled_fraction!r}"

@@ -106,13 +106,19 @@ def _execute_locked(cfg: RunConfig, resuming: bool, overwrite: bool, env) -> dic
                         bar.update(step + 1 - bar.n)
                         bar.set_postfix(
                             loss=f"{running['loss_total']:.3f}",
-                            acc=f"{running['train_acc']:.1f}",
+                            acc=accuracy_text(running["train_acc"], digits=1, unit=""),
                             img_s=f"{running['count'] / (time.perf_counter() - t0):.0f}",
                         )
             run.end_epoch(epoch, time.perf_counter() - t0)
         return run.finish()
     finally:
         ddp.shutdown(env)
+
+
+def accuracy_text(value: float, digits: int = 2, unit: str = "%") -> str:
+    """``12.34%``, or ``n/a`` for an accuracy over no image (training accuracy counts the
+    labelled images only: none with ``data.labeled_fraction`` 0)."""
+    return f"{value:.{digits}f}{unit}" if math.isfinite(value) else "n/a"
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -562,9 +568,10 @@ class TrainingRun:
     def _log_epoch(self, row: dict) -> None:
         val = f"  val {row['val_acc']:.2f}%" if "val_acc" in row else ""
         log.info(
-            "%s epoch %d/%d  loss %.4f  train %.2f%%%s  test %.2f%%  (%.1f s, %.0f img/s)",
+            "%s epoch %d/%d  loss %.4f  train %s%s  test %.2f%%  (%.1f s, %.0f img/s)",
             self.run.path.name, row["epoch"], self.cfg.optim.epochs, row["loss_total"],
-            row["train_acc"], val, row["test_acc"], row["epoch_time_s"], row["images_per_s"],
+            accuracy_text(row["train_acc"]), val, row["test_acc"], row["epoch_time_s"],
+            row["images_per_s"],
         )
 
     def finish(self) -> dict:

@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 
 from multikd.atomic import atomic_write_text
 from multikd.errors import MultikdError, TrainingError
-from multikd.train.runio import RunDir
+from multikd.train.runio import RunDir, continue_hint
 
 try:
     import fcntl
@@ -103,8 +103,8 @@ def _acquire(path: Path, wait_s: float, poll_s: float) -> int | None:
                 raise RunBusy(
                     f"{path.parent} is being written by another process ({_describe(info)}). "
                     "Two writers would corrupt it: wait for that one to finish (multikd bench "
-                    "--status shows it), or stop it; a stopped run resumes with the same "
-                    "command"
+                    "--status shows it), or stop it; a stopped run continues with "
+                    f"{continue_hint(path.parent)}"
                 ) from None
             if not told:
                 log.info("%s is being written by %s; waiting for it", path.parent,
