@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -30,7 +31,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that left (`multikd models list | head`) shows up here
+        return code
+    except BrokenPipeError:
+        # end quietly, as the Python docs advise (signal module, "Note on SIGPIPE"): nothing
+        # more reaches stdout, and the status is that of a process ended by SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except MultikdError as err:
         print(f"multikd: error: {err}", file=sys.stderr)
         return 2
@@ -85,6 +93,15 @@ the run folder (config.yaml, metrics.csv, checkpoint.pt, summary.json) is then a
   multikd distill --teachers-from runs/t_res20 --student resnet8"""
 
 
+def _help_of(parser: argparse.ArgumentParser):
+    """A handler that shows ``parser``'s help (a command group given without its action)."""
+    def show_help(args) -> int:
+        parser.print_help()
+        return 2
+
+    return show_help
+
+
 def _add_data_root(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-root",
@@ -94,19 +111,50 @@ def _add_data_root(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_synthetic(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--synthetic", dest="synthetic", action="append", default=[],
+        metavar="SIZE|KEY=VALUE",
+        help="size of the synthetic dataset: tiny (10 classes, 2000 train / 500 test images: "
+        "a first try in a minute on a CPU), small (20 classes, 10000/2000) or cifar (100 "
+        "classes, 50000/10000, the default), or one of its options, e.g. num_classes=20 "
+        "(repeatable, applied in order)",
+    )
+
+
+def _synthetic_options(texts: list[str]) -> dict:
+    """The options of ``--synthetic SIZE|KEY=VALUE ...`` (applied in order) as one mapping."""
+    from multikd.data.synthetic import SYNTHETIC_DEFAULTS, SYNTHETIC_SIZES
+    from multikd.train.config import parse_value
+
+    options: dict = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not sep and key in SYNTHETIC_SIZES:
+            options.update(SYNTHETIC_SIZES[key])
+        elif sep and key in SYNTHETIC_DEFAULTS:
+            options[key] = parse_value(value.strip())
+        else:
+            raise ConfigError(
+                f"--synthetic {text!r}: give a size ({', '.join(SYNTHETIC_SIZES)}) or "
+                f"KEY=VALUE with KEY one of {', '.join(SYNTHETIC_DEFAULTS)}"
+            )
+    return options
+
+
 # --------------------------------------------------------------------------- data
 def _add_data(sub) -> None:
     data = sub.add_parser("data", help="inspect, verify and synthesize datasets")
+    data.set_defaults(func=_help_of(data))
     dsub = data.add_subparsers(title="data commands", metavar="ACTION")
 
     p = dsub.add_parser("info", help="split sizes, class count, per-channel mean/std")
-    p.add_argument("--dataset", default="cifar100", help="cifar100, cifar10 or synthetic")
+    p.add_argument("--dataset", default="synthetic",
+                   help="synthetic (default), cifar100 or cifar10")
     _add_data_root(p)
     p.add_argument("--val-size", type=int, default=0, help="validation images carved from train")
-    p.add_argument(
-        "--synthetic", dest="synthetic", action="append", default=[], metavar="KEY=VALUE",
-        help="synthetic dataset option, e.g. num_classes=20 (repeatable)",
-    )
+    _add_synthetic(p)
     p.set_defaults(func=_cmd_data_info)
 
     p = dsub.add_parser("verify", help="compare the files with the official md5 checksums")
@@ -127,10 +175,8 @@ def _add_data(sub) -> None:
 
 def _cmd_data_info(args) -> int:
     from multikd import data
-    from multikd.train.config import parse_assignment, parse_value
 
-    synthetic = dict(parse_assignment(text) for text in args.synthetic)
-    synthetic = {key: parse_value(value) for key, value in synthetic.items()}
+    synthetic = _synthetic_options(args.synthetic)
     print(data.describe(args.dataset, data_root=args.data_root, val_size=args.val_size,
                         synthetic=synthetic or None))
     return 0
@@ -156,7 +202,11 @@ def _cmd_data_synth(args) -> int:
 
 # --------------------------------------------------------------------------- models
 def _add_models(sub) -> None:
-    models = sub.add_parser("models", help="list the model zoo, check checkpoints against it")
+    models = sub.add_parser(
+        "models", help="list the model zoo, check checkpoints against it",
+        description="Without an action: the zoo, as 'multikd models list'.",
+    )
+    models.set_defaults(func=_cmd_models_list, num_classes=100)
     msub = models.add_subparsers(title="models commands", metavar="ACTION")
 
     p = msub.add_parser("list", help="zoo architectures: parameter counts, stage features")
@@ -327,10 +377,8 @@ def _cmd_bench(args) -> int:
     if args.executor != "local":
         from multikd.bench import cluster
 
-        # jobs may start in another directory: every path they read or write is absolute
-        absolute = [str(Path(p).resolve()) if p else p
-                    for p in (args.out, args.data_root, args.teachers_dir)]
-        plan = runner.make_plan(path, *absolute, args.sets)
+        # each job changes into this directory first: paths are written as in a local run
+        plan = runner.make_plan(path, args.out, args.data_root, args.teachers_dir, args.sets)
         options = cluster.ClusterOptions.from_args(args)
         jobs = cluster.job_plan(plan, args.lockstep, args.max_runs_per_job)
         if args.dry_run:
@@ -371,6 +419,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="override any config key, e.g. --set optim.schedule=cosine (repeatable)",
     )
     p.add_argument("--dataset", help="synthetic (default), cifar100 or cifar10")
+    _add_synthetic(p)
     _add_data_root(p)
     p.add_argument("--val-size", type=int, help="validation images carved from train")
     p.add_argument(
@@ -526,10 +575,16 @@ def _run_config(args):
     for key, value in values.items():
         with problems.check():
             set_value(config, key, value)
+    if args.synthetic:
+        with problems.check():
+            config.data.synthetic = {**config.data.synthetic, **_synthetic_options(args.synthetic)}
     for text in args.sets:
         with problems.check():
             key, value = parse_assignment(text)
             set_value(config, key, value, from_text=True)
+    if args.synthetic and config.data.dataset != "synthetic":
+        problems.add(f"--synthetic sizes the synthetic dataset, but the dataset is "
+                     f"{config.data.dataset}: drop --synthetic or use --dataset synthetic")
     for text in getattr(args, "strategy_params", []):
         with problems.check():
             key, value = parse_assignment(text)
@@ -596,7 +651,7 @@ def _cmd_train(args) -> int:
 
     if args.resume:
         given = {key for flag, key in _RUN_FLAGS.items() if getattr(args, flag, None) is not None}
-        lists = {"--config": args.config, "--set": args.sets,
+        lists = {"--config": args.config, "--set": args.sets, "--synthetic": args.synthetic,
                  "--teacher": getattr(args, "teacher_specs", None),
                  "--teachers-from": getattr(args, "teachers_from", None),
                  "--strategy-param": getattr(args, "strategy_params", None)}
@@ -637,13 +692,11 @@ def _add_eval(sub) -> None:
     p.add_argument("--run", metavar="RUN_DIR", help="evaluate a run's checkpoint on its own data")
     p.add_argument("--arch", help="architecture of the checkpoint")
     p.add_argument("--checkpoint", metavar="FILE", help="checkpoint (weights under key 'model')")
-    p.add_argument("--dataset", default=None, help="cifar100 (default), cifar10 or synthetic")
+    p.add_argument("--dataset", default=None,
+                   help="synthetic (default; with --run: the run's), cifar100 or cifar10")
     _add_data_root(p)
     p.add_argument("--val-size", type=int, default=None, help="also report this validation split")
-    p.add_argument(
-        "--synthetic", dest="synthetic", action="append", default=[], metavar="KEY=VALUE",
-        help="synthetic dataset option, e.g. num_classes=10 (repeatable)",
-    )
+    _add_synthetic(p)
     p.add_argument("--seed", type=int, default=None, help="seed of the train/val split")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
@@ -652,28 +705,24 @@ def _add_eval(sub) -> None:
 
 def _cmd_eval(args) -> int:
     from multikd.train import engine
-    from multikd.train.config import parse_assignment, parse_value
     from multikd.errors import ConfigError
     from multikd.train.runio import CHECKPOINT, RunDir
 
-    synthetic = {}
-    for text in args.synthetic:
-        key, value = parse_assignment(text)
-        synthetic[key] = parse_value(value)
+    synthetic = _synthetic_options(args.synthetic)
     if args.run:
         config = RunDir(args.run).read_config()
         arch = args.arch or config.model.arch
         checkpoint = args.checkpoint or str(RunDir(args.run).file(CHECKPOINT))
         dataset = args.dataset or config.data.dataset
         data_root = args.data_root or config.data.data_root
-        synthetic = synthetic or config.data.synthetic
+        synthetic = {**config.data.synthetic, **synthetic}
         val_size = config.data.val_size if args.val_size is None else args.val_size
         seed = config.runtime.seed if args.seed is None else args.seed
     else:
         if not (args.arch and args.checkpoint):
             raise ConfigError("eval needs --arch and --checkpoint (or --run RUN_DIR)")
         arch, checkpoint, data_root = args.arch, args.checkpoint, args.data_root
-        dataset = args.dataset or "cifar100"
+        dataset = args.dataset or "synthetic"
         val_size, seed = args.val_size or 0, args.seed or 0
     result = engine.evaluate_checkpoint(
         arch, checkpoint, dataset, data_root=data_root, val_size=val_size,

@@ -95,7 +95,8 @@ def test_cli_missing_dataset_exit_code_and_no_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("multikd: error: cifar100 not found") and "Traceback" not in err
     proc = subprocess.run(
-        [sys.executable, "-m", "multikd", "data", "info", "--data-root", str(tmp_path)],
+        [sys.executable, "-m", "multikd", "data", "info", "--dataset", "cifar100",
+         "--data-root", str(tmp_path)],
         capture_output=True, text=True,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -105,7 +106,7 @@ def test_cli_missing_dataset_exit_code_and_no_traceback(tmp_path, capsys):
 def test_cli_synth_info_and_verify(tmp_path, capsys):
     assert main(["data", "synth-cifar", "--out", str(tmp_path), "--train", "60",
                  "--test", "20"]) == 0
-    assert main(["data", "info", "--data-root", str(tmp_path)]) == 0
+    assert main(["data", "info", "--dataset", "cifar100", "--data-root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "train 60" in out and "test 20" in out and "classes 100" in out
     assert "train mean" in out
@@ -370,7 +371,7 @@ def test_cli_info_synthetic_options(capsys):
     assert main(args) == 0
     assert "train 200  test 50" in capsys.readouterr().out
     assert main(["data", "info", "--dataset", "synthetic", "--synthetic", "colours=3"]) == 2
-    assert "unknown synthetic options ['colours']" in capsys.readouterr().err
+    assert "--synthetic 'colours=3': give a size" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------- synthetic internals

@@ -13,7 +13,10 @@ Every job is a :class:`multikd.bench.cluster_task.UnitTask`, a submitit ``Checkp
 at SLURM's time-limit or preemption signal submitit requeues it with the same arguments, and
 the new job resumes each run from its last epoch checkpoint (the engine's exact resume: the
 same numbers as an uninterrupted run). Run-directory locks (:mod:`multikd.train.runlock`)
-keep two jobs off one run. Job logs and submitit's files are in ``OUT/jobs/``.
+keep two jobs off one run. Job logs and submitit's files are in ``OUT/jobs/``. Each job
+first changes into the directory the bench was submitted from, so it reads and writes the
+paths a local run does (relative where they were given relative: no run folder, config or
+table records the submitting machine's absolute paths).
 
 ``--executor submitit-local`` runs the same tasks as local subprocesses through submitit's
 ``LocalExecutor``, stage after stage (it has no dependencies), and waits for them: the
@@ -23,6 +26,7 @@ without submitit installed.
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,8 +176,11 @@ def submit(plan: Plan, jobs: list[Job], options: ClusterOptions) -> str:
     stage, waiting for each); what was done, as text."""
     from multikd.bench.cluster_task import UnitTask
 
+    from multikd.bench.runner import record_suite
+
     folder = plan.out / JOBS_DIR / "%j"
     plan.out.mkdir(parents=True, exist_ok=True)
+    record_suite(plan)
     executor = _executor(folder, options)
     ids: dict[str, str] = {}
     lines = []
@@ -190,7 +197,7 @@ def submit(plan: Plan, jobs: list[Job], options: ClusterOptions) -> str:
                 if params["dependency"] is None:
                     params.pop("dependency")
                 executor.update_parameters(**params)
-            handle = executor.submit(UnitTask(), *_task_args(plan, job))
+            handle = executor.submit(UnitTask(os.getcwd()), *_task_args(plan, job))
             ids[job.name] = str(handle.job_id)
             submitted.append((job, handle))
             lines.append(f"submitted {job.name} as job {handle.job_id}")

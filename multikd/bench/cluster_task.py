@@ -10,6 +10,7 @@ from the same RNG state, so the numbers equal an uninterrupted run's).
 from __future__ import annotations
 
 import logging
+import os
 
 import submitit
 import torch
@@ -19,13 +20,19 @@ from multikd.errors import TrainingError
 
 
 class UnitTask(submitit.helpers.Checkpointable):
-    """``UnitTask()(stage, plan, payload)``: train a teacher (payload: its RunConfig), a
-    student unit (payload: a :class:`~multikd.bench.shards.StudentUnit`), or write the
-    tables (payload None)."""
+    """``UnitTask(workdir)(stage, plan, payload)``: train a teacher (payload: its RunConfig),
+    a student unit (payload: a :class:`~multikd.bench.shards.StudentUnit`), or write the
+    tables (payload None), in ``workdir`` (the directory the bench was submitted from, which
+    the plan's relative paths are relative to; None: where the job starts)."""
+
+    def __init__(self, workdir: str | None = None):
+        self.workdir = workdir
 
     def __call__(self, stage: str, plan: Plan, payload) -> str:
         from multikd.bench import runner
 
+        if self.workdir is not None:
+            os.chdir(self.workdir)
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         if plan.suite.cpu_threads is not None:
             torch.set_num_threads(plan.suite.cpu_threads)

@@ -35,10 +35,13 @@ import torch
 from multikd.train.config import RunConfig, config_hash, to_yaml
 from multikd.errors import ConfigError, TrainingError
 from multikd.train.runio import RunDir, atomic_write_text
-from multikd.bench.suite import Plan, Suite, TeacherJob, describe, expand, load_suite
+from multikd.bench.suite import (
+    Plan, Suite, TeacherJob, describe, expand, load_suite, source_text,
+)
 from multikd.bench.shards import (
     StudentUnit, student_units, take_shard, teacher_cost, teacher_units,
 )
+from multikd.bench.progress import PlanProgress
 from multikd.bench.workers import run_units
 from multikd.train.runlock import RunBusy, exclusive
 
@@ -134,7 +137,7 @@ def _run_plan(plan: Plan, lockstep: bool, results: bool, jobs: int = 1,
     log.info("%s", describe(plan))
     out = plan.out
     out.mkdir(parents=True, exist_ok=True)
-    _record_suite(plan)
+    record_suite(plan)
 
     trained_teachers = [job.config for job in teacher_units(plan)]
     for config in trained_teachers + [run.config for run in plan.runs]:
@@ -151,8 +154,16 @@ def _run_plan(plan: Plan, lockstep: bool, results: bool, jobs: int = 1,
         log.info("shard %d/%d: %d teacher(s), %d student unit(s) of %d runs", index, count,
                  len(mine_teachers), len(units), sum(len(u.runs) for u in units))
     configs = [job.config for job in mine_teachers]
+    student_configs = [[run.config for run in u.runs] for u in units]
+    progress = PlanProgress(len(configs) + sum(map(len, student_configs)),
+                            _epochs_to_train(configs + sum(student_configs, [])))
+
+    def teacher_done(i: int, state: str) -> None:
+        progress.unit_done(f"teacher {configs[i].output.run_dir}", 1,
+                           _epochs_to_train([configs[i]], {configs[i].output.run_dir: state}))
+
     for config, state in zip(configs, run_units([(_run_alone, (c,)) for c in configs],
-                                                jobs, threads)):
+                                                jobs, threads, teacher_done)):
         _note(report, config, state)
     needed = list(dict.fromkeys(t for u in units for t in u.teacher_ids))
     for tid in needed:  # another shard's or process's teacher: wait for it, or train it here
@@ -161,8 +172,12 @@ def _run_plan(plan: Plan, lockstep: bool, results: bool, jobs: int = 1,
             _note(report, job.config, _run_alone(job.config, wait_s=WAIT_FOR_TEACHER_S))
     report.teachers = verify_teachers(plan, needed if shard is not None else None)
 
+    def unit_done(i: int, before: dict[str, str]) -> None:
+        progress.unit_done(units[i].name, len(student_configs[i]),
+                           _epochs_to_train(student_configs[i], before))
+
     work = [(_run_group if u.lockstep else _run_one, (u,)) for u in units]
-    for unit, before in zip(units, run_units(work, jobs, threads)):
+    for unit, before in zip(units, run_units(work, jobs, threads, unit_done)):
         for run in unit.runs:
             _note(report, run.config, before[run.config.output.run_dir])
 
@@ -172,6 +187,16 @@ def _run_plan(plan: Plan, lockstep: bool, results: bool, jobs: int = 1,
 
         report.outputs = write_results(out, out)
     return report
+
+
+def _epochs_to_train(configs: list[RunConfig], states: dict[str, str] | None = None) -> int:
+    """Epochs of the runs of ``configs`` not finished (in ``states``, each run's state before
+    it was trained, default its state now; a run another process wrote counts none)."""
+    def state(config):
+        run_dir = config.output.run_dir
+        return states[run_dir] if states is not None else RunDir(run_dir).state()
+
+    return sum(c.optim.epochs for c in configs if state(c) in ("empty", "unfinished"))
 
 
 def _run_group(unit: StudentUnit) -> dict[str, str]:
@@ -216,11 +241,11 @@ def _note(report: BenchReport, config: RunConfig, state_before: str) -> None:
     target[state_before].append(config.output.run_dir)
 
 
-def _record_suite(plan: Plan) -> None:
+def record_suite(plan: Plan) -> None:
     """``OUT/suite.yaml``: the suite file this output folder was made from, and the overrides."""
     source = Path(plan.suite.source)
     text = source.read_text() if source.is_file() else ""
-    header = f"# multikd bench suite {plan.suite.name} (from {source})\n"
+    header = f"# multikd bench suite {plan.suite.name} (from {source_text(str(source))})\n"
     if plan.sets:
         header += "# overrides: " + " ".join(f"--set {s}" for s in plan.sets) + "\n"
     atomic_write_text(plan.out / SUITE_FILE, header + text)

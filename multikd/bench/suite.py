@@ -173,6 +173,19 @@ def preset_path(name: str) -> Path:
     return Path(str(folder / f"{name}.yaml"))
 
 
+def source_text(source: str) -> str:
+    """A suite's file as an output folder records it, with no absolute path of this machine
+    where it can be avoided: ``multikd/presets/NAME.yaml (--preset NAME)`` for a packaged
+    preset, a path under the working directory relative to it, any other path as given."""
+    path = Path(source)
+    presets = Path(str(resources.files("multikd") / "presets"))
+    if path.suffix == ".yaml" and path.resolve().parent == presets.resolve():
+        return f"multikd/presets/{path.name} (--preset {path.stem})"
+    if path.is_absolute() and path.is_relative_to(Path.cwd()):
+        return str(path.relative_to(Path.cwd()))
+    return source
+
+
 def load_suite(path: str | Path) -> Suite:
     """Read and validate a suite file; every problem is a ConfigError naming the key."""
     path = Path(path)

@@ -15,34 +15,46 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from typing import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Any, Callable, Sequence
 
 import torch
 
 Unit = tuple[Callable, tuple]  # a module-level function and its (picklable) arguments
 
 
-def run_units(units: Sequence[Unit], jobs: int, threads: int | None) -> list:
+def run_units(units: Sequence[Unit], jobs: int, threads: int | None,
+              on_done: Callable[[int, Any], None] | None = None) -> list:
     """Call every ``function(*args)`` of ``units``; their results in the order given.
+    ``on_done(i, result)`` is called here, in this process, as each unit ``i`` ends.
 
     The first unit that raises stops the others from starting and its error is raised
     here (runs that were under way keep what their checkpoints hold, so the same command
     resumes them).
     """
+    report = on_done or (lambda i, result: None)
     if jobs <= 1 or len(units) <= 1:
-        return [function(*args) for function, args in units]
+        results = []
+        for i, (function, args) in enumerate(units):
+            results.append(function(*args))
+            report(i, results[-1])
+        return results
     level = logging.getLogger("multikd").getEffectiveLevel()
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(jobs, len(units)), mp_context=context,
                              initializer=_start_worker, initargs=(threads, level)) as pool:
         futures = [pool.submit(function, *args) for function, args in units]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in pending:
-            future.cancel()
-        for future in futures:
-            if future in done and future.exception() is not None:
-                raise future.exception()
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            ended = [i for i, future in enumerate(futures) if future in done]
+            failed = [i for i in ended if futures[i].exception() is not None]
+            if failed:
+                for future in pending:
+                    future.cancel()
+                raise futures[failed[0]].exception()
+            for i in ended:
+                report(i, futures[i].result())
         return [future.result() for future in futures]
 
 

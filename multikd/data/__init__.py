@@ -40,7 +40,7 @@ from multikd.data.datasets import (
     stratified_split,
 )
 from multikd.data.loaders import EpochShuffleSampler, build_loader
-from multikd.data.synthetic import SYNTHETIC_DEFAULTS, make_synthetic
+from multikd.data.synthetic import SYNTHETIC_DEFAULTS, SYNTHETIC_SIZES, make_synthetic
 from multikd.data.views import (
     CROP_OFFSETS,
     IDENTITY_VIEW,
@@ -58,8 +58,8 @@ __all__ = [
     "CIFAR100_FINE_NAMES", "CIFAR10_NAMES", "CIFAR_LAYOUTS", "CROP_OFFSETS", "ChecksumReport",
     "CifarLayout", "DATASETS", "DataSplits", "EpochShuffleSampler", "IDENTITY_VIEW",
     "ImageDataset", "NUM_VIEWS", "PAD", "PIPELINES", "PixelTable", "SYNTHETIC_DEFAULTS",
-    "apply_view", "augment_batch", "build_datasets", "build_loader", "cifar_layout",
-    "dataset_names", "describe", "load_cifar", "make_synthetic", "resolve_data_root",
-    "stratified_split", "verify_checksums", "view_of", "view_params", "views_of",
-    "write_fake_cifar",
+    "SYNTHETIC_SIZES", "apply_view", "augment_batch", "build_datasets", "build_loader",
+    "cifar_layout", "dataset_names", "describe", "load_cifar", "make_synthetic",
+    "resolve_data_root", "stratified_split", "verify_checksums", "view_of", "view_params",
+    "views_of", "write_fake_cifar",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,8 @@ from multikd.data.views import IDENTITY_VIEW, apply_view, view_of
 from multikd.errors import DataError
 
 DATASETS = ("cifar100", "cifar10", "synthetic")
+
+log = logging.getLogger(__name__)
 
 
 def dataset_names() -> tuple[str, ...]:
@@ -131,7 +134,13 @@ def _synthetic_arrays(options: dict | None):
         raise DataError(
             f"unknown synthetic options {sorted(unknown)}; valid: {', '.join(SYNTHETIC_DEFAULTS)}"
         )
-    tr_x, tr_y, te_x, te_y, names, _ = make_synthetic(**{**SYNTHETIC_DEFAULTS, **(options or {})})
+    options = {**SYNTHETIC_DEFAULTS, **(options or {})}
+    images = options["train_size"] + options["test_size"]
+    log.info("synthetic data: generating %d train + %d test images of %d classes%s",
+             options["train_size"], options["test_size"], options["num_classes"],
+             " (about half a minute on a 2-core CPU; --synthetic tiny for a first try)"
+             if images >= 50000 else "")
+    tr_x, tr_y, te_x, te_y, names, _ = make_synthetic(**options)
     return tr_x, tr_y, te_x, te_y, names
 
 

@@ -10,6 +10,16 @@ from multikd.errors import DataError
 SYNTHETIC_DEFAULTS = dict(num_classes=100, num_superclasses=20, train_size=50000,
                           test_size=10000, seed=0, noise=0.45, class_strength=0.7)
 
+SYNTHETIC_SIZES = {
+    "tiny": dict(num_classes=10, num_superclasses=5, train_size=2000, test_size=500),
+    "small": dict(num_classes=20, num_superclasses=5, train_size=10000, test_size=2000),
+    "cifar": dict(num_classes=100, num_superclasses=20, train_size=50000, test_size=10000),
+}
+"""Named sizes of the synthetic set (the CLI's ``--synthetic tiny|small|cifar``). On a 2-core
+CPU a resnet8 epoch takes seconds on ``tiny`` (a first try in a minute), under a minute on
+``small``, and minutes on ``cifar``, the default: CIFAR-100's shape (50 000 + 10 000 images of
+100 classes in 20 superclasses)."""
+
 _CHUNK = 4096  # images generated at once (bounds memory; the output does not depend on it)
 
 

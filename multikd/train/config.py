@@ -421,7 +421,15 @@ def set_value(config: RunConfig, key: str, value: Any, from_text: bool = False) 
             raise _unknown_key(part, list(fields), where)
         tp = _hints(type(target))[part]
         last = depth == len(parts) - 1
+        if not last and _is_mapping(tp) and depth == len(parts) - 2:
+            _set_entry(target, part, parts[-1], value, from_text, where)
+            return
         if not last:
+            if _is_mapping(tp):
+                raise ConfigError(
+                    f"config key {key!r}: {where}{part} is a mapping of plain values; set "
+                    f"one entry as {where}{part}.KEY=VALUE, or all as {where}{part}={{...}}"
+                )
             if not dataclasses.is_dataclass(tp):
                 raise ConfigError(
                     f"config key {where + part!r} is a value, not a section; "
@@ -437,6 +445,39 @@ def set_value(config: RunConfig, key: str, value: Any, from_text: bool = False) 
         parsed = _coerce(parsed, tp, f"{where}{part}")
         _check_choice(fields[part], parsed, f"{where}{part}")
         setattr(target, part, parsed)
+
+
+def _is_mapping(tp) -> bool:
+    return tp is dict or typing.get_origin(tp) is dict
+
+
+def mapping_keys(where: str) -> tuple[str, ...] | None:
+    """The keys a mapping field accepts (``data.synthetic``: :func:`make_synthetic`'s
+    options); None where any key goes (a strategy's or a logit loss's parameters, checked
+    when the run is resolved)."""
+    if where == "data.synthetic":
+        from multikd.data.synthetic import SYNTHETIC_DEFAULTS
+
+        return tuple(SYNTHETIC_DEFAULTS)
+    return None
+
+
+def _set_entry(target, field_name: str, key: str, value: Any, from_text: bool,
+               where: str) -> None:
+    """``section.mapping.key=value`` (e.g. ``data.synthetic.train_size=2000``): one entry
+    of a mapping field, the others kept."""
+    dotted = f"{where}{field_name}"
+    valid = mapping_keys(dotted)
+    if valid is not None and key not in valid:
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f" Did you mean {dotted}.{close[0]}?" if close else ""
+        raise ConfigError(
+            f"unknown key {dotted + '.' + key!r}.{hint} Valid keys of {dotted}: "
+            f"{', '.join(valid)} (e.g. --set {dotted}.{valid[0]}=..., or several at once: "
+            f"--set '{dotted}={{{valid[0]}: ..., {valid[1]}: ...}}')"
+        )
+    parsed = parse_value(value) if from_text and isinstance(value, str) else value
+    setattr(target, field_name, {**getattr(target, field_name), key: parsed})
 
 
 def parse_assignment(text: str) -> tuple[str, str]:
@@ -593,6 +634,12 @@ def _problems_of(cfg: RunConfig) -> list[str]:
     problems.extend(_self_teacher_problems(cfg))
     problems.extend(_partial_teacher_problems(cfg))
     d = cfg.data
+    unknown = [k for k in d.synthetic if k not in mapping_keys("data.synthetic")]
+    if unknown:
+        problems.append(
+            f"unknown data.synthetic key(s) {', '.join(map(repr, unknown))}; valid keys: "
+            f"{', '.join(mapping_keys('data.synthetic'))}"
+        )
     if d.classes is not None and not is_class_list(d.classes):
         problems.append(
             f"data.classes must be a non-empty list of distinct class indices >= 0 (e.g. "

@@ -102,8 +102,8 @@ def _execute_locked(cfg: RunConfig, resuming: bool, overwrite: bool, env) -> dic
                     x, y = to_device(batch[0], batch[1], run.device, cfg.runtime.channels_last)
                     teacher_out = run.cached_teacher_pass(x, y, batch)
                     running = run.train_step(step, x, y, teacher_out)
+                    bar.update(1)  # a count: no device value read, tqdm redraws at most 10/s
                     if running is not None and show_bar:
-                        bar.update(step + 1 - bar.n)
                         bar.set_postfix(
                             loss=f"{running['loss_total']:.3f}",
                             acc=accuracy_text(running["train_acc"], digits=1, unit=""),
@@ -349,6 +349,8 @@ class TrainingRun:
         ensemble = self.parts.ensemble
         if ensemble is None:
             return {}
+        log.info("measuring the test accuracy of %d teacher(s) on %d test images",
+                 ensemble.num_teachers, len(self.splits.test))
         correct, seen = ensemble.evaluate_counts(self.eval_loaders["test"], device=self.device)
         counts = ddp.all_reduce_sum(torch.cat([correct, seen]).double(), self.env).tolist()
         k = len(self.parts.teacher_names)
