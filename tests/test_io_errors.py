@@ -171,3 +171,17 @@ def test_a_failure_record_that_cannot_be_written_leaves_the_real_error(tmp_path,
     with pytest.raises(TrainingError, match="the real cause"):
         with hold_runs([tmp_path / "run"]):
             raise TrainingError("the real cause")
+
+
+def test_a_full_disk_at_the_end_of_a_run_says_how_to_continue_it(tmp_path, monkeypatch):
+    from multikd.train import runio
+
+    def disk_full(path, data):
+        raise StorageError(f"cannot write {path}: no space left on device")
+
+    monkeypatch.setattr(runio, "atomic_write_text", disk_full)
+    monkeypatch.setattr(runio, "atomic_write_bytes", disk_full)
+    run = RunDir(tmp_path)
+    for write in (lambda: run.write_predictions([1], [1]), lambda: run.write_summary({})):
+        with pytest.raises(StorageError, match=f"continue the run with --resume {tmp_path}"):
+            write()

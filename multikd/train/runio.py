@@ -147,7 +147,8 @@ class RunDir:
 
     @contextlib.contextmanager
     def _resumable_writes(self):
-        """A full disk while a run writes its progress says how to continue the run."""
+        """A full disk while a run writes its progress or its final files says how to
+        continue the run (``--resume`` after the last epoch writes the final files)."""
         try:
             yield
         except StorageError as err:
@@ -155,7 +156,8 @@ class RunDir:
                                f"{continue_hint(self.path)}") from err
 
     def write_summary(self, summary: dict) -> None:
-        atomic_write_text(self.file(SUMMARY), json.dumps(summary, indent=2) + "\n")
+        with self._resumable_writes():
+            atomic_write_text(self.file(SUMMARY), json.dumps(summary, indent=2) + "\n")
 
     def write_predictions(self, pred, label) -> None:
         """``predictions.npz`` with the predicted and true class of every test image
@@ -165,7 +167,8 @@ class RunDir:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, pred=np.asarray(pred, dtype=np.int16),
                             label=np.asarray(label, dtype=np.int16))
-        atomic_write_bytes(self.file(PREDICTIONS), buffer.getvalue())
+        with self._resumable_writes():
+            atomic_write_bytes(self.file(PREDICTIONS), buffer.getvalue())
 
     def read_predictions(self):
         """``(pred, label)`` int arrays of ``predictions.npz``, or None for a run that has none
