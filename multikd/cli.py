@@ -76,7 +76,8 @@ where teachers come from (each flag is repeatable, and they can be mixed):
   a train-teacher run folder (its checkpoint.pt, architecture and name are read from it):
       multikd train-teacher --arch resnet32x4 --epochs 240 --out runs/t_res32x4
       multikd distill --teachers-from runs/t_res32x4 --student resnet8x4
-  a published RepDistiller/mdistiller CIFAR-100 checkpoint (check it fits the zoo first):
+  a published RepDistiller/mdistiller CIFAR-100 checkpoint (check it fits the zoo first;
+  `multikd teachers download --out teachers` fetches all six, each checked):
       multikd models check --arch resnet32x4 --checkpoint ckpt_epoch_240.pth
       multikd distill --teacher resnet32x4=ckpt_epoch_240.pth --student resnet8x4
   any timm architecture (never downloaded: its weights come from your own checkpoint):
@@ -172,6 +173,22 @@ def _add_data(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_data_synth)
 
+    p = dsub.add_parser(
+        "download", help="download the official tarball (md5-checked, resumable), then verify",
+        description="The only command that downloads a dataset. An interrupted download "
+        "resumes when the same command is run again; nothing is extracted before the md5 "
+        "matches, and the folder appears whole or not at all.",
+    )
+    p.add_argument("--dataset", default="cifar100", help="cifar100 (default) or cifar10")
+    _add_data_root(p)
+    p.add_argument("--url", help="download from this mirror (or file:///path) instead")
+    p.add_argument("--md5", help="with --url: the mirror's file checksum, if it is not the "
+                   "official archive (the extracted files are still verified)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a folder that is there but not the official files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    p.set_defaults(func=_cmd_data_download)
+
 
 def _cmd_data_info(args) -> int:
     from multikd import data
@@ -190,6 +207,14 @@ def _cmd_data_verify(args) -> int:
     return 0 if report.all_match else 1
 
 
+def _cmd_data_download(args) -> int:
+    from multikd.data.download import download_cifar
+
+    download_cifar(args.dataset, data_root=args.data_root, url=args.url, md5=args.md5,
+                   force=args.force, progress=not args.quiet)
+    return _cmd_data_verify(args)
+
+
 def _cmd_data_synth(args) -> int:
     from multikd import data
 
@@ -198,6 +223,41 @@ def _cmd_data_synth(args) -> int:
     )
     print(f"wrote {args.dataset} files to {folder}")
     return 0
+
+
+# --------------------------------------------------------------------------- teachers
+def _add_teachers(sub) -> None:
+    teachers = sub.add_parser("teachers", help="download the published CIFAR-100 teachers")
+    teachers.set_defaults(func=_help_of(teachers))
+    tsub = teachers.add_subparsers(title="teachers commands", metavar="ACTION")
+    p = tsub.add_parser(
+        "download", help="mdistiller's cifar_teachers.tar, checked against the zoo",
+        description="Downloads the release archive (resumable), loads every checkpoint into "
+        "its zoo architecture, puts OUT/<arch>_vanilla/ckpt_epoch_240.pth into place (the "
+        "layout of mdistiller, RepDistiller and `multikd bench --teachers-dir OUT`), records "
+        "the archive's sha256 in OUT/teachers-manifest.json, and, when CIFAR-100 is under "
+        "the data root, compares each teacher's test accuracy with the published one.",
+    )
+    p.add_argument("--source", default="mdistiller", choices=["mdistiller"])
+    p.add_argument("--out", default="teachers", help="teachers folder (default ./teachers)")
+    p.add_argument("--url", help="download from this mirror (or file:///path) instead")
+    p.add_argument("--force", action="store_true", help="replace teachers already in --out")
+    _add_data_root(p)
+    p.add_argument("--no-eval", action="store_true", help="do not measure test accuracy")
+    p.add_argument("--device", default="auto", help="for the accuracy: auto, cpu, cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    p.set_defaults(func=_cmd_teachers_download)
+
+
+def _cmd_teachers_download(args) -> int:
+    from multikd.bench.published import check_teachers, download_teachers
+
+    out = download_teachers(args.out, source=args.source, url=args.url, force=args.force,
+                            progress=not args.quiet)
+    report = check_teachers(out, source=args.source, data_root=args.data_root,
+                            evaluate=not args.no_eval, device=args.device)
+    print(report.text())
+    return 0 if report.all_ok else 1
 
 
 # --------------------------------------------------------------------------- models
@@ -845,5 +905,6 @@ def _cmd_plot(args) -> int:
 
 # In the order a user meets them: data and models, training, sweeps, results.
 _COMMAND_GROUPS = [
-    _add_data, _add_models, _add_train_teacher, _add_distill, _add_eval, _add_bench, _add_results,
+    _add_data, _add_models, _add_teachers, _add_train_teacher, _add_distill, _add_eval,
+    _add_bench, _add_results,
 ]

@@ -52,6 +52,11 @@ class TrainingError(MultikdError):
     """Training cannot go on (non-finite loss, unusable run directory)."""
 
 
+class DownloadError(MultikdError):
+    """An explicit download failed: no network, a refused connection, an HTTP error, an
+    interrupted transfer, or a file whose checksum is not the pinned one."""
+
+
 class StorageError(MultikdError):
     """A file could not be written: its disk is full or over quota, or its folder is
     read-only."""

@@ -3,9 +3,12 @@
 Imports only ``errors`` and ``atomic`` from the package (never ``models`` or anything above).
 
 Everything here works offline. CIFAR files are read from torchvision's layout under a data
-root (``--data-root``, else ``$MULTIKD_DATA``, else ``./data``); nothing is ever downloaded.
+root (``--data-root``, else ``$MULTIKD_DATA``, else ``./data``); only the explicit
+``multikd data download`` (:mod:`.download`) touches the network.
 
 - :mod:`.cifar`: the file layouts, :func:`load_cifar`, :func:`verify_checksums`;
+- :mod:`.download`: streamed, resumable, checksummed downloads extracted into place
+  atomically, and :func:`~multikd.data.download.download_cifar`;
 - :mod:`.synthetic`: :func:`make_synthetic`, a seeded CIFAR-like problem with superclasses;
 - :mod:`.writer`: :func:`write_fake_cifar`, synthetic images in the exact CIFAR file format;
 - :mod:`.views`: the crop+flip augmentation as view ids, a pure function of

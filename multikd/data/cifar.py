@@ -3,8 +3,9 @@
 ``root/cifar-100-python/{train,test,meta}`` and
 ``root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``: Python pickles of
 dicts whose ``data`` is uint8 [N, 3072] (channel-planar R, G, B, each 32x32 row-major).
-Nothing is ever downloaded. Loading does not check md5 sums (the synthetic look-alike files
-differ); :func:`verify_checksums` reports whether the files are the official release.
+Reading never downloads (``multikd data download``, :mod:`multikd.data.download`, is the one
+command that does) and does not check md5 sums (the synthetic look-alike files differ);
+:func:`verify_checksums` reports whether the files are the official release.
 
 The files are unpickled with a restricted unpickler that only builds plain containers and
 numpy arrays, so a tampered data folder cannot run code.
@@ -147,11 +148,11 @@ def _missing_message(name: str, folder: Path, missing: list[str]) -> str:
     lay = CIFAR_LAYOUTS[name]
     return (
         f"{name} not found: looked in {folder} for {', '.join(missing)}. "
-        f"Download {lay.url} (md5 {lay.archive_md5}) and extract it so that {folder} holds "
-        f"{', '.join(lay.files)}, e.g. `tar -xzf {lay.url.rsplit('/', 1)[1]} -C "
-        f"{folder.parent}`; or pass the folder that holds {lay.folder}/ with --data-root DIR "
-        "or MULTIKD_DATA=DIR. multikd never downloads by itself. To try the pipeline "
-        "without CIFAR, use --dataset synthetic, or write look-alike files with "
+        f"Get it with `multikd data download --dataset {name} --data-root {folder.parent}` "
+        f"(or download {lay.url}, md5 {lay.archive_md5}, and extract it so that {folder} "
+        f"holds {', '.join(lay.files)}); or pass the folder that holds {lay.folder}/ with "
+        "--data-root DIR or MULTIKD_DATA=DIR. multikd never downloads by itself. To try the "
+        "pipeline without CIFAR, use --dataset synthetic, or write look-alike files with "
         "`multikd data synth-cifar --out DIR`."
     )
 
