@@ -6,6 +6,7 @@ from torch import nn
 
 from multikd.method.adapters import FeatureAdapter, build_adapters
 from multikd.errors import ModelError
+from tolerances import REF64
 
 
 def _identity(adapter: FeatureAdapter) -> FeatureAdapter:
@@ -118,10 +119,11 @@ def test_embed_and_convreg_equal_the_reference_modules(kind, s_hw, t_hw):
         reference = _ReferenceConvReg((1, *s_shape), (1, *t_shape))
     ours = build_adapter(s_shape, t_shape, kind=kind)
     _same_parameters(ours, reference)
-    x = torch.randn(4, *s_shape)
+    ours.double(), reference.double()  # float64: the same function on any CPU's kernels
+    x = torch.randn(4, *s_shape, dtype=torch.float64)
     for train in (True, False):  # batch statistics, then the running ones both moved
         ours.train(train), reference.train(train)
-        torch.testing.assert_close(ours(x), reference(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(ours(x), reference(x), **REF64)
     torch.testing.assert_close(ours.bn.running_mean, reference_bn(reference).running_mean)
     assert ours(x).shape == (4, *t_shape) and (ours(x) >= 0).all()
 

@@ -22,6 +22,7 @@ from multikd.method.distiller import MultiTeacherDistiller
 from multikd.method.ensemble import TeacherEnsemble
 from multikd.method.label_spaces import MASKED_LOGIT, NOT_KNOWN, ClassMaps, restrict_weights
 from multikd.method.strategies import create_strategy
+from tolerances import REF64, f32_network_tol
 
 SYNTH = {"num_classes": 10, "num_superclasses": 2, "train_size": 640, "test_size": 200, "seed": 0}
 DATA = ["--batch-size", "32", "--dataset", "synthetic", "--set",
@@ -55,12 +56,13 @@ def _distiller(ensemble, strategy="uniform", **kw):
 
 def test_scattered_logits_keep_each_teachers_own_softmax_and_zero_elsewhere():
     maps = ClassMaps([[3, 0, 5], None], 6)
-    z, w = torch.randn(4, 3), torch.randn(4, 6)
+    # float64: a softmax over 6 entries and one over 3 may take other SIMD paths
+    z, w = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64)
     full = maps.scatter([z, w])
     assert full.shape == (2, 4, 6) and torch.equal(full[1], w)
     p = torch.softmax(full[0], -1)
-    torch.testing.assert_close(p[:, [3, 0, 5]], torch.softmax(z, -1), rtol=0, atol=1e-7)
-    assert torch.equal(p[:, [1, 2, 4]], torch.zeros(4, 3))  # exactly 0, not small
+    torch.testing.assert_close(p[:, [3, 0, 5]], torch.softmax(z, -1), **REF64)
+    assert torch.equal(p[:, [1, 2, 4]], torch.zeros(4, 3).double())  # exactly 0, not small
     assert (full[0, :, [1, 2, 4]] == MASKED_LOGIT).all()
     assert set(full[0].argmax(-1).tolist()) <= {3, 0, 5}
     # the float16 teacher cache keeps the mask (it is the lowest float16)
@@ -77,16 +79,16 @@ def test_restricted_kd_and_mse_are_the_formula_by_hand():
     weights over the teachers that know each label (eq. 4-5 of Vongkulbhisal et al.)."""
     classes = [[0, 1, 2], [2, 3, 4, 5]]
     ensemble = _partial_ensemble(classes)
-    x = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     y = torch.tensor([0, 2, 4, 2])
     t = 3.0
-    for loss in ("kd", "mse"):
-        distiller = _distiller(ensemble, logit_loss=loss, temperature=t, alpha=0.0)
+    for loss in ("kd", "mse"):  # float64 throughout: a check of the formula (REF64)
+        distiller = _distiller(ensemble, logit_loss=loss, temperature=t, alpha=0.0).double()
         _, losses, info = distiller(x, y)
-        s = distiller.student(x).double()
+        s = distiller.student(x)
         hand = torch.zeros(2, 4, dtype=torch.float64)
         for k, known in enumerate(classes):
-            tk = ensemble.teachers[k](x).double()
+            tk = ensemble.teachers[k](x)
             sk = s[:, known]
             if loss == "kd":
                 p, log_q = torch.softmax(tk / t, -1), torch.log_softmax(sk / t, -1)
@@ -95,8 +97,8 @@ def test_restricted_kd_and_mse_are_the_formula_by_hand():
                 hand[k] = ((sk - tk) ** 2).mean(-1)
         weights = torch.tensor([[1.0, 0.5, 0.0, 0.5], [0.0, 0.5, 1.0, 0.5]], dtype=torch.float64)
         expected = (weights * hand).sum(0).mean()
-        assert abs(losses["kd"].item() - expected.item()) < 1e-6
-        torch.testing.assert_close(info["weights"], weights.mean(1).float())
+        torch.testing.assert_close(losses["kd"], expected, **REF64)
+        torch.testing.assert_close(info["weights"], weights.mean(1), **REF64)
 
 
 def test_a_teacher_never_votes_on_a_class_it_does_not_know():
@@ -151,23 +153,31 @@ def test_concat_is_kd_against_the_teachers_logits_side_by_side():
     x = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(4))
     y = torch.tensor([0, 2, 4, -100])
     distiller = _distiller(ensemble, label_merge="concat", alpha=0.0, partial_labels=True)
+    distiller.double()  # float64: a check of the formula (REF64)
+    x = x.double()
     _, losses, _ = distiller(x, y)
     a, b = ensemble.teachers[0](x), ensemble.teachers[1](x)
     merged = torch.cat([a[:, :2], (a[:, 2:] + b[:, :1]) / 2, b[:, 1:]], 1)
     s = distiller.student(x)
     p = torch.softmax(merged / 4, -1)
     hand = 16 * (p * (p.log() - torch.log_softmax(s / 4, -1))).sum(-1).mean()
-    torch.testing.assert_close(losses["kd"], hand)
-    restricted = _distiller(ensemble, alpha=0.0, partial_labels=True)(x, y)[1]["kd"]
+    torch.testing.assert_close(losses["kd"], hand, **REF64)
+    restricted = _distiller(ensemble, alpha=0.0, partial_labels=True).double()(x, y)[1]["kd"]
     assert not torch.allclose(restricted, hand)
 
 
 def test_batched_partial_teachers_equal_the_loop():
     classes = [[0, 1, 2], [3, 4, 5], [0, 2, 4]]
     x = torch.randn(5, 3, 4, 4)
-    looped = _partial_ensemble(classes)(x, torch.zeros(5, dtype=torch.long))
+    looped_ensemble = _partial_ensemble(classes)
+    looped = looped_ensemble(x, torch.zeros(5, dtype=torch.long))
     batched = _partial_ensemble(classes, batched=True)(x, torch.zeros(5, dtype=torch.long))
-    torch.testing.assert_close(batched.logits, looped.logits)
+    # one [48 -> C] linear layer, batched vs looped GEMMs: tests/tolerances.py's float32
+    # bound, at the scale of the scattered teachers' own (unmasked) logits
+    known = looped.logits > torch.finfo(torch.float16).min
+    scale = looped.logits[known].abs().max().item()
+    torch.testing.assert_close(batched.logits, looped.logits,
+                               **f32_network_tol(looped_ensemble.teachers[0], scale))
 
 
 def test_each_teacher_is_scored_on_the_test_images_of_its_own_classes():

@@ -4,7 +4,9 @@
 (two matching steps, one CE step, ``meta_backward``'s recursion, rollback) and
 ``HardBuffer``, written out from the reference files; the meta step is compared in float64
 with a transcription that runs the reference's own mechanics (real modules, ``load_state_dict``
-rollback, ``torch.optim.SGD`` steps).
+rollback, ``torch.optim.SGD`` steps). The weight networks are checked in float64 too, at
+REF64 (tests/tolerances.py): the transcription's matmuls are other kernels than
+``nn.Linear``'s, so float32 would compare two CPUs' rounding, not the formula.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from multikd.method.ensemble import TeacherEnsemble
 from multikd.method.learned import StrategySpec
 from multikd.method.strategies import StepContext, create_strategy
 from multikd.models import create_model
+from tolerances import REF64
 
 K, B, C = 2, 6, 5
 
@@ -45,37 +48,39 @@ def test_weight_networks_equal_the_reference():
     g = torch.Generator().manual_seed(0)
     strategy = create_strategy("mmkd")
     strategy.bind(StrategySpec(K, C, [(4, 2, 2), (3, 2, 2)], (6, 2, 2), B))
-    nets = strategy.networks
-    t_logits, s_logits = torch.randn(K, B, C, generator=g), torch.randn(B, C, generator=g)
-    t_maps = [torch.randn(B, 4, 2, 2, generator=g), torch.randn(B, 3, 2, 2, generator=g)]
-    s_map = torch.randn(B, 6, 2, 2, generator=g)
+    nets = strategy.networks.double()
+    f64 = {"generator": g, "dtype": torch.float64}
+    t_logits, s_logits = torch.randn(K, B, C, **f64), torch.randn(B, C, **f64)
+    t_maps = [torch.randn(B, 4, 2, 2, **f64), torch.randn(B, 3, 2, 2, **f64)]
+    s_map = torch.randn(B, 6, 2, 2, **f64)
     context = StepContext(s_logits, 4.0, 1, student_feature=s_map, adapted=[], teacher_features=t_maps)
-    sel = strategy.select(torch.rand(K, B), t_logits, torch.zeros(B, dtype=torch.long), context=context)
+    sel = strategy.select(torch.rand(K, B, dtype=torch.float64), t_logits,
+                          torch.zeros(B, dtype=torch.long), context=context)
     # LogitsWeight.forward: cat(teacher logits, student logits) -> Linear -> ReLU -> Linear -> softmax
     x = torch.cat([t_logits[0], t_logits[1], s_logits], 1)
     lw = nets.logits
     assert lw.layer.weight.shape == (C * (K + 1) // 2, C * (K + 1))
     w = torch.softmax(torch.relu(x @ lw.layer.weight.t() + lw.layer.bias) @ lw.all_act.weight.t()
                       + lw.all_act.bias, -1)
-    torch.testing.assert_close(sel.weights, w.t(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(sel.weights, w.t(), **REF64)
     # FeatureWeight.forward: batch Gram matrices of the flattened maps
     grams = [f.reshape(B, -1) @ f.reshape(B, -1).t() for f in [*t_maps, s_map]]
     fw = nets.feature
     assert fw.layer.weight.shape == (B * (K + 1) // 2, B * (K + 1))
     v = torch.softmax(torch.relu(torch.cat(grams, 1) @ fw.layer.weight.t() + fw.layer.bias)
                       @ fw.all_act.weight.t() + fw.all_act.bias, -1)
-    torch.testing.assert_close(sel.feature_weights, v.t(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(sel.feature_weights, v.t(), **REF64)
 
 
 def test_partial_batch_is_zero_padded_and_a_larger_one_is_an_error():
     strategy = create_strategy("mmkd")
     strategy.bind(StrategySpec(K, C, [(4, 2, 2), (4, 2, 2)], (4, 2, 2), B))
-    fw = strategy.networks.feature
-    maps = [torch.randn(B - 2, 4, 2, 2) for _ in range(K)]
-    s_map = torch.randn(B - 2, 4, 2, 2)
+    fw = strategy.networks.feature.double()
+    maps = [torch.randn(B - 2, 4, 2, 2, dtype=torch.float64) for _ in range(K)]
+    s_map = torch.randn(B - 2, 4, 2, 2, dtype=torch.float64)
     grams = [F.pad(f.reshape(B - 2, -1) @ f.reshape(B - 2, -1).t(), (0, 2)) for f in [*maps, s_map]]
     expected = torch.softmax(fw.all_act(torch.relu(fw.layer(torch.cat(grams, 1)))), -1)
-    torch.testing.assert_close(fw(maps, s_map), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(fw(maps, s_map), expected, **REF64)
     with pytest.raises(StrategyError, match=f"built for batches of {B}.*batch of {B + 1}"):
         fw([torch.randn(B + 1, 4, 2, 2)] * K, torch.randn(B + 1, 4, 2, 2))
 

@@ -30,6 +30,7 @@ from multikd.method.losses import (
     UNLABELED,
     feature_loss_per_teacher,
     labeled_ce,
+    upcast,
     weighted_teacher_mean,
 )
 from multikd.method.strategies import Selection, StepContext, Strategy, check_finite
@@ -580,7 +581,7 @@ class MultiTeacherDistiller(nn.Module):
         (K - 1)``, on the graph (``distiller_zoo/CAMKD.py`` ``CAMKD.forward`` on the output
         of ``models/util.py`` ``CalWeight.forward``); one teacher gets weight 1."""
         head_ce = torch.stack([
-            F.cross_entropy(teacher.forward_head(a).float(), y, reduction="none")
+            F.cross_entropy(upcast(teacher.forward_head(a)), y, reduction="none")
             for teacher, a in zip(self._active(self.ensemble.teachers), adapted)
         ])
         k = head_ce.shape[0]
@@ -672,7 +673,7 @@ def unlabeled_teacher_ce(ce: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
     samples it knows).
     """
     known = (y != UNLABELED).unsqueeze(0) if known is None else known
-    entropy = torch.special.entr(torch.softmax(logits.float(), dim=-1)).sum(-1)
+    entropy = torch.special.entr(torch.softmax(upcast(logits), dim=-1)).sum(-1)
     if rule == "entropy":
         proxy = entropy
     else:

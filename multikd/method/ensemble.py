@@ -25,6 +25,7 @@ from torch import nn
 
 from multikd.method.batched import TeacherRunner
 from multikd.method.label_spaces import ClassMaps, span
+from multikd.method.losses import upcast
 from multikd.errors import DataError, ModelError
 
 DEFAULT_INPUT_SHAPE = (1, 3, 32, 32)
@@ -35,7 +36,8 @@ class EnsembleOutput:
     """The teachers' view of one batch.
 
     logits [K,B,C]; features: one tapped feature ``[B, ...]`` per teacher, or None;
-    ce [K,B]: per-sample cross-entropy of each teacher (float32); ce_mean [K]: its batch mean.
+    ce [K,B]: per-sample cross-entropy of each teacher (float32; float64 for float64 logits,
+    so a float64 model is a reference check end to end); ce_mean [K]: its batch mean.
     """
 
     logits: torch.Tensor
@@ -59,7 +61,7 @@ class EnsembleOutput:
             )
         k, b, c = logits.shape
         ce = F.cross_entropy(
-            logits.detach().float().reshape(k * b, c), labels.repeat(k), reduction="none"
+            upcast(logits.detach()).reshape(k * b, c), labels.repeat(k), reduction="none"
         ).view(k, b)
         feats = [None] * k if features is None else list(features)
         return cls(logits.detach(), feats, ce, ce.mean(1))

@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 
 from multikd.errors import StrategyError, TrainingError
+from multikd.method.losses import upcast
 
 GRANULARITIES = ("batch", "sample")
 
@@ -116,8 +117,8 @@ class Strategy:
                     f"strategy {self.name!r} weights teachers by the student's logits: pass "
                     "select(..., context=StepContext(student_logits=...)) (the distiller does)"
                 )
-            return self._select_in_context(ce.float(), logits, labels, context)
-        return self._select(ce.float(), logits, labels)
+            return self._select_in_context(upcast(ce), logits, labels, context)
+        return self._select(upcast(ce), logits, labels)
 
     @classmethod
     def reference_loss(cls) -> dict:
@@ -398,7 +399,7 @@ class EntropyBased(Strategy):
         kept = torch.ones_like(ce, dtype=torch.bool)
         if k == 1:
             return Selection(torch.ones_like(ce), kept)
-        entropy = torch.special.entr(torch.softmax(logits.float(), dim=-1)).sum(-1)  # [K,B]
+        entropy = torch.special.entr(torch.softmax(upcast(logits), dim=-1)).sum(-1)  # [K,B]
         total = entropy.sum(0, keepdim=True)
         share = torch.where(total > 0, entropy / total, 1.0 / k)
         return Selection((1.0 - share) / (k - 1), kept)
@@ -498,9 +499,10 @@ class Fixed(Strategy):
                 f"strategy 'fixed' has {len(self.weights_given)} weights but there are "
                 f"{ce.shape[0]} teachers; give one weight per teacher"
             )
-        if self._column is None or self._column.device != ce.device:
+        if (self._column is None or self._column.device != ce.device
+                or self._column.dtype != ce.dtype):
             # built once per device: a host-to-device copy every step would wait for the device
-            v = torch.tensor(self.weights_given, dtype=torch.float32).unsqueeze(1)
+            v = torch.tensor(self.weights_given, dtype=ce.dtype).unsqueeze(1)
             self._column = (v / v.sum()).to(ce.device)
             self._kept = self._column > 0
         return Selection(self._column.expand_as(ce), self._kept.expand_as(ce))
