@@ -863,23 +863,23 @@ def _add_results(sub) -> None:
 
 def _cmd_table(args) -> int:
     from multikd.atomic import atomic_write_text
-    from multikd.bench import paired, results
+    from multikd.results import paired, tables
 
     if args.vs:
-        table = paired.paired_table(results.collect_runs(args.runs_dir), metric=args.metric,
+        table = paired.paired_table(tables.collect_runs(args.runs_dir), metric=args.metric,
                                     vs=args.vs, confidence=args.confidence)
         text = paired.format_paired(table, fmt=args.fmt)
     else:
-        table = results.load_table(args.runs_dir, metric=args.metric,
-                                   allow_duplicates=args.allow_duplicates)
+        table = tables.load_table(args.runs_dir, metric=args.metric,
+                                  allow_duplicates=args.allow_duplicates)
         if args.cost:
-            from multikd.bench.costs import add_throughput
+            from multikd.results.costs import add_throughput
 
             if args.cost_batch < 1:
                 raise MultikdError(f"--cost-batch must be >= 1, got {args.cost_batch}")
             add_throughput(table.attrs["costs"], device=args.device, batch_size=args.cost_batch)
             table.attrs["speed"] = f"{args.device}, batch {args.cost_batch}, fp32, eval mode"
-        text = results.format_table(table, fmt=args.fmt)
+        text = tables.format_table(table, fmt=args.fmt)
     if args.out:
         atomic_write_text(args.out, text)
         print(f"wrote {args.out}")
@@ -889,14 +889,14 @@ def _cmd_table(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from multikd.bench.report import write_report
+    from multikd.results.report import write_report
 
     print(f"wrote {write_report(args.runs_dir, args.out)}")
     return 0
 
 
 def _cmd_plot(args) -> int:
-    from multikd.bench import plots
+    from multikd.results import plots
 
     for path in plots.plot_runs(args.runs_dir, args.out):
         print(path)

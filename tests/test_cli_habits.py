@@ -17,7 +17,7 @@ import yaml
 
 from multikd import cli
 from multikd.bench import cluster
-from multikd.bench.results import ResultsError
+from multikd.results.tables import ResultsError
 from multikd.bench.runner import make_plan, record_suite
 from multikd.bench.suite import preset_path
 from multikd.data.synthetic import SYNTHETIC_DEFAULTS, SYNTHETIC_SIZES

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from multikd import cli
-from multikd.bench.results import collect_runs, format_table, strategy_table
+from multikd.results.tables import collect_runs, format_table, strategy_table
 from multikd.models import create_model
 from multikd.models.cost import human, model_cost
 

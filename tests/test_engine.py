@@ -204,7 +204,7 @@ def test_best_epoch_is_the_best_not_the_last(tmp_path):
     """On a short cosine schedule most runs peak in their final epoch (session 2's smoke
     sweep: all 34), so best and last tables can agree genuinely; the summary picks the
     best epoch whenever it is another one, and the tables read it."""
-    from multikd.bench.results import load_table
+    from multikd.results.tables import load_table
     from multikd.train import distributed as ddp
     from multikd.train.config import RunConfig, resolve
     from multikd.train.engine import TrainingRun

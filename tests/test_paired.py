@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from multikd import cli
-from multikd.bench.paired import bootstrap_interval, format_paired, paired_table, t_interval
-from multikd.bench.results import ALONE, ResultsError, collect_runs
+from multikd.results.paired import bootstrap_interval, format_paired, paired_table, t_interval
+from multikd.results.tables import ALONE, ResultsError, collect_runs
 from multikd.train.runio import RunDir
 
 

@@ -7,7 +7,7 @@ import pytest
 from matplotlib.collections import PolyCollection
 from test_results import _metrics, _summary, _write_run
 
-from multikd.bench import plots
+from multikd.results import plots
 
 # (kind, strategy, seed); test_acc = 10·epoch + seed (test_results._metrics)
 RUNS = [("student", None, 0), ("student", None, 1), ("student", None, 2),

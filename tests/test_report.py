@@ -9,7 +9,7 @@ import pytest
 from test_results import RUNS, _metrics, _summary, _write_run
 
 from multikd import cli
-from multikd.bench.report import markdown_table_html
+from multikd.results.report import markdown_table_html
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -13,8 +13,8 @@ from run_helpers import tiny_suite
 from test_results import RUNS, _metrics, _summary, _write_run
 
 from multikd.bench.outputs import write_results
-from multikd.bench.paired import PAIRED_STATS, format_paired, paired_table
-from multikd.bench.results import ALONE, collect_runs
+from multikd.results.paired import PAIRED_STATS, format_paired, paired_table
+from multikd.results.tables import ALONE, collect_runs
 from multikd.bench.runner import run_bench
 from multikd.bench.suite import parse_suite
 

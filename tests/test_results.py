@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from multikd import cli
-from multikd.bench.results import (
+from multikd.results.tables import (
     ALONE, ResultsError, collect_runs, format_table, load_table, strategy_table, tex_escape,
     write_table,
 )
@@ -192,7 +192,7 @@ def test_unfinished_runs_skipped_with_warning(runs_dir, caplog):
     (runs_dir / "trio" / "resnet8" / "broken").mkdir()
     (runs_dir / "trio" / "resnet8" / "broken" / "summary.json").write_text("{not json")
     (runs_dir / "no_summary").mkdir()
-    with caplog.at_level(logging.WARNING, logger="multikd.bench.results"):
+    with caplog.at_level(logging.WARNING, logger="multikd.results.tables"):
         df = collect_runs(runs_dir)
     assert len(df) == len(RUNS) and len(df.attrs["skipped"]) == 2
     assert "uniform_s2" in caplog.text and "broken" in caplog.text and "running" in caplog.text
@@ -239,7 +239,7 @@ def test_write_table_atomic_and_rejects_unknowns(runs_dir, tmp_path):
 
 
 def test_plots_written_as_png(runs_dir, tmp_path):
-    from multikd.bench.plots import plot_runs
+    from multikd.results.plots import plot_runs
 
     paths = plot_runs(runs_dir, tmp_path / "plots")
     assert sorted(p.name for p in paths) == [
@@ -281,8 +281,8 @@ def test_cli_plot(runs_dir, tmp_path, capsys):
 
 
 def test_plot_curves_are_means_over_seeds(runs_dir):
-    from multikd.bench.plots import mean_curves
-    from multikd.bench.results import method_labels
+    from multikd.results.plots import mean_curves
+    from multikd.results.tables import method_labels
 
     df = collect_runs(runs_dir)
     df["method"] = method_labels(df)
@@ -372,7 +372,7 @@ def test_alone_runs_of_other_teacher_sets_are_not_counted_twice(tmp_path):
     pair = ("synthetic", "resnet8", "strong", 3)
     assert tuple(table.loc[pair, (ALONE, s)] for s in ("mean", "n")) == (51.0, 2)
 
-    from multikd.bench.paired import paired_table
+    from multikd.results.paired import paired_table
     paired = paired_table(collect_runs(root), "last", vs="student")
     assert paired.loc[pair, (ALONE, "n")] == 2
     assert paired.loc[pair, ("uniform", "diff")] == pytest.approx(1.0)

@@ -1,5 +1,5 @@
-"""Benchmarks: suites (YAML) expanded into runs, their runner, then tables and plots.
+"""Benchmarks: suites (YAML) expanded into runs, their runner, executors, shards and status.
 
-Reads run folders through ``train`` (it may import ``train``, ``method``, ``models``,
-``data``); never imported by them. Within it, ``results`` never imports ``plots``.
+Trains through ``train`` and hands finished runs to ``results``: it may import ``train``,
+``results``, ``method``, ``models`` and ``data``; none of them imports it.
 """

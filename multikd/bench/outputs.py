@@ -1,8 +1,8 @@
 """What a suite's output folder gets from its finished runs: the tables, the plots, the report.
 
-Tables come from :mod:`multikd.bench.results` and :mod:`multikd.bench.paired`, plots from
-:mod:`multikd.bench.plots`, which reads those tables' rows, and the one-page HTML report
-from :mod:`multikd.bench.report`, which embeds them all; this module is the one place they
+Tables come from :mod:`multikd.results.tables` and :mod:`multikd.results.paired`, plots from
+:mod:`multikd.results.plots`, which reads those tables' rows, and the one-page HTML report
+from :mod:`multikd.results.report`, which embeds them all; this module is the one place they
 are written together.
 """
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 from multikd.atomic import atomic_write_text
-from multikd.bench.paired import format_paired, suite_paired_tables
-from multikd.bench.plots import plot_collected
-from multikd.bench.report import write_report
-from multikd.bench.results import METRIC_COLUMNS, collect_runs, strategy_table, write_table
+from multikd.results.paired import format_paired, suite_paired_tables
+from multikd.results.plots import plot_collected
+from multikd.results.report import write_report
+from multikd.results.tables import METRIC_COLUMNS, collect_runs, strategy_table, write_table
 
 
 def write_results(
@@ -26,13 +26,13 @@ def write_results(
 
     Writes ``table_<metric>.<fmt>`` for metric last and best (and val when some run has a
     val-selected accuracy) in each of ``formats``, ``table_paired_last.<fmt>`` (every
-    method's paired difference to the student alone, :mod:`multikd.bench.paired`) when
+    method's paired difference to the student alone, :mod:`multikd.results.paired`) when
     students alone and distilled runs are both there, ``table_paired_vs_uniform_last.<fmt>``
     (the same against ``uniform``, the plain multi-teacher average) when ``uniform`` and
     another strategy are (so rows without a student alone, e.g. a suite's labelled fraction
-    0, still get a paired comparison; see :func:`multikd.bench.paired.suite_paired_tables`),
-    if ``plots``, the PNG files of :func:`multikd.bench.plots.plot_collected` under
-    ``out_dir/plots``, and last ``out_dir/report.html`` (:mod:`multikd.bench.report`: all of
+    0, still get a paired comparison; see :func:`multikd.results.paired.suite_paired_tables`),
+    if ``plots``, the PNG files of :func:`multikd.results.plots.plot_collected` under
+    ``out_dir/plots``, and last ``out_dir/report.html`` (:mod:`multikd.results.report`: all of
     them on one page, with ``root``'s suite.yaml and teachers.json). Returns the paths written.
     """
     df = collect_runs(root)

@@ -21,22 +21,14 @@ from multikd.models import (  # noqa: F401
     vgg,
     wrn,
 )
-from multikd.models.registry import canonical_name, list_models, register_model
-
-TIMM_PREFIX = "timm:"
+from multikd.models.registry import (
+    TIMM_PREFIX, build_model, canonical_name, list_models, register_model,
+)
 
 
 def create_model(name: str, num_classes: int = 100, checkpoint=None, **kwargs) -> nn.Module:
     """Build architecture ``name`` with ``num_classes`` outputs; load ``checkpoint`` if given."""
-    if name.startswith(TIMM_PREFIX):
-        from multikd.models.timm_bridge import create_timm_model
-
-        model = create_timm_model(name[len(TIMM_PREFIX):], num_classes=num_classes, **kwargs)
-    else:
-        from multikd.models.registry import build_registered
-
-        model = build_registered(name, num_classes=num_classes, **kwargs)
-    model.arch_name = name if name.startswith(TIMM_PREFIX) else canonical_name(name)
+    model = build_model(name, num_classes=num_classes, **kwargs)
     if checkpoint is not None:
         from multikd.models.checkpoint import load_checkpoint
 

@@ -191,8 +191,8 @@ def _zoo_shapes() -> dict[str, tuple[dict[str, tuple], tuple[str, ...]]]:
 
     Built with :func:`build_meta`: the whole zoo takes well under a second.
     """
-    from multikd.models import list_models
     from multikd.models.meta import build_meta
+    from multikd.models.registry import list_models
 
     table = {}
     for name in list_models():

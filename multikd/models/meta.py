@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from multikd.models.registry import build_model
 from multikd.models.taps import FeatureTap
 
 _RANDOM_INITS = {
@@ -34,10 +35,8 @@ class _SkipRandomInit(TorchFunctionMode):
 
 def build_meta(name: str, num_classes: int = 100) -> nn.Module:
     """Architecture ``name`` on the meta device: shapes and structure, no weight values."""
-    from multikd.models import create_model
-
     with torch.device("meta"), _SkipRandomInit():
-        return create_model(name, num_classes=num_classes)
+        return build_model(name, num_classes=num_classes)
 
 
 def describe_architecture(name: str, num_classes: int = 100, image_size: int = 32) -> dict:

@@ -17,6 +17,8 @@ from multikd.errors import ModelError
 
 ModelBuilder = Callable[..., nn.Module]
 
+TIMM_PREFIX = "timm:"
+
 _BUILDERS: dict[str, ModelBuilder] = {}
 _ALIASES: dict[str, str] = {}
 
@@ -56,5 +58,18 @@ def canonical_name(name: str) -> str:
     )
 
 
-def build_registered(name: str, num_classes: int, **kwargs) -> nn.Module:
-    return _BUILDERS[canonical_name(name)](num_classes=num_classes, **kwargs)
+def build_model(name: str, num_classes: int = 100, **kwargs) -> nn.Module:
+    """Architecture ``name`` (a zoo name or alias, or ``timm:<name>``) with fresh weights and
+    ``arch_name`` set to its canonical name; :func:`multikd.models.create_model` adds the
+    checkpoint. :func:`multikd.models.meta.build_meta` builds through this function, not
+    ``create_model``, because the checkpoint loader uses ``build_meta`` (no import cycle)."""
+    if name.startswith(TIMM_PREFIX):
+        from multikd.models.timm_bridge import create_timm_model
+
+        model = create_timm_model(name[len(TIMM_PREFIX):], num_classes=num_classes, **kwargs)
+        model.arch_name = name
+        return model
+    arch = canonical_name(name)
+    model = _BUILDERS[arch](num_classes=num_classes, **kwargs)
+    model.arch_name = arch
+    return model

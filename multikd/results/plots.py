@@ -1,6 +1,7 @@
 """Plots of a runs folder (matplotlib, Agg backend, PNG), one set per table row.
 
-For every (dataset, student, teacher set, epochs) row of :func:`multikd.bench.results.strategy_table`:
+For every (dataset, student, teacher set, epochs) row of
+:func:`multikd.results.tables.strategy_table`:
 
 - ``<row>_acc.png``: test accuracy per epoch, mean over seeds, one line per method (the
   student alone in black, each strategy in its own colour, solid for logits only and dashed
@@ -32,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from multikd.bench.results import (  # noqa: E402
+from multikd.results.tables import (  # noqa: E402
     ALONE,
     FEAT_SUFFIX,
     ROW_KEYS,
@@ -60,7 +61,8 @@ def plot_runs(root: str | Path, out_dir: str | Path) -> list[Path]:
 
 
 def plot_collected(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    """Plots of the runs in ``df`` (from :func:`~multikd.bench.results.collect_runs`); paths written."""
+    """Plots of the runs in ``df`` (from :func:`~multikd.results.tables.collect_runs`); the
+    paths written."""
     runs = comparison_runs(df)
     out_dir = Path(out_dir)
     lengths = runs.groupby(["dataset", "student", "teachers"])["epochs"].nunique()
@@ -95,8 +97,8 @@ def plot_collected(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
 def mean_curves(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per method: the numeric metrics.csv columns averaged over its runs, indexed by epoch.
 
-    ``runs``: rows of :func:`~multikd.bench.results.collect_runs` with a ``method`` column
-    (:func:`~multikd.bench.results.method_labels`).
+    ``runs``: rows of :func:`~multikd.results.tables.collect_runs` with a ``method`` column
+    (:func:`~multikd.results.tables.method_labels`).
     """
     return {m: _mean(frames) for m, frames in seed_curves(runs).items()}
 

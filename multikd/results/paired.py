@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from multikd.bench.results import (
+from multikd.results.tables import (
     ALONE,
     METRIC_COLUMNS,
     ROW_KEYS,
@@ -123,7 +123,7 @@ def paired_table(
 ) -> pd.DataFrame:
     """Every method's paired difference to the ``vs`` column, per table row.
 
-    Index: (dataset, student, teachers, epochs) as :func:`~multikd.bench.results.strategy_table`.
+    Index: (dataset, student, teachers, epochs) as :func:`~multikd.results.tables.strategy_table`.
     Columns: (method, stat) with stat in :data:`PAIRED_STATS`; the reference column itself
     holds its own mean accuracy as ``diff`` (with its seeds' t interval of the mean) so a
     reader sees what the differences are relative to. ``attrs``: metric, vs, confidence,

@@ -232,7 +232,7 @@ def strategy_table(df: pd.DataFrame, metric: str = "last", cost: bool = True,
     MultiIndex (method, stat) with stat in mean/std/n, methods ordered student alone, each
     strategy then its ``+feat`` variant (alphabetical), then the teachers.
     ``table.attrs``: ``metric``, ``caption``, ``methods`` (student methods, compared for
-    bold), ``teacher_columns``, ``costs`` (row index -> :class:`multikd.bench.costs.RowCost`:
+    bold), ``teacher_columns``, ``costs`` (row index -> :class:`multikd.results.costs.RowCost`:
     parameters and MACs of the student and each teacher; empty with ``cost=False``), shown by
     :func:`format_table` as the last columns; ``teacher_notes`` (:func:`own_domain_text` of
     each teacher trained on another domain, from the runs folders' ``teachers.json``), shown
@@ -302,7 +302,7 @@ def strategy_table(df: pd.DataFrame, metric: str = "last", cost: bool = True,
         table[(method, "n")] = table[(method, "n")].fillna(0).astype(int)
     costs = {}
     if cost:
-        from multikd.bench.costs import row_cost
+        from multikd.results.costs import row_cost
 
         for key, final in zip(row_keys, index):
             dataset, student, teachers, epochs = key

@@ -4,8 +4,8 @@
 it again from the finished runs under ``OUT`` (a ``multikd bench`` output folder, or any
 folder of run directories) into ``OUT/report.html``: the last-epoch, best-epoch (and
 val-selected) tables and every paired-difference table the suite's outputs carry (vs the
-student alone and vs ``uniform``, :func:`multikd.bench.paired.suite_paired_tables`), every
-plot of :mod:`multikd.bench.plots` embedded as a PNG data URI, the suite file the sweep came
+student alone and vs ``uniform``, :func:`multikd.results.paired.suite_paired_tables`), every
+plot of :mod:`multikd.results.plots` embedded as a PNG data URI, the suite file the sweep came
 from (``OUT/suite.yaml``), the teachers' verified accuracies (``OUT/teachers.json``; a
 teacher trained on another domain shows its accuracy there beside the one on the students'
 test set) and the versions the runs were made with. Nothing is linked: the page opens
@@ -25,9 +25,9 @@ import pandas as pd
 
 import multikd
 from multikd.atomic import atomic_write_text
-from multikd.bench.paired import format_paired, suite_paired_tables
-from multikd.bench.plots import plot_collected
-from multikd.bench.results import (
+from multikd.results.paired import format_paired, suite_paired_tables
+from multikd.results.plots import plot_collected
+from multikd.results.tables import (
     ALONE, CAPTIONS, METRIC_COLUMNS, TEACHERS_FILE, ResultsError, collect_runs, format_table,
     own_domain_accuracy, strategy_table,
 )
