@@ -80,6 +80,7 @@ def separate(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_lockstep_equals_separate_runs(separate, tmp_path):
     report = run_bench(parse_suite(SUITE), tmp_path, lockstep=True, results=False)
     assert len(report.trained) == 2 + 10 and not report.resumed and not report.skipped
@@ -97,6 +98,7 @@ def test_lockstep_equals_separate_runs(separate, tmp_path):
         assert recorded[tid]["test_acc"] == pytest.approx(measured_by_run, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_two_worker_processes_give_the_numbers_of_one_process(separate, tmp_path):
     """--jobs 2: teachers, then lockstep groups, in two spawned workers; same files."""
     report = run_bench(parse_suite(SUITE), tmp_path, lockstep=True, results=False, jobs=2)
@@ -106,6 +108,7 @@ def test_two_worker_processes_give_the_numbers_of_one_process(separate, tmp_path
     assert len(again.skipped) == 2 + 10 and not again.trained
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_without_redoing_finished_runs(separate, tmp_path, monkeypatch):
     original_end_epoch = engine.TrainingRun.end_epoch
     calls = {"n": 0}

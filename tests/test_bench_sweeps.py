@@ -64,6 +64,7 @@ def test_shard_spec_errors_say_how():
             parse_shard(bad)
 
 
+@pytest.mark.slow
 def test_shards_in_turn_give_the_numbers_and_table_of_one_process(separate, tmp_path):
     suite = parse_suite(SUITE)
     first = run_bench(suite, tmp_path, shard=(1, 2))
@@ -78,6 +79,7 @@ def test_shards_in_turn_give_the_numbers_and_table_of_one_process(separate, tmp_
         assert (tmp_path / name).read_text() == (reference / name).read_text(), name
 
 
+@pytest.mark.slow
 def test_concurrent_shards_share_teachers_through_the_locks(separate, tmp_path):
     """Two shards started at once: each trains its teacher and waits for the other's."""
     path = _suite_file(tmp_path)
@@ -92,6 +94,7 @@ def test_concurrent_shards_share_teachers_through_the_locks(separate, tmp_path):
     assert (out / "table_last.md").is_file()
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_to_the_same_metrics(separate, tmp_path):
     path = _suite_file(tmp_path)
     out = tmp_path / "out"
@@ -175,6 +178,7 @@ def test_slurm_submission_script_carries_the_options(tmp_path, monkeypatch):
     assert isinstance(executor, submitit.SlurmExecutor)
 
 
+@pytest.mark.slow
 def test_submitit_local_jobs_give_the_numbers_and_table_of_one_process(separate, tmp_path):
     pytest.importorskip("submitit")
     path = _suite_file(tmp_path)
@@ -221,6 +225,7 @@ def test_table_of_several_out_folders_equals_the_one_folder_table(separate, tmp_
     assert "optim.lr: 0.05 vs 0.2" in err
 
 
+@pytest.mark.slow
 def test_preempted_submitit_job_is_requeued_and_resumes_to_the_same_metrics(tmp_path):
     """submitit's own preemption signal, sent to a running local job mid-training: the job
     is requeued, resumes from its last epoch checkpoint, and ends with the metrics of an

@@ -217,6 +217,7 @@ def test_save_is_atomic(tmp_path):
     assert os.listdir(tmp_path) == ["ckpt.pt"]
 
 
+@pytest.mark.slow
 def test_cli_models_list(capsys):
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out

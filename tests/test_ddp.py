@@ -34,6 +34,7 @@ ARGS = [
 ONE_IMAGE = 100.0 / SYNTH["test_size"]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path):
     ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -77,6 +78,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     ["--strategy", "mtkd-rl", "--strategy-param", "agent_step=1"],
     ["--strategy", "mmkd", "--strategy-param", "meta_freq=1"],
 ])
+@pytest.mark.slow
 def test_learned_strategies_train_under_torchrun(strategy, tmp_path):
     """The strategy networks stay out of DDP and average their own gradients; MMKD's Gram
     network is built for the per-process batch (16 of the global 32)."""

@@ -12,6 +12,7 @@ columns differ.
 import csv
 import json
 
+import pytest
 import torch
 from run_helpers import kill_after_first_checkpoint
 
@@ -39,6 +40,7 @@ def _kill_after_first_checkpoint(run_dir) -> int:
     return torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     killed_after = _kill_after_first_checkpoint(killed)

@@ -214,6 +214,7 @@ def test_what_partial_teachers_cannot_do_is_said_clearly():
                         num_classes=6)
 
 
+@pytest.mark.slow
 def test_two_half_label_teachers_teach_every_class_without_a_label(tmp_path, capsys):
     for name, span, seed in (("lo", "0-4", "0"), ("hi", "5-9", "1")):
         assert main(["train-teacher", "--arch", "resnet8", "--classes", span, "--epochs", "6",

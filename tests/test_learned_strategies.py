@@ -53,6 +53,7 @@ def _assert_same_state(a, b, where=""):
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_the_uninterrupted_run(strategy, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     kill_after_first_checkpoint(_args(strategy), killed)
@@ -86,6 +87,7 @@ LOCKSTEP = [
 ]
 
 
+@pytest.mark.slow
 def test_lockstep_members_keep_their_own_strategy_state(tmp_path):
     suite = parse_suite(_suite(LOCKSTEP))
     run_bench(suite, tmp_path / "separate", lockstep=False, results=False)
@@ -103,6 +105,7 @@ def test_lockstep_members_keep_their_own_strategy_state(tmp_path):
             torch.testing.assert_close(ca["learner"][key], cb["learner"][key], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_mmkd_on_logits_works_with_the_teacher_cache(tmp_path):
     base = ["distill", "--student", "resnet8", "--teacher", "resnet8", "--teacher", "resnet14",
             "--strategy", "mmkd", "--strategy-param", "meta_freq=2", "--epochs", "2", *DATA]
@@ -135,6 +138,7 @@ def good_teacher(tmp_path_factory) -> Path:
     ("mmkd", ["--gamma", "5", "--strategy-param", "meta_freq=2",
               "--strategy-param", "meta_lr=0.01"]),
 ])
+@pytest.mark.slow
 def test_weights_move_toward_the_better_teacher(good_teacher, strategy, params, tmp_path):
     """One trained teacher, one left at its random initialisation (the poor one)."""
     assert main(["distill", "--student", "resnet8", "--teacher", f"resnet8={good_teacher}",

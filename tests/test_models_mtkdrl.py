@@ -508,6 +508,7 @@ def test_costs_count_on_the_meta_device():
         assert _macs_by_hooks(create_model(name, num_classes=100)) == macs, name
 
 
+@pytest.mark.slow
 def test_models_list_shows_the_new_names():
     out = subprocess.run([sys.executable, "-m", "multikd", "models", "list"],
                          capture_output=True, text=True, check=True, timeout=120).stdout

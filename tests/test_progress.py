@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from multikd.bench.progress import PlanProgress, duration_text
@@ -124,6 +125,7 @@ def test_bench_logs_runs_done_of_the_plan_with_an_eta(tmp_path, caplog):
     assert re.fullmatch(r"\[3/3 runs, \d+ s elapsed, ETA 0 s\]", lines[-1][0])
 
 
+@pytest.mark.slow
 def test_bench_progress_reaches_stderr_and_quiet_hides_it(tmp_path):
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(_suite()))

@@ -65,6 +65,7 @@ def test_the_bound_scales_with_the_terms_the_dtype_and_the_condition_number():
         order_rtol(4, cond=0.5)
 
 
+@pytest.mark.slow  # a second process; .ci/run's second pass is under another CPU already
 def test_reference_checks_hold_under_another_cpus_kernels():
     """test_reference_baselines.py (whose float32 version failed on an AVX2-only CPU) in a
     fresh process under the ``default`` profile: ATen's scalar kernels, oneDNN and MKL held
