@@ -198,7 +198,6 @@ def _home(module: str) -> str:
 
 
 _CYCLES_BEING_FIXED = {  # part -> why its cycle test is expected to fail for now
-    "data": "datasets <-> transfer: being untangled (issue 34)",
     "method": "strategies <-> aekd, learned, mmkd, mtkd_rl: being untangled (issue 34)",
 }
 

@@ -14,6 +14,8 @@ root (``--data-root``, else ``$MULTIKD_DATA``, else ``./data``); only the explic
 - :mod:`.views`: the crop+flip augmentation as view ids, a pure function of
   (seed, epoch, index);
 - :mod:`.datasets`: :func:`build_datasets` (train / stratified val / test), :func:`describe`;
+- :mod:`.splits`: :func:`stratified_split`, the class-balanced draw of the val split and of a
+  transfer set's labelled subset (:mod:`.transfer`);
 - :mod:`.loaders`: :func:`build_loader`, reproducible to the bit;
 - :mod:`.batches`: :class:`BatchedLoader`, the same batches made whole on the training
   device (the fast path).
@@ -40,9 +42,9 @@ from multikd.data.datasets import (
     build_datasets,
     dataset_names,
     describe,
-    stratified_split,
 )
 from multikd.data.loaders import EpochShuffleSampler, build_loader
+from multikd.data.splits import stratified_split
 from multikd.data.synthetic import SYNTHETIC_DEFAULTS, SYNTHETIC_SIZES, make_synthetic
 from multikd.data.views import (
     CROP_OFFSETS,

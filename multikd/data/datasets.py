@@ -10,7 +10,9 @@ import torch
 from torch.utils.data import Dataset
 
 from multikd.data.cifar import CIFAR_LAYOUTS, load_cifar, resolve_data_root
+from multikd.data.splits import stratified_split
 from multikd.data.synthetic import SYNTHETIC_DEFAULTS, make_synthetic
+from multikd.data.transfer import UNLABELED, labeled_subset, mask_labels, read_image_folder
 from multikd.data.views import IDENTITY_VIEW, apply_view, view_of
 from multikd.errors import DataError
 
@@ -103,31 +105,6 @@ class DataSplits:
     std: tuple[float, float, float]
 
 
-def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted index arrays ``(train, val)`` with ``len(val) == val_size``.
-
-    Class ``k`` with ``n_k`` of ``n`` samples gets ``floor(n_k * val_size / n)`` val samples,
-    and the remaining ones go to the classes with the largest fractional parts; members are
-    drawn by ``numpy.random.default_rng(seed)``.
-    """
-    labels = np.asarray(labels)
-    n = len(labels)
-    if not 0 < val_size < n:
-        raise DataError(
-            f"val_size must be between 1 and {n - 1} (the training set has {n} images), "
-            f"got {val_size}"
-        )
-    rng = np.random.default_rng(seed)
-    classes, counts = np.unique(labels, return_counts=True)
-    share = counts * val_size / n
-    quota = np.floor(share).astype(int)
-    for i in np.argsort(-(share - quota), kind="stable")[: val_size - quota.sum()]:
-        quota[i] += 1
-    val = [rng.permutation(np.flatnonzero(labels == cls))[:q] for cls, q in zip(classes, quota)]
-    val_idx = np.sort(np.concatenate(val))
-    return np.setdiff1d(np.arange(n), val_idx), val_idx
-
-
 def _synthetic_arrays(options: dict | None):
     unknown = set(options or {}) - set(SYNTHETIC_DEFAULTS)
     if unknown:
@@ -195,12 +172,8 @@ def build_datasets(name: str, data_root=None, val_size: int = 0, seed: int = 0,
         val = ImageDataset(tr_x[val_idx], tr_y[val_idx], mean, std)
         tr_x, tr_y = tr_x[train_idx], tr_y[train_idx]
     if labeled_fraction < 1.0:
-        from multikd.data.transfer import labeled_subset, mask_labels
-
         tr_y = mask_labels(tr_y, labeled_subset(tr_y, labeled_fraction, seed))
     if unlabeled_dir:
-        from multikd.data.transfer import UNLABELED, read_image_folder
-
         extra = read_image_folder(unlabeled_dir)
         tr_x = np.concatenate([tr_x, extra])
         tr_y = np.concatenate([np.asarray(tr_y, dtype=np.int64),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from multikd.data.splits import stratified_split
 from multikd.errors import DataError
 
 UNLABELED = -100
@@ -28,8 +29,6 @@ def labeled_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray
     """Sorted indices of the ``round(fraction N)`` images that keep their label: every
     class ``k`` gets its share ``n_k round(fraction N) / N`` (rounded by largest remainder),
     drawn by ``numpy.random.default_rng(seed)``; all of them for ``fraction`` 1, none for 0."""
-    from multikd.data.datasets import stratified_split
-
     labels = np.asarray(labels)
     n = len(labels)
     keep = int(round(float(fraction) * n))
