@@ -307,6 +307,40 @@ def _cmd_models_list(args) -> int:
     return 0
 
 
+_LIST_SECTIONS = ("strategies", "logit-losses", "feature-losses", "adapters")
+
+
+def _add_list(sub) -> None:
+    p = sub.add_parser(
+        "list", help="the registered strategies, logit losses, feature losses and adapters",
+        description="Each registry of the method, one entry a name, its one-line description "
+        "and its parameters with their defaults. Without a section: all four.",
+    )
+    p.add_argument("section", nargs="?", choices=_LIST_SECTIONS, help="show one registry only")
+    p.set_defaults(func=_cmd_list)
+
+
+def _cmd_list(args) -> int:
+    from multikd.method.adapters import ADAPTER_REGISTRY
+    from multikd.method.feature_losses import FEATURE_LOSS_REGISTRY
+    from multikd.method.logit_losses import LOGIT_LOSS_REGISTRY
+    from multikd.method.registry import describe
+    from multikd.method.strategies import STRATEGIES
+
+    registries = {
+        "strategies": (STRATEGIES, "strategies (--strategy NAME --strategy-param KEY=VALUE)"),
+        "logit-losses": (LOGIT_LOSS_REGISTRY, "logit losses (loss.logit_loss, loss.logit_params; "
+                         "loss.logit_standardize: true z-scores the logits first)"),
+        "feature-losses": (FEATURE_LOSS_REGISTRY,
+                           "feature losses (loss.feature_loss, loss.feature_params)"),
+        "adapters": (ADAPTER_REGISTRY,
+                     "adapters (loss.adapter; conv1x1's relu: loss.adapter_relu)"),
+    }
+    sections = [args.section] if args.section else list(_LIST_SECTIONS)
+    print("\n\n".join("\n".join(describe(*registries[name])) for name in sections))
+    return 0
+
+
 def _cmd_models_check(args) -> int:
     from multikd.models import create_model
     from multikd.models.checkpoint import load_checkpoint, read_checkpoint
@@ -903,8 +937,9 @@ def _cmd_plot(args) -> int:
     return 0
 
 
-# In the order a user meets them: data and models, training, sweeps, results.
+# In the order a user meets them: data, models and the method's parts, training, sweeps,
+# results.
 _COMMAND_GROUPS = [
-    _add_data, _add_models, _add_teachers, _add_train_teacher, _add_distill, _add_eval,
-    _add_bench, _add_results,
+    _add_data, _add_models, _add_list, _add_teachers, _add_train_teacher, _add_distill,
+    _add_eval, _add_bench, _add_results,
 ]

@@ -197,16 +197,7 @@ def _home(module: str) -> str:
     return part if part in ALLOWED else "top-level"
 
 
-_CYCLES_BEING_FIXED = {  # part -> why its cycle test is expected to fail for now
-    "method": "strategies <-> aekd, learned, mmkd, mtkd_rl: being untangled (issue 34)",
-}
-
-
-@pytest.mark.parametrize("part", [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=_CYCLES_BEING_FIXED[p]))
-    if p in _CYCLES_BEING_FIXED else p
-    for p in [*sorted(ALLOWED), "top-level"]
-])
+@pytest.mark.parametrize("part", [*sorted(ALLOWED), "top-level"])
 def test_no_import_cycle(part):
     """Not even through function-level imports: a cycle works only while every import in it
     stays where it is, and breaks on the first harmless-looking move."""

@@ -291,7 +291,7 @@ def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
     for key, value in mapping.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict) and dotted not in ("data.synthetic", "strategy.params",
-                                                     "loss.logit_params"):
+                                                     "loss.logit_params", "loss.feature_params"):
             flat.update(_flatten(value, f"{dotted}."))
         else:
             flat[dotted] = value

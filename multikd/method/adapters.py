@@ -1,6 +1,9 @@
 """Feature adapters: map the student's tapped feature to each teacher's feature shape.
 
-One adapter per teacher, of one of four kinds (``ADAPTER_KINDS``):
+One adapter per teacher, of a kind from the adapter registry (:data:`ADAPTER_REGISTRY`;
+``@register_adapter("name", "one-line description")`` on a :class:`FeatureAdapter`
+subclass whose ``__init__(in_shape, out_shape, **params)`` keyword parameters are its
+parameters). The built-in kinds (``ADAPTER_KINDS``):
 
 - ``conv1x1`` (multikd's default; FitNets' regressor, Romero et al. 2015, in its common
   1x1 form): resize, then 1x1 convolution (no bias; BN supplies it) + BatchNorm
@@ -44,16 +47,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from multikd.errors import ModelError
+from multikd.method.registry import Registry
 
 Shape = tuple[int, ...]
-ADAPTER_KINDS = ("conv1x1", "embed", "convreg", "mmkd")
+
+ADAPTER_REGISTRY = Registry(
+    "adapter kind", "adapter kinds", ModelError, skip=("in_shape", "out_shape")
+)
+"""The adapter registry: kind -> :class:`FeatureAdapter` class."""
 
 
+def register_adapter(kind: str, description: str | None = None):
+    """Class decorator: ``build_adapter(..., kind=kind)`` builds this
+    :class:`FeatureAdapter` subclass (its ``kind`` attribute is set to ``kind``); a kind
+    registered twice is a :class:`~multikd.errors.ModelError`."""
+
+    def decorate(cls: type[FeatureAdapter]) -> type[FeatureAdapter]:
+        ADAPTER_REGISTRY.add(kind, cls, description)
+        cls.kind = kind
+        return cls
+
+    return decorate
+
+
+@register_adapter(
+    "conv1x1", "resize, 1x1 conv (no bias), BN, optional ReLU (FitNets' regressor, 1x1 form)"
+)
 class FeatureAdapter(nn.Module):
     """``[B, *in_shape] -> [B, *out_shape]`` for shapes ``(C,H,W)``, or ``(D,)`` on both
     sides: resize, 1x1 conv (no bias), BN, optional ReLU (kind ``conv1x1``)."""
-
-    kind = "conv1x1"
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], relu: bool = False):
         super().__init__()
@@ -99,10 +121,9 @@ class FeatureAdapter(nn.Module):
         return f"{self.kind}: {self.in_shape} -> {self.out_shape}, relu={self.relu}"
 
 
+@register_adapter("embed", "resize, 1x1 conv with bias, BN, ReLU (CA-MKD's Embed)")
 class EmbedAdapter(FeatureAdapter):
     """CA-MKD's ``Embed``: resize, 1x1 conv with bias, BN, ReLU (kind ``embed``)."""
-
-    kind = "embed"
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int]):
         super().__init__(in_shape, out_shape, relu=True)
@@ -112,35 +133,12 @@ class EmbedAdapter(FeatureAdapter):
         self.bn = nn.BatchNorm2d(self.out_shape[0])
 
 
-class MatchEmbedAdapter(EmbedAdapter):
-    """MMKD's ``MatchFeature`` branch for one teacher (kind ``mmkd``, module doc)."""
-
-    kind = "mmkd"
-
-    def _pools_teacher(self) -> bool:
-        return len(self.in_shape) == 3 and self.in_shape[1] <= self.out_shape[1]
-
-    def _transform(self, x: torch.Tensor) -> torch.Tensor:
-        if self._pools_teacher():
-            return self.conv(x)
-        return super()._transform(x)
-
-    def target(self, teacher_feature: torch.Tensor) -> torch.Tensor:
-        if not self._pools_teacher() or teacher_feature.shape[-2:] == _map_size(self.in_shape):
-            return teacher_feature
-        return F.adaptive_avg_pool2d(teacher_feature, _map_size(self.in_shape))
-
-
-def _map_size(shape: Shape) -> tuple[int, int]:
-    """The ``(H, W)`` of a per-sample map shape ``(C, H, W)``."""
-    return tuple(shape[1:3])
-
-
+@register_adapter(
+    "convreg", "a conv chosen by the size ratio, BN, ReLU (RepDistiller's FitNet ConvReg)"
+)
 class ConvRegAdapter(FeatureAdapter):
     """RepDistiller's FitNet ``ConvReg``: a convolution chosen by the size ratio, BN, ReLU
     (kind ``convreg``; the cases are in the module doc)."""
-
-    kind = "convreg"
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int]):
         self._upsample = False
@@ -183,22 +181,44 @@ class ConvRegAdapter(FeatureAdapter):
         return self.conv(x)
 
 
-_KINDS = {
-    "conv1x1": FeatureAdapter, "embed": EmbedAdapter, "convreg": ConvRegAdapter,
-    "mmkd": MatchEmbedAdapter,
-}
+@register_adapter(
+    "mmkd", "as embed, but the larger map is pooled to the smaller (MMKD's MatchFeature)"
+)
+class MatchEmbedAdapter(EmbedAdapter):
+    """MMKD's ``MatchFeature`` branch for one teacher (kind ``mmkd``, module doc)."""
+
+    def _pools_teacher(self) -> bool:
+        return len(self.in_shape) == 3 and self.in_shape[1] <= self.out_shape[1]
+
+    def _transform(self, x: torch.Tensor) -> torch.Tensor:
+        if self._pools_teacher():
+            return self.conv(x)
+        return super()._transform(x)
+
+    def target(self, teacher_feature: torch.Tensor) -> torch.Tensor:
+        if not self._pools_teacher() or teacher_feature.shape[-2:] == _map_size(self.in_shape):
+            return teacher_feature
+        return F.adaptive_avg_pool2d(teacher_feature, _map_size(self.in_shape))
+
+
+def _map_size(shape: Shape) -> tuple[int, int]:
+    """The ``(H, W)`` of a per-sample map shape ``(C, H, W)``."""
+    return tuple(shape[1:3])
+
+
+ADAPTER_KINDS = ADAPTER_REGISTRY.names()
+"""The built-in adapter kinds (the registry holds every registered one)."""
 
 
 def build_adapter(
     in_shape: Sequence[int], out_shape: Sequence[int], kind: str = "conv1x1", relu: bool = False
 ) -> FeatureAdapter:
-    """One adapter of ``kind`` (``ADAPTER_KINDS``); ``relu`` applies to ``conv1x1`` only
-    (``embed``, ``mmkd`` and ``convreg`` always end in ReLU, as their sources do)."""
-    if kind not in _KINDS:
-        raise ModelError(f"unknown adapter kind {kind!r}; choose one of {', '.join(ADAPTER_KINDS)}")
-    if kind == "conv1x1":
-        return FeatureAdapter(in_shape, out_shape, relu=relu)
-    return _KINDS[kind](in_shape, out_shape)
+    """One adapter of ``kind`` (a name of :data:`ADAPTER_REGISTRY`); ``relu`` goes to the
+    kinds that take it, ``conv1x1`` only among the built-ins (``embed``, ``mmkd`` and
+    ``convreg`` always end in ReLU, as their sources do)."""
+    entry = ADAPTER_REGISTRY.entry(kind)
+    params = {"relu": relu} if "relu" in entry.params else {}
+    return entry.target(in_shape, out_shape, **params)
 
 
 def build_adapters(

@@ -17,23 +17,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from multikd.errors import ConfigError, ModelError, StrategyError
-from multikd.method.adapters import ADAPTER_KINDS, build_adapters
+from multikd.method.adapters import ADAPTER_REGISTRY, build_adapters
 from multikd.method.ensemble import EnsembleOutput, TeacherEnsemble
+from multikd.method.feature_losses import FEATURE_LOSS_REGISTRY, feature_loss_per_teacher
 from multikd.method.label_spaces import LABEL_MERGES, restrict_weights
 from multikd.method.logit_losses import (
-    LOGIT_LOSS_DEFAULTS,
-    LOGIT_LOSSES,
+    LOGIT_LOSS_REGISTRY,
+    WARMUP,
     dkd_warmup_factor,
     logit_loss_per_teacher,
 )
-from multikd.method.losses import (
-    UNLABELED,
-    feature_loss_per_teacher,
-    labeled_ce,
-    upcast,
-    weighted_teacher_mean,
+from multikd.method.losses import UNLABELED, labeled_ce, upcast, weighted_teacher_mean
+from multikd.method.registry import REQUIRED
+from multikd.method.strategies import (
+    AfterStep,
+    Selection,
+    StepContext,
+    StepRecord,
+    Strategy,
+    StrategySpec,
+    check_finite,
 )
-from multikd.method.strategies import Selection, StepContext, Strategy, check_finite
 from multikd.models.taps import FeatureTap
 
 FEATURE_WEIGHTS = ("strategy", "uniform", "teacher-head")
@@ -77,10 +81,11 @@ class MultiTeacherDistiller(nn.Module):
               + gamma * r_v * mean_i sum_k v_ki * mean_e (a_k(f_s)_i - f_tk,i)^2
 
     - ``w = strategy.select(ce, logits, y).weights`` (columns sum to 1);
-    - ``L`` the per-teacher logit loss ``logit_loss`` (:mod:`multikd.method.logit_losses`:
-      ``kd`` Hinton's T^2-scaled KL, ``mse``, ``dkd`` (times its warmup factor
-      ``min(epoch / warmup, 1)``), ``dist``), on z-scored logits when
-      ``logit_standardize``; ``logit_params`` are the loss's own parameters;
+    - ``L`` the per-teacher logit loss ``logit_loss``, a name of the logit-loss registry
+      (:mod:`multikd.method.logit_losses`: ``kd`` Hinton's T^2-scaled KL, ``mse``, ``dkd``
+      (times its warmup factor ``min(epoch / warmup, 1)``: any loss with a ``warmup``
+      parameter), ``dist``), on z-scored logits when ``logit_standardize``;
+      ``logit_params`` are the loss's own parameters (over the registry's defaults);
     - ``teacher_reduction``: ``sum`` (r = 1) or ``mean`` (r = m / K with m the per-sample
       mass of the source's own weights, :meth:`Strategy.weight_mass`: the source's
       ``sum_ik w_ik l_ik / (B K)``); ``r_v`` likewise for the feature weights (m = K for
@@ -89,13 +94,16 @@ class MultiTeacherDistiller(nn.Module):
       (CA-MKD: ``v_ki = (1 - softmax_k CE(head_k(a_k(f_s))_i, y_i)) / (K - 1)``, teacher
       k's own pooling + classifier (``forward_head``) on the adapted student feature, with
       gradient through the weights);
+    - ``mean_e (a_k(f_s)_i - f_tk,i)^2`` is the ``mse`` feature loss (FitNets' hint), the
+      default ``feature_loss``: a name of the feature-loss registry
+      (:mod:`multikd.method.feature_losses`), with its own ``feature_params``;
     - ``f_s`` the student's ``student_feature``, ``f_tk`` teacher k's ``teacher_features[k]``
       (default: stage ``feature_stage`` of ``model.feature_names``, or of
       ``model.repdistiller_feature_names`` with ``taps="repdistiller"``, where a model lists
       RepDistiller's taps separately (WRN: before the last BN + ReLU)), ``a_k`` the adapter
-      of kind ``adapter`` (:mod:`multikd.method.adapters`) to teacher k's shape, built from
-      one dry forward pass on ``example_input`` (default: the ensemble's, zeros
-      ``[1,3,32,32]``);
+      of kind ``adapter`` (the adapter registry, :mod:`multikd.method.adapters`) to teacher
+      k's shape, built from one dry forward pass on ``example_input`` (default: the
+      ensemble's, zeros ``[1,3,32,32]``);
     - the feature term counts from epoch ``feature_start_epoch`` on (:meth:`set_epoch`;
       CA-MKD's loop leaves it out in epoch 1: it is computed, so adapter BatchNorm statistics
       move as there, but not added); ``feature_grad=False`` detaches it (CA-MKD's FitNet-MKD).
@@ -152,6 +160,8 @@ class MultiTeacherDistiller(nn.Module):
         logit_loss: str = "kd",
         logit_params: dict | None = None,
         logit_standardize: bool = False,
+        feature_loss: str = "mse",
+        feature_params: dict | None = None,
         teacher_reduction: str = REFERENCE,
         student_feature: str | None = None,
         teacher_features: Sequence[str | None] | None = None,
@@ -185,12 +195,18 @@ class MultiTeacherDistiller(nn.Module):
         self.temperature = _loss_weight("temperature", temperature)
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {temperature}")
-        self.logit_loss = _choice("logit_loss", logit_loss, LOGIT_LOSSES)
+        self.logit_loss = _choice("logit_loss", logit_loss, LOGIT_LOSS_REGISTRY.names())
         self.logit_params = dict(logit_params or {})
         self.logit_standardize = bool(logit_standardize)
+        self._logit_defaults = dict(LOGIT_LOSS_REGISTRY.entry(self.logit_loss).params)
         self._warmup = None
-        if self.logit_loss == "dkd":
-            self._warmup = self.logit_params.get("warmup", LOGIT_LOSS_DEFAULTS["dkd"]["warmup"])
+        if WARMUP in self._logit_defaults:
+            self._warmup = self.logit_params.get(WARMUP, self._logit_defaults[WARMUP])
+        self.feature_loss = _choice("feature_loss", feature_loss, FEATURE_LOSS_REGISTRY.names())
+        given = dict(feature_params or {})
+        defaults = FEATURE_LOSS_REGISTRY.check_params(self.feature_loss, given).params
+        self.feature_params = {**{k: v for k, v in defaults.items() if v is not REQUIRED},
+                               **given}
         self.teacher_reduction = _choice(
             "teacher_reduction", _or_ref(teacher_reduction, ref, "teacher_reduction"),
             TEACHER_REDUCTIONS,
@@ -198,7 +214,9 @@ class MultiTeacherDistiller(nn.Module):
         self.feature_weights = _choice(
             "feature_weights", _or_ref(feature_weights, ref, "feature_weights"), FEATURE_WEIGHTS
         )
-        self.adapter = _choice("adapter", _or_ref(adapter, ref, "adapter"), ADAPTER_KINDS)
+        self.adapter = _choice(
+            "adapter", _or_ref(adapter, ref, "adapter"), ADAPTER_REGISTRY.names()
+        )
         self.feature_stage = ref["feature_stage"] if feature_stage is None else int(feature_stage)
         self.taps = _choice("taps", taps, TAPS)
         self.feature_start_epoch = (
@@ -277,8 +295,6 @@ class MultiTeacherDistiller(nn.Module):
             )
         self.strategy_networks = nn.ModuleList()
         if strategy.learns:
-            from multikd.method.learned import StrategySpec
-
             self.strategy_networks = strategy.bind(StrategySpec(
                 ensemble.num_teachers, classes, teacher_shapes, student_shape, batch_size,
                 self.partial_labels,
@@ -293,10 +309,10 @@ class MultiTeacherDistiller(nn.Module):
             self.snapshot_self_teacher()
 
     def _loss_params(self) -> dict:
-        """The logit loss's parameters: its published defaults (``LOGIT_LOSS_DEFAULTS``)
-        updated with ``logit_params``; DKD's ``warmup`` is applied here, not in the loss."""
-        merged = {**LOGIT_LOSS_DEFAULTS.get(self.logit_loss, {}), **self.logit_params}
-        return {k: v for k, v in merged.items() if k != "warmup"}
+        """The logit loss's parameters: its registry defaults (the published settings)
+        updated with ``logit_params``; a ``warmup`` is applied here, not in the loss."""
+        merged = {**self._logit_defaults, **self.logit_params}
+        return {k: v for k, v in merged.items() if k != WARMUP}
 
     def _check_heads(self) -> None:
         """``teacher-head`` feature weights run each teacher's own head on the adapted student
@@ -516,11 +532,12 @@ class MultiTeacherDistiller(nn.Module):
         return out.ce
 
     def per_teacher_feature_loss(self, adapted, teacher_features) -> torch.Tensor:
-        """``[K,B]``: ``mean_e (a_k(f_s)_i - f_tk,i)^2`` against each teacher's feature (as
-        its adapter compares it, :meth:`FeatureAdapter.target`)."""
+        """``[K,B]``: the feature loss ``feature_loss`` (default ``mse``: ``mean_e
+        (a_k(f_s)_i - f_tk,i)^2``) against each teacher's feature (as its adapter compares
+        it, :meth:`FeatureAdapter.target`)."""
         targets = [a.target(f.detach()) for a, f in zip(self._active(self.adapters),
                                                           teacher_features)]
-        return feature_loss_per_teacher(adapted, targets)
+        return feature_loss_per_teacher(adapted, targets, self.feature_loss, self.feature_params)
 
     def _active(self, per_teacher: Sequence) -> list:
         """The entries of ``per_teacher`` (one per teacher) of the teachers taking part."""
@@ -549,8 +566,6 @@ class MultiTeacherDistiller(nn.Module):
     def _observe(self, x, y, logits, student_feature, teacher_out, per_teacher, per_feature,
                  selection) -> None:
         """Hand a learned strategy the step's per-sample losses (:meth:`LearnedStrategy.observe`)."""
-        from multikd.method.learned import StepRecord
-
         with torch.no_grad():
             self.strategy.observe(StepRecord(
                 x=x, y=y, student_logits=logits.detach(), teacher_logits=teacher_out.logits.detach(),
@@ -567,8 +582,6 @@ class MultiTeacherDistiller(nn.Module):
         """Called by the engine after the optimizer step: a learned strategy's own update
         (:meth:`LearnedStrategy.after_step`); nothing for the others."""
         if self.strategy.learns:
-            from multikd.method.learned import AfterStep
-
             self.strategy.after_step(AfterStep(self, optimizer, step, steps_per_epoch, self.epoch))
 
     def end_epoch(self, epoch: int) -> None:

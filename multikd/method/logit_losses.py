@@ -12,6 +12,12 @@ also under autocast; float64 input stays float64 here, while ``kd``/``mse`` of
 ``.item()``, ``bool(tensor)``, ``.tolist()``, no ``F.one_hot``, whose range check syncs on
 CUDA): only Python-level shape and parameter checks run on the host.
 
+The losses are a registry (:data:`LOGIT_LOSS_REGISTRY`): ``kd``, ``mse``, ``dkd``, ``dist``,
+each with its parameters and their defaults, and a new one is a function registered with
+``@register_logit_loss("name", "one-line description")``; ``loss.logit_loss`` is checked
+against the registry, and :func:`logit_loss_per_teacher` calls a loss by name. Logit
+standardization wraps any of them (:func:`standardized`).
+
 References (the code these functions transcribe; read at mdistiller a08d46f, DIST_KD 2418f18
 with its submodule pinned at image_classification_sota d9662f7 (``dist_kd.py`` identical at
 6f7a70a), logit-standardization-KD f6e5aa5):
@@ -49,38 +55,39 @@ with its submodule pinned at image_classification_sota d9662f7 (``dist_kd.py`` i
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 
 from multikd.errors import ConfigError
 from multikd.method.losses import kd_loss, mse_logit_loss, upcast as _upcast
+from multikd.method.registry import Registry
 
-LOGIT_LOSSES = ("kd", "mse", "dkd", "dist")
+LOGIT_LOSS_REGISTRY = Registry(
+    "logit loss", "logit losses", ConfigError, skip=("student", "teachers", "labels", "temperature")
+)
+"""The logit-loss registry: name -> ``loss(student [B,C], teachers [K,B,C], labels [B] or
+None, temperature, **params) -> [K,B]``, with each loss's parameters and their defaults."""
 
-#: Each loss's own keyword parameters as the references use them on CIFAR-100: DKD from
-#: mdistiller's ``cfg.py`` (beta 8.0 is the default; several CIFAR pairs use 2.0 or 6.0, see
-#: the module docstring), ``warmup`` in epochs (read by the caller, see
-#: :func:`dkd_warmup_factor`); DIST from ``dist_cifar.yaml`` (``dist_t4``: tau 4; the DIST
-#: class's own default and the ImageNet setting is tau 1). The temperature of KD/DKD (mdistiller:
-#: 4; LS: 2) and the loss weights (DKD CE 1.0; DIST KD weight 2.0, CE 1.0; LS KD weight 9, CE
-#: 0.1) are the caller's, not loss parameters.
-LOGIT_LOSS_DEFAULTS: dict[str, dict[str, float]] = {
-    "kd": {},
-    "mse": {},
-    "dkd": {"alpha": 1.0, "beta": 8.0, "warmup": 20},
-    "dist": {"beta": 1.0, "gamma": 1.0, "tau": 4.0},
-}
+WARMUP = "warmup"
+"""A logit-loss parameter that is an epoch count: the caller multiplies the loss by
+:func:`dkd_warmup_factor` (``min(epoch / warmup, 1)``); it is not passed to the loss."""
 
-# The keys the dispatcher accepts per loss; "warmup" is accepted for dkd and ignored (the
-# caller applies dkd_warmup_factor).
-_ACCEPTED_PARAMS: dict[str, tuple[str, ...]] = {
-    "kd": (),
-    "mse": (),
-    "dkd": ("alpha", "beta", "warmup"),
-    "dist": ("beta", "gamma", "tau"),
-}
+
+def register_logit_loss(name: str, description: str | None = None, *,
+                        params: Mapping[str, float] | None = None,
+                        needs_labels: bool = False) -> Callable:
+    """Function decorator: register a per-teacher logit loss as ``name``, called as
+    ``loss(student [B,C], teachers [K,B,C], labels [B] or None, temperature, **params)``
+    and returning ``[K,B]``. ``params``: the loss's own parameters with the defaults the
+    distiller uses (default: the function's keyword parameters after ``temperature``); a
+    parameter ``warmup`` (:data:`WARMUP`) is the caller's. ``needs_labels``: the loss
+    reads ``labels [B]`` (the dispatcher checks they are there). A name registered twice is
+    a :class:`~multikd.errors.ConfigError`."""
+    return LOGIT_LOSS_REGISTRY.register(name, description, params=params,
+                                        needs_labels=bool(needs_labels))
+
 
 # Added to the standard deviation, as in the LS reference's normalize.
 _LS_EPS = 1e-7
@@ -111,6 +118,29 @@ def standardize_logits(z: torch.Tensor) -> torch.Tensor:
     return (z - mean) / (_LS_EPS + stdv)
 
 
+def standardized(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Logit standardization as a wrapper: ``loss`` on z-scored student and teacher logits
+    (:func:`standardize_logits`), the same signature as a registered logit loss."""
+
+    def on_z_scores(student, teachers, labels, temperature, **params):
+        return loss(standardize_logits(student), standardize_logits(teachers), labels,
+                    temperature, **params)
+
+    return on_z_scores
+
+
+@register_logit_loss("kd", "T^2 KL(softmax(t/T) || softmax(s/T)) (Hinton et al. 2015)")
+def kd_per_teacher(student: torch.Tensor, teachers: torch.Tensor, labels, temperature: float):
+    """Hinton KD per teacher and sample (:func:`multikd.method.losses.kd_loss`)."""
+    return kd_loss(student.unsqueeze(0), teachers, temperature, reduction="none")
+
+
+@register_logit_loss("mse", "mean squared difference of the logits (Ba & Caruana 2014; T unused)")
+def mse_per_teacher(student: torch.Tensor, teachers: torch.Tensor, labels, temperature: float):
+    """Logit MSE per teacher and sample (:func:`multikd.method.losses.mse_logit_loss`)."""
+    return mse_logit_loss(student.unsqueeze(0), teachers, reduction="none")
+
+
 def _gt_mask(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """mdistiller ``_get_gt_mask``: boolean ``[B,C]``, True at each sample's label (built with
     ``scatter_``, not ``F.one_hot``, so that no range check syncs with the host)."""
@@ -132,6 +162,10 @@ def _cat_mask(t: torch.Tensor, mask1: torch.Tensor, mask2: torch.Tensor) -> torc
     return torch.cat([t1, t2], dim=-1)
 
 
+@register_logit_loss(
+    "dkd", "alpha TCKD + beta NCKD at temperature T (Zhao et al. 2022, mdistiller's dkd_loss)",
+    params={"alpha": 1.0, "beta": 8.0, WARMUP: 20}, needs_labels=True,
+)
 def dkd_per_sample(
     student: torch.Tensor,
     teacher: torch.Tensor,
@@ -272,28 +306,27 @@ def dist_per_sample(
     return beta * tau**2 * inter + gamma * tau**2 * intra.unsqueeze(-1)
 
 
-def _check_params(name: str, params: Mapping[str, float] | None) -> dict[str, float]:
-    if name not in _ACCEPTED_PARAMS:
-        raise ConfigError(
-            f"unknown logit loss {name!r}: valid names are {', '.join(LOGIT_LOSSES)}"
-        )
-    params = {} if params is None else dict(params)
-    accepted = _ACCEPTED_PARAMS[name]
-    unknown = sorted(k for k in params if k not in accepted)
-    if unknown:
-        valid = ", ".join(accepted) if accepted else "none"
-        raise ConfigError(
-            f"unknown parameter(s) {', '.join(map(repr, unknown))} for logit loss {name!r}: "
-            f"accepted parameters are {valid}"
-        )
+@register_logit_loss(
+    "dist", "tau^2 (beta inter-class + gamma intra-class Pearson distance) (Huang et al. 2022)",
+    params={"beta": 1.0, "gamma": 1.0, "tau": 4.0},
+)
+def dist_per_teacher(student: torch.Tensor, teachers: torch.Tensor, labels, temperature: float,
+                     beta: float = 1.0, gamma: float = 1.0, tau: float = 1.0) -> torch.Tensor:
+    """:func:`dist_per_sample` as a registered logit loss: its own ``tau`` (``temperature``
+    and ``labels`` unused). A missing parameter falls back to the ``DIST`` class's default
+    (1); the registry's defaults, which the distiller uses, are the CIFAR-100 setting
+    (tau 4)."""
+    if not tau > 0:
+        raise ConfigError(f"DIST's tau must be positive, got {tau!r}")
+    return dist_per_sample(student, teachers, beta, gamma, tau)
+
+
+def _check_numbers(name: str, params: Mapping[str, float]) -> None:
     for key, value in params.items():
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ConfigError(
                 f"parameter {key!r} of logit loss {name!r} must be a number, got {value!r}"
             )
-    if name == "dist" and "tau" in params and not params["tau"] > 0:
-        raise ConfigError(f"DIST's tau must be positive, got {params['tau']!r}")
-    return params
 
 
 def logit_loss_per_teacher(
@@ -305,7 +338,8 @@ def logit_loss_per_teacher(
     params: Mapping[str, float] | None,
     standardize: bool = False,
 ) -> torch.Tensor:
-    """One logit loss per teacher and sample, ``[K,B]``, by name (one of :data:`LOGIT_LOSSES`):
+    """One logit loss per teacher and sample, ``[K,B]``, by name (a name of
+    :data:`LOGIT_LOSS_REGISTRY`; the built-ins):
 
         "kd"   l_ki = T^2 KL(softmax(t_ki/T) || softmax(s_i/T))
                       (Hinton et al. 2015; :func:`multikd.method.losses.kd_loss`, called as
@@ -319,48 +353,57 @@ def logit_loss_per_teacher(
                       DIST_KD ``DIST``; uses its own ``tau`` from ``params``, ``temperature``
                       unused)
 
-    ``params`` holds the loss's own keyword parameters: dkd ``alpha``, ``beta`` (and
-    ``warmup``, accepted and ignored here: the caller multiplies by
-    :func:`dkd_warmup_factor`), dist ``beta``, ``gamma``, ``tau``; kd and mse take none. A
-    missing key falls back to the function's keyword default (dkd: alpha 1, beta 8 =
+    ``params`` holds the loss's own keyword parameters (those its registry entry lists): dkd
+    ``alpha``, ``beta`` (and ``warmup``, accepted and not passed on: the caller multiplies
+    by :func:`dkd_warmup_factor`), dist ``beta``, ``gamma``, ``tau``; kd and mse take none.
+    A missing key falls back to the function's keyword default (dkd: alpha 1, beta 8 =
     mdistiller's ``CFG.DKD``; dist: beta = gamma = tau = 1 = the ``DIST`` class's defaults);
-    the references' CIFAR-100 settings are in :data:`LOGIT_LOSS_DEFAULTS` (DIST's tau 4 there).
-    Unknown keys, an unknown ``name`` or a non-numeric value raise
+    the references' CIFAR-100 settings are the registry's defaults (:data:`LOGIT_LOSS_DEFAULTS`;
+    DIST's tau 4 there). Unknown keys, an unknown ``name`` or a non-numeric value raise
     :class:`~multikd.errors.ConfigError` naming the accepted choices.
 
     ``standardize=True`` applies logit standardization (Sun et al., CVPR 2024;
     ``sunshangquan/logit-standardization-KD``, ``normalize`` in
     ``mdistiller/distillers/KD.py`` / ``DKD.py``) to both the student's and every teacher's
-    logits before the base loss: ``Z(z) = (z - mean) / (1e-7 + std_unbiased)`` over the
-    classes (:func:`standardize_logits`). The LS paper and code apply it to the KL-based
-    losses (KD, DKD, MLKD) with a base temperature of 2 and a KD weight of 9 (DKD: alpha and
+    logits before the base loss (:func:`standardized`): ``Z(z) = (z - mean) / (1e-7 +
+    std_unbiased)`` over the classes (:func:`standardize_logits`). The LS paper and code
+    apply it to the KL-based losses (KD, DKD, MLKD) with a base temperature of 2 and a KD weight of 9 (DKD: alpha and
     beta times 9); here it is available for every base loss, and for DIST and MSE it is our
     extension, not the paper's setting (DIST's Pearson correlations are invariant to affine
     maps of the *probabilities*, not to the logits' scale, which changes the softmax; MSE on
     z-scores compares the logits' shapes, not their magnitudes).
 
     Shapes: ``student [B,C]``, ``teachers [K,B,C]``, ``labels [B]`` (may be ``None`` unless
-    ``name == "dkd"``). float32 throughout; no host syncs.
+    the loss ``needs_labels``, as dkd does). float32 throughout; no host syncs.
     """
-    params = _check_params(name, params)
+    params = dict(params or {})
+    entry = LOGIT_LOSS_REGISTRY.check_params(name, params)
+    _check_numbers(entry.name, params)
     if student.dim() != 2 or teachers.dim() != 3 or teachers.shape[1:] != student.shape:
         raise ValueError(
             f"expected student logits [B,C] and teacher logits [K,B,C] with the same B and C; "
             f"got {tuple(student.shape)} and {tuple(teachers.shape)}"
         )
-    if standardize:
-        student = standardize_logits(student)
-        teachers = standardize_logits(teachers)
-    if name == "kd":
-        return kd_loss(student.unsqueeze(0), teachers, temperature, reduction="none")
-    if name == "mse":
-        return mse_logit_loss(student.unsqueeze(0), teachers, reduction="none")
-    if name == "dkd":
-        if labels is None or labels.shape != student.shape[:1]:
-            raise ValueError(
-                f"dkd needs labels [B] with B = {student.shape[0]}; got "
-                f"{None if labels is None else tuple(labels.shape)}"
-            )
-        params.pop("warmup", None)
-        return dkd_per_sample(student, teachers, labels, temperature, **params)
-    return dist_per_sample(student, teachers, **params)
+    if entry.info["needs_labels"] and (labels is None or labels.shape != student.shape[:1]):
+        raise ValueError(
+            f"{entry.name} needs labels [B] with B = {student.shape[0]}; got "
+            f"{None if labels is None else tuple(labels.shape)}"
+        )
+    params.pop(WARMUP, None)
+    loss = standardized(entry.target) if standardize else entry.target
+    return loss(student, teachers, labels, temperature, **params)
+
+
+LOGIT_LOSSES = LOGIT_LOSS_REGISTRY.names()
+"""The built-in logit losses (the registry holds every registered one)."""
+
+#: The built-in losses' own parameters as the references use them on CIFAR-100 (each entry's
+#: ``params``): DKD from mdistiller's ``cfg.py`` (beta 8.0 is the default; several CIFAR
+#: pairs use 2.0 or 6.0, see the module docstring), ``warmup`` in epochs (read by the caller,
+#: see :func:`dkd_warmup_factor`); DIST from ``dist_cifar.yaml`` (``dist_t4``: tau 4; the
+#: DIST class's own default and the ImageNet setting is tau 1). The temperature of KD/DKD
+#: (mdistiller: 4; LS: 2) and the loss weights (DKD CE 1.0; DIST KD weight 2.0, CE 1.0; LS KD
+#: weight 9, CE 0.1) are the caller's, not loss parameters.
+LOGIT_LOSS_DEFAULTS: dict[str, dict[str, float]] = {
+    entry.name: dict(entry.params) for entry in LOGIT_LOSS_REGISTRY.entries()
+}

@@ -1,5 +1,6 @@
 """Distillation losses as free functions: single-teacher KD, MSE on logits, and their
-multi-teacher weighted forms, plus the weighted feature loss.
+multi-teacher weighted forms, plus the weighted feature loss (the feature losses themselves
+are a registry, :mod:`multikd.method.feature_losses`).
 
 Shapes: student logits ``[B,C]``, teacher logits ``[K,B,C]`` (K teachers), teacher weights
 ``[K,B]`` (non-negative, each column summing to 1, see :mod:`multikd.method.strategies`). Every
@@ -14,6 +15,15 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from multikd.method.feature_losses import feature_loss_per_teacher
+from multikd.method.precision import upcast
+
+__all__ = [
+    "UNLABELED", "feature_loss", "feature_loss_per_teacher", "kd_loss", "labeled_ce",
+    "mse_logit_loss", "multi_teacher_kd_loss", "multi_teacher_mse_loss", "upcast",
+    "weighted_teacher_mean",
+]
 
 _REDUCTIONS = ("batchmean", "none")
 
@@ -103,7 +113,8 @@ def multi_teacher_mse_loss(
 def feature_loss(
     adapted: Sequence[torch.Tensor], teacher_features: Sequence[torch.Tensor], weights: torch.Tensor
 ) -> torch.Tensor:
-    """Weighted feature matching (FitNets hints, Romero et al. 2015, one per teacher):
+    """Weighted feature matching (FitNets hints, Romero et al. 2015, one per teacher: the
+    ``mse`` feature loss of :mod:`multikd.method.feature_losses`):
 
         L_feat = mean_i sum_k w_ki * mean_e (a_k(f_s)_ie - f_tk,ie)^2
 
@@ -121,23 +132,6 @@ def feature_loss(
     return weighted_teacher_mean(feature_loss_per_teacher(adapted, teacher_features), weights)
 
 
-def feature_loss_per_teacher(
-    adapted: Sequence[torch.Tensor], teacher_features: Sequence[torch.Tensor]
-) -> torch.Tensor:
-    """``[K,B]``: ``mean_e (a_k(f_s)_ie - f_tk,ie)^2`` per teacher and sample, the terms
-    :func:`feature_loss` weights (MTKD-RL's ``FeatureMSELoss``, MMKD's ``MatchFeature``
-    before their weighting)."""
-    per_teacher = []
-    for k, (a, t) in enumerate(zip(adapted, teacher_features)):
-        if a.shape != t.shape:
-            raise ValueError(
-                f"adapted student feature {tuple(a.shape)} does not match teacher {k}'s "
-                f"feature {tuple(t.shape)}"
-            )
-        per_teacher.append((upcast(a) - upcast(t)).pow(2).flatten(1).mean(1))
-    return torch.stack(per_teacher)
-
-
 def _check_reduction(reduction: str) -> None:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
@@ -149,9 +143,3 @@ def _check_logits(student: torch.Tensor, teachers: torch.Tensor) -> None:
             f"expected student logits [B,C] and teacher logits [K,B,C] with the same B and C; "
             f"got {tuple(student.shape)} and {tuple(teachers.shape)}"
         )
-
-
-def upcast(x: torch.Tensor) -> torch.Tensor:
-    """float32 for half-precision (and integer) input, so a loss is computed in float32
-    even under autocast; float64 stays float64 (exact reference checks)."""
-    return x if x.dtype == torch.float64 else x.float()

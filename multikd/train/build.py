@@ -110,6 +110,8 @@ def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
         logit_loss=loss.logit_loss,
         logit_params=loss.logit_params,
         logit_standardize=loss.logit_standardize,
+        feature_loss=loss.feature_loss,
+        feature_params=loss.feature_params,
         teacher_reduction=loss.teacher_reduction,
         student_feature=loss.student_feature,
         teacher_features=loss.teacher_features,

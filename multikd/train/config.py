@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -40,8 +41,38 @@ NO_TEACHER = ("distill needs at least one teacher: pass --teacher ARCH=CHECKPOIN
 flag it was given failed: that flag's own error says what is wrong)."""
 
 
-def _choice(default, choices: tuple, doc: str):
+def _choice(default, choices, doc: str):
+    """A field whose value is one of ``choices``: a tuple, or a function returning one,
+    called when a value is checked (:func:`_loss_choices`)."""
     return field(default=default, metadata={"choices": choices, "doc": doc})
+
+
+def _loss_choices(key: str) -> tuple[str, ...]:
+    """The values ``loss.<key>`` may take, read from the method layer when a value is
+    checked: the names of the logit-loss, feature-loss and adapter registries and the
+    distiller's own option lists, so each list is written once, a loss registered later
+    (a test's, a plugin's) counts, and reading a config imports no torch."""
+    from multikd.method import distiller
+    from multikd.method.adapters import ADAPTER_REGISTRY
+    from multikd.method.feature_losses import FEATURE_LOSS_REGISTRY
+    from multikd.method.label_spaces import LABEL_MERGES
+    from multikd.method.logit_losses import LOGIT_LOSS_REGISTRY
+
+    return {
+        "logit_loss": LOGIT_LOSS_REGISTRY.names(),
+        "feature_loss": FEATURE_LOSS_REGISTRY.names(),
+        "adapter": (REFERENCE, *ADAPTER_REGISTRY.names()),
+        "teacher_reduction": (REFERENCE, *distiller.TEACHER_REDUCTIONS),
+        "feature_weights": (REFERENCE, *distiller.FEATURE_WEIGHTS),
+        "taps": distiller.TAPS,
+        "unlabeled_ce": distiller.UNLABELED_CE,
+        "label_merge": LABEL_MERGES,
+    }[key]
+
+
+def _loss(key: str):
+    """The choices of ``loss.<key>``, read when a value is checked (:func:`_loss_choices`)."""
+    return functools.partial(_loss_choices, key)
 
 
 def _doc(default, doc: str):
@@ -121,21 +152,22 @@ class LossConfig:
     beta: float = _doc(1.0, "weight of the weighted multi-teacher logit loss")
     gamma: float = _doc(0.0, "weight of the feature loss (0: logits only)")
     unlabeled_ce: str = _choice(
-        "entropy", ("entropy", "labeled"),
+        "entropy", _loss("unlabeled_ce"),
         "what strategies that judge teachers by their CE against the label read on an "
         "unlabelled sample: entropy (the teacher's prediction entropy, its CE against its own "
         "distribution) or labeled (the teacher's mean CE over the batch's labelled samples)",
     )
     label_merge: str = _choice(
-        "restricted", ("restricted", "concat"),
+        "restricted", _loss("label_merge"),
         "teachers of part of the classes (teachers[].classes): restricted (each teacher "
         "against the student's distribution on its classes, renormalised; Vongkulbhisal et "
         "al. 2019) or concat (their logits side by side as one teacher: the naive baseline)",
     )
     temperature: float = _doc(4.0, "softmax temperature T of the KD term")
     logit_loss: str = _choice(
-        "kd", ("kd", "mse", "dkd", "dist"),
-        "per-teacher logit loss: kd (Hinton), mse (Caruana), dkd (Zhao 2022), dist (Huang 2022)",
+        "kd", _loss("logit_loss"),
+        "per-teacher logit loss: kd (Hinton), mse (Caruana), dkd (Zhao 2022), dist (Huang "
+        "2022), or any registered one (multikd list logit-losses)",
     )
     logit_params: dict = _doc(
         {}, "the logit loss's own parameters (dkd: alpha, beta, warmup; dist: beta, gamma, tau)"
@@ -144,10 +176,16 @@ class LossConfig:
         False, "z-score student and teacher logits before the logit loss (Sun et al. 2024)"
     )
     teacher_reduction: str = _choice(
-        "reference", ("reference", "sum", "mean"),
+        "reference", _loss("teacher_reduction"),
         "sum: mean_i sum_k w_ki l_ki; mean: the source's sum_ik w_ik l_ik / (B K) on its own "
         "weights; reference: the strategy's (ca-mkd, ebkd: mean; others: sum)",
     )
+    feature_loss: str = _choice(
+        "mse", _loss("feature_loss"),
+        "feature loss between adapted student and teacher maps: mse (FitNets' hint), or any "
+        "registered one (multikd list feature-losses)",
+    )
+    feature_params: dict = _doc({}, "the feature loss's own parameters (mse: none)")
     student_feature: Optional[str] = _doc(
         None, "student module tapped for the feature loss (default: stage loss.feature_stage)"
     )
@@ -159,19 +197,20 @@ class LossConfig:
         "reference, -1 = last; fitnet-mkd: 2)"
     )
     taps: str = _choice(
-        "stages", ("stages", "repdistiller"),
+        "stages", _loss("taps"),
         "stage list: the zoo's stage outputs, or RepDistiller's taps (WRN: before the last BN+ReLU)",
     )
     feature_weights: str = _choice(
-        "reference", ("reference", "strategy", "uniform", "teacher-head"),
+        "reference", _loss("feature_weights"),
         "feature-loss weights: the strategy's, 1/K each, or CA-MKD's teacher-head CE on the "
         "adapted student feature (reference: ca-mkd teacher-head, others strategy)",
     )
     adapter: str = _choice(
-        "reference", ("reference", "conv1x1", "embed", "convreg", "mmkd"),
+        "reference", _loss("adapter"),
         "feature adapter: 1x1 conv+BN, CA-MKD's embed (1x1 conv+BN+ReLU), FitNet's convreg, "
-        "MMKD's embed that pools the larger map (reference: ca-mkd and mtkd-rl embed, "
-        "fitnet-mkd convreg, mmkd mmkd, others conv1x1)",
+        "MMKD's embed that pools the larger map, or any registered one (multikd list "
+        "adapters) (reference: ca-mkd and mtkd-rl embed, fitnet-mkd convreg, mmkd mmkd, "
+        "others conv1x1)",
     )
     adapter_relu: bool = _doc(False, "ReLU after the conv1x1 adapter's BN")
     feature_start_epoch: Optional[int] = _doc(
@@ -319,6 +358,8 @@ def _coerce(value, tp, where: str):
 
 def _check_choice(f: dataclasses.Field, value, where: str) -> None:
     choices = f.metadata.get("choices")
+    if callable(choices):
+        choices = choices()
     if choices and value not in choices:
         raise ConfigError(f"{where} must be one of {', '.join(choices)}; got {value!r}")
 
@@ -826,6 +867,8 @@ _LEGACY_VALUES = {
     ("loss", "label_merge"): ("restricted",),
     ("loss", "logit_params"): ({},),
     ("loss", "logit_standardize"): (False,),
+    ("loss", "feature_loss"): ("mse",),
+    ("loss", "feature_params"): ({},),
     ("loss", "teacher_reduction"): ("sum", REFERENCE),
     ("loss", "feature_stage"): (-1, None),
     ("loss", "taps"): ("stages",),
