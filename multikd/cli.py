@@ -67,7 +67,7 @@ the usual order:
   2. multikd distill ...         distill a student from them with a strategy
   3. multikd table RUNS_DIR      one table of every run (--vs student: paired differences)
   or all three at once for a whole suite of teachers, strategies and seeds:
-     multikd bench --preset smoke --out runs/smoke --jobs 2   (then: multikd report runs/smoke)
+     multikd bench --preset smoke --out runs/smoke --jobs 2   (tables, plots, report.html)
 
 'multikd COMMAND --help' shows each command's options and examples."""
 

@@ -137,7 +137,7 @@ def test_suite_file_errors(tmp_path):
         (REPO / "experiments" / "cifar100" / "gu2023.yaml", 4 * 17 * 3, 3),
         (REPO / "experiments" / "cifar100" / "same-arch.yaml", 4 * 17 * 3, 9),
         # smoke: 2 teacher sets x 4 seeds x (alone + 3 strategies)
-        (None, 2 * 4 * 4, 3),
+        (None, 2 * 4 * 4, 5),
     ],
 )
 def test_shipped_suites_expand(tmp_path, path, runs, teachers):
