@@ -27,6 +27,7 @@ from typing import Any
 
 from multikd.train.config import RunConfig, TeacherConfig, load_yaml, parse_assignment, resolve, set_value
 from multikd.errors import ConfigError, MultikdError
+from multikd.results.targets import Target, parse_targets
 
 VARIANTS = ("logits", "logits+feat")
 """Distillation variants: logits only (feature loss off), logits + features."""
@@ -50,6 +51,8 @@ _SUITE_KEYS = {
     "expected test accuracy (default 1.0)",
     "cpu_threads": "intra-op CPU threads while the suite runs (torch.set_num_threads; "
     "default: torch's choice)",
+    "targets": "published numbers: list of {teachers: SET, student: ARCH, label: LABEL, "
+    "top1: %, epoch: best|last, runs: N, source: TEXT} (multikd table compares them)",
     "labeled_fractions": "list of data.labeled_fraction values: every teacher set's runs "
     "repeated for each, in folders SET@labeledF (the student alone learns from that labelled "
     "part; the teachers are trained on all labels; at 0 it has nothing to learn from and is "
@@ -117,6 +120,8 @@ class Suite:
     labeled_fractions: list[float] | None = None
     description: str = ""
     cpu_threads: int | None = None
+    targets: list[Target] = field(default_factory=list)
+    """Published numbers the tables compare the runs with (:mod:`multikd.results.targets`)."""
 
 
 @dataclass
@@ -258,7 +263,10 @@ def parse_suite(raw: dict, source: str = "suite") -> Suite:
             f"{where}: 'labeled_fractions' must be a non-empty list of distinct numbers in "
             f"[0, 1] (shares of training images that keep their label), got {fractions!r}"
         )
+    targets = _targets(raw.get("targets"), sets, pairs, strategies, variants,
+                       baseline, where)
     return Suite(
+        targets=targets,
         labeled_fractions=None if fractions is None else [float(f) for f in fractions],
         name=str(raw.get("name", Path(source).stem)),
         cpu_threads=threads,
@@ -533,6 +541,28 @@ def _strategies(raw, where: str) -> list[StrategySpec]:
             f"{where}: strategy label(s) {dupes} appear twice; give each entry a distinct 'label'"
         )
     return specs
+
+
+def _targets(raw, sets: dict, pairs: list, strategies: list[StrategySpec],
+             variants: list[str], baseline: bool, where: str) -> list[Target]:
+    """The ``targets:`` entries, each naming a teacher set, a student of that set's pairs and
+    a column label that the suite runs (:mod:`multikd.results.targets`)."""
+    targets = parse_targets(raw, where)
+    labels = (["student"] if baseline else []) + [
+        run_label(s, v) for s in strategies for v in (s.variants or variants)]
+    for i, target in enumerate(targets):
+        at = f"{where}: targets[{i}]"
+        if target.teachers not in sets:
+            raise ConfigError(f"{at}: unknown teacher set {target.teachers!r}; defined in "
+                              f"'teacher_sets': {', '.join(sets)}")
+        students = [s for name, group in pairs if name == target.teachers for s in group]
+        if _arch(target.student, at) not in students:
+            raise ConfigError(f"{at}: student {target.student!r} is not distilled from set "
+                              f"{target.teachers!r}; its students: {', '.join(students)}")
+        if target.label not in labels:
+            raise ConfigError(f"{at}: label {target.label!r} is not a column of this suite; "
+                              f"its labels: {', '.join(labels)}")
+    return targets
 
 
 def check_strategies(suite: Suite) -> None:

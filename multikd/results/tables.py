@@ -40,6 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from multikd.errors import MultikdError
+from multikd.results.targets import EPOCHS, Comparison, Target, interval, read_targets
 from multikd.train.runio import CONFIG, METRICS, SUMMARY, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,11 @@ CAPTIONS = {
     "val": "val-selected test accuracy (%)",
 }
 FORMATS = ("md", "csv", "tex")
+PUBLISHED_NOTE = (
+    "Published: each target of the suite against our runs of its cell on the target's own "
+    "metric (a best-epoch number against our best-epoch accuracy, whatever the table's "
+    "metric): ours mean ± sample std (n), Δ = ours − published, and whether the published "
+    "number lies inside, below or above our two-sided 95% Student-t interval of the mean.")
 ALONE = "student alone"
 FEAT_SUFFIX = " +feat"
 TEACHER_SUFFIX = " (teacher)"
@@ -215,8 +221,70 @@ def _normalized(summary: dict) -> dict:
 # --------------------------------------------------------------------------- the table
 def load_table(root: str | Path | list, metric: str = "last",
                allow_duplicates: bool = True) -> pd.DataFrame:
-    """:func:`strategy_table` of the finished runs under ``root``."""
-    return strategy_table(collect_runs(root), metric=metric, allow_duplicates=allow_duplicates)
+    """:func:`strategy_table` of the finished runs under ``root``, with the published
+    targets of the ``suite.yaml`` in each folder (:func:`add_published`)."""
+    runs = collect_runs(root)
+    table = strategy_table(runs, metric=metric, allow_duplicates=allow_duplicates)
+    return add_published(table, runs)
+
+
+def add_published(table: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """``table.attrs["published"]``: row -> :class:`~multikd.results.targets.Comparison` of
+    each target that the ``suite.yaml`` of the runs folders (``df.attrs["roots"]``) gives
+    for that row; absent when there is none. :func:`format_table` shows them as the
+    ``published`` column."""
+    targets, sets = read_targets(df.attrs.get("roots", ()))
+    if targets:
+        cells = published_cells(comparison_runs(df), table.index, targets, sets)
+        if cells:
+            table.attrs["published"] = cells
+    return table
+
+
+def _canonical(student: str) -> str:
+    from multikd.models import canonical_name
+
+    try:
+        return canonical_name(student)
+    except MultikdError:
+        return student
+
+
+def _target_method(label: str) -> str:
+    """A suite's run label (``student``, ``L``, ``L+feat``) as the table's column."""
+    if label == "student":
+        return ALONE
+    return label.removesuffix("+feat") + FEAT_SUFFIX if label.endswith("+feat") else label
+
+
+def published_cells(runs: pd.DataFrame, index, targets: list[Target],
+                    sets: dict[str, list[str]]) -> dict[tuple, list[Comparison]]:
+    """Table row (an entry of ``index``) -> the comparisons of the targets of that row,
+    each on its own metric (``epoch``), whatever the table's. ``runs``:
+    :func:`comparison_runs`. A target belongs to every row of its student and teacher set
+    (each dataset and training length)."""
+    out: dict[tuple, list[Comparison]] = {}
+    for row in index:
+        dataset, student, teachers, epochs = row
+        same = ((runs["dataset"] == dataset) & (runs["student"] == student)
+                & (runs["epochs"] == key_text(epochs)))
+        found = []
+        for t in targets:
+            if _canonical(t.student) != student or "+".join(sets.get(t.teachers, ())) != teachers:
+                continue
+            method = _target_method(t.label)
+            if method == ALONE:
+                cell = alone_runs_of_row(runs[same & (runs["kind"] == "student")],
+                                         runs[same & (runs["teachers"] == teachers)
+                                              & (runs["kind"] == "distill")])
+            else:
+                cell = runs[same & (runs["method"] == method) & (runs["teachers"] == teachers)]
+            column = EPOCHS[t.epoch]
+            values = cell[column] if column in cell else pd.Series(dtype=float)
+            found.append(Comparison(t, *interval(values)))
+        if found:
+            out[row] = found
+    return out
 
 
 def strategy_table(df: pd.DataFrame, metric: str = "last", cost: bool = True,
@@ -652,11 +720,17 @@ def _format_md(table: pd.DataFrame, rows: list[list[str]]) -> str:
                 for row, index in zip(rows, table.index)]
     n_methods = len(_methods(table)) + len(cost_header)
     header = _leading_keys(table) + ["student ← teachers"] + _methods(table) + cost_header
+    published = table.attrs.get("published") or {}
+    if published:
+        rows = [row + ["<br>".join(c.text() for c in published.get(index, ()))]
+                for row, index in zip(rows, table.index)]
+        header += ["published"]
     lines = [
         f"**{_caption(table)}**",
         "",
         "| " + " | ".join(header) + " |",
-        "|" + "|".join([":--"] * (len(header) - n_methods) + ["--:"] * n_methods) + "|",
+        "|" + "|".join([":--"] * (len(header) - n_methods - bool(published))
+                       + ["--:"] * n_methods + [":--"] * bool(published)) + "|",
     ]
     lines += ["| " + " | ".join(cell.replace("|", r"\|") for cell in row) + " |" for row in rows]
     lines += ["", "Best student method of each row in bold; — : one run, std undefined."]
@@ -664,6 +738,8 @@ def _format_md(table: pd.DataFrame, rows: list[list[str]]) -> str:
         lines[-1] += _cost_note(table)
     for note in table.attrs.get("teacher_notes") or ():
         lines += ["", f"Teacher {note}, where it was trained and verified."]
+    if published:
+        lines += ["", PUBLISHED_NOTE]
     return "\n".join(lines) + "\n"
 
 
@@ -694,9 +770,14 @@ def _format_tex(table: pd.DataFrame, rows: list[list[str]]) -> str:
     n_text = len(leading) + 1
     header = [tex_escape(h) for h in leading + ["student ← teachers"] + _methods(table)
               + cost_header]
+    published = table.attrs.get("published") or {}
+    extra = ["published"] if published else []
+    header += extra
     body = [
         " & ".join([tex_escape(c) for c in row[:n_text]] + row[n_text:]
-                   + [tex_escape(c) for c in cost_cells.get(index, [""] * len(cost_header))])
+                   + [tex_escape(c) for c in cost_cells.get(index, [""] * len(cost_header))]
+                   + [tex_escape("; ".join(c.text() for c in published.get(index, ())))
+                      for _ in extra])
         + r" \\" for row, index in zip(rows, table.index)
     ]
     lines = [
@@ -704,7 +785,8 @@ def _format_tex(table: pd.DataFrame, rows: list[list[str]]) -> str:
         r"\begin{table}[t]",
         r"\centering",
         rf"\caption{{{tex_escape(_caption(table))}}}",
-        r"\begin{tabular}{" + "l" * n_text + "r" * n_methods + "l" * len(cost_header) + "}",
+        r"\begin{tabular}{" + "l" * n_text + "r" * n_methods
+        + "l" * (len(cost_header) + len(extra)) + "}",
         r"\toprule",
         " & ".join(header) + r" \\",
         r"\midrule",
@@ -728,8 +810,10 @@ def _format_csv(table: pd.DataFrame) -> str:
             f"{n} (teacher) {what}" for n in names for what in ("params", "macs")]
         if any(c.student.images_per_s for c in costs.values()):
             cost_header += ["student images_per_s"] + [f"{n} (teacher) images_per_s" for n in names]
+    published = table.attrs.get("published") or {}
+    extra = ["published"] if published else []
     writer.writerow(["metric", *ROW_KEYS, *(f"{m} {s}" for m in methods for s in STATS),
-                     *cost_header])
+                     *cost_header, *extra])
     for index in table.index:
         row = [table.attrs.get("caption", ""), *index]
         for method in methods:
@@ -742,6 +826,8 @@ def _format_csv(table: pd.DataFrame) -> str:
             ]
         if cost_header:
             row += _cost_csv_cells(costs.get(index), names, len(cost_header))
+        if extra:
+            row.append(" | ".join(c.text() for c in published.get(index, ())))
         writer.writerow(row)
     return out.getvalue()
 
