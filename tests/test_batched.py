@@ -17,7 +17,7 @@ from multikd.method.batched import BATCHED, LOOP, TeacherRunner, group_teachers
 from multikd.errors import ModelError
 from multikd.models.taps import FeatureTap
 from multikd.models import create_model
-from tolerances import REF64, f32_network_tol
+from tolerances import f32_network_tol, ref64
 
 
 def _randomized(model: nn.Module, seed: int) -> nn.Module:
@@ -59,8 +59,7 @@ def _assert_close(actual, expected):
     """float64: the same function up to summation order (vmap turns G convolutions into one
     grouped one), to 1e-10 of the largest value."""
     assert actual.dtype == expected.dtype == torch.float64
-    scale = max(expected.abs().max().item(), 1.0)
-    torch.testing.assert_close(actual, expected, rtol=REF64["rtol"], atol=REF64["rtol"] * scale)
+    torch.testing.assert_close(actual, expected, **ref64(expected))
 
 
 X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))

@@ -27,7 +27,7 @@ from multikd.models import canonical_name, create_model
 from multikd.models.checkpoint import load_checkpoint
 from multikd.models.cost import model_cost
 from multikd.models.taps import FeatureTap
-from tolerances import REF64
+from tolerances import ref64
 
 # ---------------------------------------------------------------------------------------
 # Transcription of winycg/MTKD-RL models/regnet.py (SE, Block, RegNet, the three cfgs).
@@ -428,22 +428,23 @@ def test_state_dict_layout_weights_and_logits_match_reference(ref_name):
     other = create_model(name, num_classes=100)
     load_checkpoint(other, {"model": ref.state_dict(), "epoch": 240, "best_acc": 0.0})
 
-    # float64 (tests/tolerances.py REF64): a check of the same function on any CPU's kernels
+    # float64 (tests/tolerances.py ref64): a check of the same function on any CPU's kernels
     ref.double().eval(), model.double().eval(), other.double().eval()
     x = _input().double()
     with torch.no_grad():
         ref_feats, ref_logits = ref(x, is_feat=True)
         with FeatureTap(model, model.feature_names) as tap:
             logits, feats = tap(x)
-        torch.testing.assert_close(logits, ref_logits, **REF64)
-        torch.testing.assert_close(other(x), ref_logits, **REF64)
+        torch.testing.assert_close(logits, ref_logits, **ref64(ref_logits))
+        torch.testing.assert_close(other(x), ref_logits, **ref64(ref_logits))
         # multikd's stage taps are the reference's is_feat features (all but the pooled one)
         ref_stages = ref_feats[:-1]
         assert len(ref_stages) == len(model.feature_names)
         for n, f in zip(model.feature_names, ref_stages):
-            torch.testing.assert_close(feats[n], f, **REF64)
+            torch.testing.assert_close(feats[n], f, **ref64(f))
         # MTKD-RL's feature loss reads feats[-2]: the last listed stage here
-        torch.testing.assert_close(feats[model.feature_names[-1]], ref_feats[-2], **REF64)
+        torch.testing.assert_close(feats[model.feature_names[-1]], ref_feats[-2],
+                                   **ref64(ref_feats[-2]))
 
 
 @pytest.mark.parametrize("ref_name", ARCHS)

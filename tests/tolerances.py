@@ -18,16 +18,20 @@ distributions: ``sum p (log p - log q)`` with ``|log p| >> |log p - log q|``).
 Policy:
 
 * A reference formula (a paper's or a public repository's computation written out by hand
-  in a test) is checked in float64, both sides, at :data:`REF64` (rtol 1e-10). That is the
-  project's "1e-6 or better" check of the formula with four orders of magnitude to spare
-  for rounding: a float64 reduction of n terms with condition number cond is off by at most
-  ``n * cond * 2.2e-16``, below 1e-10 for ``n * cond < 4.5e5`` (every reduction in these
-  tests is a few hundred terms at cond < 100). The package keeps float64 when given float64
-  (``multikd.method.losses.upcast``): ``model.double()`` and a float64 batch.
+  in a test) is checked in float64, both sides, at :data:`REF64` (rtol 1e-10), or for a
+  tensor through a network at :func:`ref64` (the same, relative to its largest value).
+  That is the project's "1e-6 or better" check of the formula with four orders of magnitude
+  to spare for rounding: a float64 reduction of n terms with condition number cond is off
+  by at most ``n * cond * 2.2e-16``, and a network of L such layers by L times that, below
+  1e-10 for ``L * n * cond < 4.5e5`` (the models here: L <= 60 layers of fan-in n <= 2304,
+  at cond 1 relative to the largest value; the KL losses: cond <= 25 over a few hundred
+  terms). The package keeps float64 when given float64 (``multikd.method.precision.upcast``):
+  ``model.double()`` and a float64 batch.
 * A float32 result compared with another float32 computation of the same quantity through
   other kernels uses :func:`f32_tol` with the length of the longest reduction involved (and
-  its condition number where there is cancellation), or an explicitly stated looser bound
-  where the quantity runs through a whole network (errors compound through its layers).
+  its condition number where there is cancellation: :func:`order_rtol`), or
+  :func:`f32_network_tol` where the quantity runs through a whole network (the layers'
+  errors add up).
 * ``assert_close``'s float32 defaults (rtol 1.3e-6, atol 1e-5) only where the two sides
   differ by the order of a reduction of a few terms of magnitude about 1 (a mean over a
   handful of samples, a sum over 3 teachers): ``order_rtol(10) = 1.1e-6``.
@@ -61,6 +65,15 @@ REF64 = {"rtol": 1e-10, "atol": 1e-12}
 """``assert_close`` keywords for a float64 reference check (see the module docstring); the
 atol only covers results that are exactly 0 in exact arithmetic (gradients of unused
 entries), which land within a few eps64 of 0."""
+
+
+def ref64(expected: torch.Tensor) -> dict:
+    """``assert_close`` keywords for a float64 reference check of a tensor that comes out of
+    a network or a long chain of ops: :data:`REF64`'s rtol, and as atol the same fraction of
+    the tensor's largest magnitude (an element that cancels to near 0 carries the rounding
+    of the large values it came from)."""
+    scale = max(float(expected.detach().abs().max()), 1.0) if expected.numel() else 1.0
+    return {"rtol": REF64["rtol"], "atol": REF64["rtol"] * scale}
 
 
 def order_rtol(n_terms: int, dtype: torch.dtype = torch.float32, cond: float = 1.0) -> float:
