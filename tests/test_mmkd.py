@@ -172,7 +172,7 @@ def _objectives(d, x, y, t_logits, t_maps, gamma):
 
 def test_meta_step_equals_meta_sgd_and_rolls_back_exactly():
     gamma = 2.0
-    d = _distiller(gamma=gamma, hard_buffer=False, seed=1).double()
+    d = _distiller(gamma=gamma, hard_buffer=False, seed=1, bn_update=False).double()
     opt = torch.optim.SGD(d.trainable_parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4,
                           nesterov=True)
     g = torch.Generator().manual_seed(2)
@@ -184,7 +184,8 @@ def test_meta_step_equals_meta_sgd_and_rolls_back_exactly():
     losses["total"].backward()
     opt.step()
 
-    ref = _distiller(gamma=gamma, hard_buffer=False, seed=1).double()  # a copy (a deepcopy
+    ref = _distiller(gamma=gamma, hard_buffer=False, seed=1,  # a copy (a deepcopy
+                     bn_update=False).double()
     ref.load_state_dict(d.state_dict())  # would leave its feature tap on the original)
     ref.train()
     ref_opt = _MetaSGD(ref.trainable_parameters(), [ref.student, ref.adapters], 0.05, 0.9, 5e-4, True)
@@ -291,3 +292,35 @@ def test_teachers_receive_no_gradient_and_stay_frozen(name):
         assert all(p.grad is None for p in teacher.parameters())
         for key, value in teacher.state_dict().items():
             assert torch.equal(value, state[key]), key
+
+def test_meta_step_updates_batchnorm_statistics_once_as_the_reference():
+    """MMKD's reference restores the student by load_state_dict, then runs the first virtual
+    objective once more in train mode: the weights are rolled back, the BatchNorm running
+    statistics move once on the meta batch. ``bn_update: false`` leaves them untouched."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(B, 3, 32, 32, generator=g)
+    y = torch.randint(0, C, (B,), generator=g)
+    moved = {}
+    for bn_update in (True, False):
+        d = _distiller(hard_buffer=False, seed=1, bn_update=bn_update)
+        opt = torch.optim.SGD(d.trainable_parameters(), lr=0.05, momentum=0.9)
+        d.train()
+        _, losses, _ = d(x, y)
+        opt.zero_grad()
+        losses["total"].backward()
+        opt.step()
+        before = copy.deepcopy(d.student.state_dict())
+        expected = copy.deepcopy(d.student)
+        with torch.no_grad():
+            expected(x)  # the reference's extra train-mode forward on the meta batch
+        d.strategy.meta_step(d, opt)
+        after = d.student.state_dict()
+        for name, t in after.items():
+            if "running" in name or "num_batches_tracked" in name:
+                target = expected.state_dict()[name] if bn_update else before[name]
+                torch.testing.assert_close(t, target, rtol=0, atol=1e-6, msg=name)
+            else:
+                assert torch.equal(t, before[name]), name
+        moved[bn_update] = any(not torch.equal(after[n], before[n]) for n in after)
+    assert moved == {True: True, False: False}
+    assert create_strategy("mmkd").bn_update is True

@@ -219,7 +219,9 @@ def parse_suite(raw: dict, source: str = "suite") -> Suite:
     teacher_recipe = _recipe(raw.get("teacher_recipe", {}), f"{where}: 'teacher_recipe'")
     features = _mapping(raw.get("features", {}), f"{where}: 'features'")
     _check_config({"data": data}, f"{where}: 'data'")
-    _check_config({"loss": features}, f"{where}: 'features'")
+    features = _student_features(features, f"{where}: 'features'")
+    _check_config({"loss": {k: v for k, v in features.items() if k != "student_feature"}},
+                  f"{where}: 'features'")
 
     teachers = _teachers(raw["teachers"], where)
     _check_teacher_domains(data, teachers, where)
@@ -328,6 +330,19 @@ def _recipe(value, where: str) -> dict:
             raise ConfigError(f"{where}: {key!r} belongs in the suite's top-level 'data' section")
     _check_config(recipe, where)
     return recipe
+
+
+def _student_features(features: dict, where: str) -> dict:
+    """``features.student_feature`` as one module name for every student, or a mapping
+    ``{ARCH: module}`` for the students whose reference taps another module than the
+    suite's stage (e.g. MTKD-RL's ShuffleNetV2: ``relu2``); keys become canonical names."""
+    taps = features.get("student_feature")
+    if not isinstance(taps, dict):
+        return features
+    if any(not isinstance(m, str) or not m for m in taps.values()):
+        raise ConfigError(f"{where}: student_feature maps student architectures to module "
+                          f"names (as in model.named_modules()), got {taps!r}")
+    return {**features, "student_feature": {_arch(a, where): m for a, m in taps.items()}}
 
 
 def _check_name(name, what: str, where: str) -> str:
@@ -714,7 +729,10 @@ def _student_run(
         config.strategy.params = copy.deepcopy(strategy.params)
         config.output.label = strategy.label
         if variant == "logits+feat":
-            _apply(config, {"loss": {**suite.features, **strategy.loss}}, [])
+            loss = {**suite.features, **strategy.loss}
+            if isinstance(loss.get("student_feature"), dict):  # per student: its own tap
+                loss["student_feature"] = loss["student_feature"].get(student)
+            _apply(config, {"loss": loss}, [])
             if config.loss.gamma <= 0:
                 raise ConfigError(
                     f"suite {suite.source}: the logits+feat variant needs "

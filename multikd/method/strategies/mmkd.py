@@ -32,7 +32,12 @@ Meta step, after the student's step when the 0-based step index is a multiple of
    ``a_1 <- momentum a_1 - lr momentum a_0``);
 3. an Adam step (lr ``meta_lr`` 1e-3, weight decay ``meta_wd`` 1e-4) of both weight networks;
 4. the student, its adapters and its optimizer are left exactly as they were (the
-   reference's ``--rollback``).
+   reference's ``--rollback``), but for their BatchNorm running statistics: the reference
+   restores the weights by ``load_state_dict`` and then runs the first virtual step's
+   objective once more with the student in train mode, which moves the statistics once on
+   the meta batch. ``bn_update: true`` (the default) does the same: one train-mode
+   forward of the student and its adapters on the meta batch, without gradients;
+   ``bn_update: false`` leaves the statistics untouched too.
 
 The hard buffer (``HardBuffer``, ``buffer_size`` 256): training batches are put in whole
 until it holds ``buffer_size`` samples; after that each step's misclassified samples replace
@@ -43,9 +48,8 @@ as many randomly chosen ones; the meta batch is ``B`` distinct samples drawn fro
 Deliberate deviations, each for a reason:
 
 - The meta step runs on functional copies (``torch.func.functional_call``), so the
-  student's BatchNorm running statistics are untouched too. The reference restores them by
-  ``load_state_dict`` but then runs the first virtual step's objective once more, moving
-  them once on the meta batch.
+  virtual steps leave the student's BatchNorm statistics alone; only the one update of
+  step 4 (``bn_update``) moves them, as the reference's extra forward does.
 - The buffer keeps the teachers' outputs with the images and labels (the teachers are
   frozen and deterministic, so these equal the reference's second teacher pass); a batch
   size that does not divide ``buffer_size`` fills it exactly (the reference keeps
@@ -146,7 +150,8 @@ class MMKD(LearnedStrategy):
     formulas and the reference). Parameters: ``meta_freq`` (5), ``meta_lr`` (1e-3),
     ``meta_wd`` (1e-4), ``hard_buffer`` (true), ``buffer_size`` (256), ``virtual_steps``
     (2, the matching steps before the CE step), ``batch_size`` (the Gram network's width;
-    default: the run's batch size per process), ``seed``."""
+    default: the run's batch size per process), ``bn_update`` (true: the reference's one
+    BatchNorm-statistics update per meta step; false: statistics untouched), ``seed``."""
 
     needs_student = True
     needs_labels = "its meta objective is the CE on labelled, misclassified samples"
@@ -160,7 +165,7 @@ class MMKD(LearnedStrategy):
 
     def __init__(self, meta_freq: int = 5, meta_lr: float = 1e-3, meta_wd: float = 1e-4,
                  hard_buffer: bool = True, buffer_size: int = 256, virtual_steps: int = 2,
-                 batch_size: int | None = None, seed: int = 0):
+                 batch_size: int | None = None, bn_update: bool = True, seed: int = 0):
         super().__init__(seed)
         self.meta_freq = check_positive_int("mmkd", "meta_freq", meta_freq)
         self.meta_lr = check_positive_float("mmkd", "meta_lr", meta_lr)
@@ -170,6 +175,7 @@ class MMKD(LearnedStrategy):
         self.hard_buffer = check_bool("mmkd", "hard_buffer", hard_buffer)
         self.buffer_size = check_positive_int("mmkd", "buffer_size", buffer_size)
         self.virtual_steps = check_positive_int("mmkd", "virtual_steps", virtual_steps)
+        self.bn_update = check_bool("mmkd", "bn_update", bn_update)
         self.batch_size = (None if batch_size is None
                            else check_positive_int("mmkd", "batch_size", batch_size))
         self._buffer: dict | None = None
@@ -272,17 +278,24 @@ class MMKD(LearnedStrategy):
 
     def meta_step(self, learner, optimizer) -> None:
         """One meta update of the weight networks (module doc, steps 1-4); the student, its
-        adapters, their buffers and ``optimizer`` are not changed."""
-        grads = self.meta_gradients(learner, optimizer)
+        adapters and ``optimizer`` are not changed; their BatchNorm statistics move once on
+        the meta batch when ``bn_update`` is set (the reference's extra forward)."""
+        self._bound()
+        batch = self.meta_batch()
+        grads = self.meta_gradients(learner, optimizer, batch)
+        if self.bn_update and learner.student.training:
+            with torch.no_grad():
+                StudentPath(learner)(batch["x"])
         self.optimizer.zero_grad(set_to_none=True)
         for p, g in zip(self.networks.parameters(), grads):
             p.grad = g
         self.all_reduce_grads()
         self.optimizer.step()
 
-    def meta_gradients(self, learner, optimizer) -> list[torch.Tensor]:
+    def meta_gradients(self, learner, optimizer, batch: dict | None = None) -> list[torch.Tensor]:
         """The weight networks' meta-gradients of one meta step (steps 1-2 of the module
-        doc), one per parameter of :attr:`networks`; nothing else changes."""
+        doc) on ``batch`` (default: a new :meth:`meta_batch`), one per parameter of
+        :attr:`networks`; nothing else changes."""
         self._bound()
         if len(optimizer.param_groups) != 1:
             raise ConfigError("strategy 'mmkd' needs the student's optimizer to have one param group")
@@ -300,7 +313,7 @@ class MMKD(LearnedStrategy):
             )
         keys = [names[id(p)] for p in params]
         buffers = {n: b.detach().clone() for n, b in path.named_buffers()}
-        batch = self.meta_batch()
+        batch = self.meta_batch() if batch is None else batch
         nets = list(self.networks.parameters())
 
         def run(theta, objective, create_graph):
