@@ -17,12 +17,12 @@ import yaml
 
 from multikd import cli
 from multikd.bench import cluster
-from multikd.bench.outputs import write_results
 from multikd.bench.runner import make_plan, run_bench
 from multikd.bench.shards import parse_shard, student_units, take_shard, teacher_units
 from multikd.bench.status import format_status, plan_status
 from multikd.bench.suite import parse_suite, preset_path
 from multikd.errors import ConfigError, MultikdError
+from multikd.results.outputs import write_results
 from multikd.train.config import RunConfig
 from multikd.train.runlock import hold_runs
 

@@ -12,7 +12,7 @@ import pytest
 from run_helpers import tiny_suite
 from test_results import RUNS, _metrics, _summary, _write_run
 
-from multikd.bench.outputs import write_results
+from multikd.results.outputs import write_results
 from multikd.results.paired import PAIRED_STATS, format_paired, paired_table
 from multikd.results.tables import ALONE, collect_runs
 from multikd.bench.runner import run_bench

@@ -295,7 +295,7 @@ def test_plot_curves_are_means_over_seeds(runs_dir):
 
 
 def test_write_results_tables_and_plots(runs_dir, tmp_path):
-    from multikd.bench.outputs import write_results
+    from multikd.results.outputs import write_results
 
     paths = write_results(runs_dir, tmp_path / "out")
     names = sorted(str(p.relative_to(tmp_path / "out")) for p in paths)

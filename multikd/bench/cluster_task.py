@@ -47,7 +47,7 @@ class UnitTask(submitit.helpers.Checkpointable):
                 raise TrainingError(f"{payload.name}: another process is writing its runs")
             return f"{payload.name}: {states}"
         if stage == "tables":
-            from multikd.bench.outputs import write_results
+            from multikd.results.outputs import write_results
 
             return "\n".join(str(p) for p in write_results(plan.out, plan.out))
         raise ValueError(f"unknown stage {stage!r}")

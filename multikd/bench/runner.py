@@ -13,7 +13,7 @@ where it stopped when the same command is run again):
 3. students: lockstep groups (one teacher set, one seed; see :mod:`multikd.train.lockstep`) or,
    with ``lockstep=False``, one engine run after the other. Finished runs are skipped,
    unfinished ones resumed from their last checkpoint;
-4. the tables, plots and ``report.html`` of :mod:`multikd.bench.outputs` are written into
+4. the tables, plots and ``report.html`` of :mod:`multikd.results.outputs` are written into
    ``OUT``.
 
 A run directory that holds a different experiment than the suite now asks for (the suite
@@ -183,7 +183,7 @@ def _run_plan(plan: Plan, lockstep: bool, results: bool, jobs: int = 1,
 
     finished = all(RunDir(r.config.output.run_dir).state() == "finished" for r in plan.runs)
     if results and (shard is None or finished):
-        from multikd.bench.outputs import write_results
+        from multikd.results.outputs import write_results
 
         report.outputs = write_results(out, out)
     return report
