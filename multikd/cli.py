@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _load_plugins(args)
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a reader that left (`multikd models list | head`) shows up here
         return code
@@ -45,6 +46,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("multikd: interrupted", file=sys.stderr)
         return 130
+
+
+def _load_plugins(args) -> None:
+    """Import the files of ``MULTIKD_PLUGINS`` and ``--plugin`` (their registered names join
+    the registries before the command reads any)."""
+    from multikd.plugins import env_paths, load_plugins
+
+    paths = env_paths() + list(getattr(args, "plugins", None) or [])
+    if paths:
+        load_plugins(paths)
+
+
+def _add_plugin(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--plugin", dest="plugins", action="append", default=[], metavar="FILE.py",
+        help="a Python file whose @register_strategy/@register_logit_loss/... classes and "
+        "functions join the registries (repeatable; also $MULTIKD_PLUGINS, paths separated "
+        "by ':'); each run records its path and SHA-256",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,6 +337,7 @@ def _add_list(sub) -> None:
         "and its parameters with their defaults. Without a section: all four.",
     )
     p.add_argument("section", nargs="?", choices=_LIST_SECTIONS, help="show one registry only")
+    _add_plugin(p)
     p.set_defaults(func=_cmd_list)
 
 
@@ -422,6 +443,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--status", action="store_true",
                    help="print each run's state under --out (done, running, failed, partial at "
                    "epoch e, not started) from the run folders alone, and exit")
+    _add_plugin(p)
     _add_executor_options(p)
     p.add_argument("--dry-run", action="store_true",
                    help="list the planned runs (with --executor slurm: the job plan) and exit")
@@ -542,6 +564,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--show-config", action="store_true", help="print the resolved config.yaml and exit"
     )
+    _add_plugin(p)
 
 
 _RUN_FLAGS = {
@@ -634,9 +657,10 @@ def _run_config(args):
     checkpoints and the output folder. All problems are reported in one message.
     """
     from multikd.errors import Problems
+    from multikd.plugins import loaded
     from multikd.train.config import (
-        NO_TEACHER, RunConfig, load_config, parse_assignment, parse_teacher, parse_value,
-        resolve, set_value,
+        NO_TEACHER, PluginConfig, RunConfig, load_config, parse_assignment, parse_teacher,
+        parse_value, resolve, set_value,
     )
     from multikd.train.runio import teachers_from_runs
 
@@ -689,6 +713,7 @@ def _run_config(args):
                 f"teacher {teacher.name or teacher.arch}: checkpoint {teacher.checkpoint!r} does "
                 "not exist (give a .pt/.pth file or a train-teacher run folder)"
             )
+    config.plugins = [PluginConfig(**record) for record in loaded()]
     resolved = None
     with problems.check():
         try:
@@ -748,7 +773,8 @@ def _cmd_train(args) -> int:
         lists = {"--config": args.config, "--set": args.sets, "--synthetic": args.synthetic,
                  "--teacher": getattr(args, "teacher_specs", None),
                  "--teachers-from": getattr(args, "teachers_from", None),
-                 "--strategy-param": getattr(args, "strategy_params", None)}
+                 "--strategy-param": getattr(args, "strategy_params", None),
+                 "--plugin": args.plugins}
         extra = sorted(given - _RESUME_KEEPS) + [flag for flag, value in lists.items() if value]
         if extra or args.overwrite:
             raise ConfigError(

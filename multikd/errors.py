@@ -48,6 +48,11 @@ class StrategyError(MultikdError):
     """An unknown teacher-selection strategy or bad strategy parameters."""
 
 
+class PluginError(MultikdError):
+    """A plugin file (``--plugin``) could not be loaded, clashes with a registered name, or
+    changed since a run recorded it."""
+
+
 class TrainingError(MultikdError):
     """Training cannot go on (non-finite loss, unusable run directory)."""
 

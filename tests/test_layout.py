@@ -2,7 +2,9 @@
 
 Every ``import`` in every module counts, including those inside functions and relative ones,
 so a lazy import cannot slip past. ``multikd.errors`` and ``multikd.atomic`` are leaves
-anyone may use. No module reaches itself again through its imports (no import cycle).
+anyone may use. ``multikd.plugins`` (a researcher's files joining the registries) imports
+only ``method`` and the leaves, and the layers above ``method`` may import it. No module
+reaches itself again through its imports (no import cycle).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ ALLOWED = {
     "data": set(),
     "models": set(),
     "method": {"models"},
-    "train": {"data", "models", "method"},
-    "results": {"models", "train"},
-    "bench": {"data", "models", "method", "train", "results"},
+    "train": {"data", "models", "method", "plugins"},
+    "results": {"models", "train", "plugins"},
+    "bench": {"data", "models", "method", "train", "results", "plugins"},
 }
+PLUGINS_MAY_IMPORT = {"method"}
 
 
 def _module_name(path: Path, root: Path = ROOT) -> str:
@@ -101,9 +104,14 @@ def test_leaves_import_nothing_of_the_package_but_each_other():
         assert all(_part(n) in LEAVES for n in names), (leaf, names)
 
 
+def test_plugins_import_only_the_method_and_the_leaves():
+    names = _imported_modules(ROOT / "plugins.py")
+    assert all(_part(n) in PLUGINS_MAY_IMPORT | LEAVES for n in names), names
+
+
 def test_every_module_lives_in_a_known_place():
     top = {p.stem for p in ROOT.glob("*.py")}
-    assert top == {"__init__", "__main__", "cli", "errors", "atomic"}, top
+    assert top == {"__init__", "__main__", "cli", "errors", "atomic", "plugins"}, top
     packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()}
     assert packages == set(ALLOWED), packages
 

@@ -25,8 +25,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from multikd.train.config import RunConfig, TeacherConfig, load_yaml, parse_assignment, resolve, set_value
+from multikd.train.config import (
+    PluginConfig, RunConfig, TeacherConfig, load_yaml, parse_assignment, resolve, set_value,
+)
 from multikd.errors import ConfigError, MultikdError
+from multikd.plugins import load_plugins, loaded as loaded_plugins
 from multikd.results.targets import Target, parse_targets
 
 VARIANTS = ("logits", "logits+feat")
@@ -53,6 +56,8 @@ _SUITE_KEYS = {
     "default: torch's choice)",
     "targets": "published numbers: list of {teachers: SET, student: ARCH, label: LABEL, "
     "top1: %, epoch: best|last, runs: N, source: TEXT} (multikd table compares them)",
+    "plugins": "list of plugin files (paths relative to the suite file) whose strategies and "
+    "losses the suite may name, as with --plugin",
     "labeled_fractions": "list of data.labeled_fraction values: every teacher set's runs "
     "repeated for each, in folders SET@labeledF (the student alone learns from that labelled "
     "part; the teachers are trained on all labels; at 0 it has nothing to learn from and is "
@@ -120,6 +125,8 @@ class Suite:
     labeled_fractions: list[float] | None = None
     description: str = ""
     cpu_threads: int | None = None
+    plugins: list[dict] = field(default_factory=list)
+    """``{path, sha256}`` of the suite's own ``plugins:`` files (loaded when it was read)."""
     targets: list[Target] = field(default_factory=list)
     """Published numbers the tables compare the runs with (:mod:`multikd.results.targets`)."""
 
@@ -208,6 +215,7 @@ def parse_suite(raw: dict, source: str = "suite") -> Suite:
         raise ConfigError(
             f"{where}: unknown key(s) {', '.join(map(repr, unknown))}.{hint} Valid keys:\n  {valid}"
         )
+    plugins = _plugins(raw.get("plugins", []), source, where)
     for key in ("teachers", "teacher_sets", "pairs", "strategies"):
         if not raw.get(key):
             raise ConfigError(
@@ -268,6 +276,7 @@ def parse_suite(raw: dict, source: str = "suite") -> Suite:
     targets = _targets(raw.get("targets"), sets, pairs, strategies, variants,
                        baseline, where)
     return Suite(
+        plugins=plugins,
         targets=targets,
         labeled_fractions=None if fractions is None else [float(f) for f in fractions],
         name=str(raw.get("name", Path(source).stem)),
@@ -287,6 +296,13 @@ def parse_suite(raw: dict, source: str = "suite") -> Suite:
         seeds=list(seeds),
         acc_tolerance=float(tolerance),
     )
+
+
+def _plugins(value, source: str, where: str) -> list[dict]:
+    """Load the suite's ``plugins:`` files (relative to the suite file's folder)."""
+    if not isinstance(value, list) or any(not isinstance(p, str) or not p for p in value):
+        raise ConfigError(f"{where}: 'plugins' must be a list of .py file paths, got {value!r}")
+    return load_plugins(value, base=Path(source).parent)
 
 
 def _mapping(value, where: str) -> dict:
@@ -715,6 +731,7 @@ def _student_run(
     config.runtime.seed = seed
     arch_dir = student.replace(":", "-").replace("/", "-")
     config.output.run_dir = str(out / "runs" / set_name / arch_dir / f"{label}_s{seed}")
+    config.plugins = [PluginConfig(**record) for record in loaded_plugins()]
     if strategy is None:
         config.loss = type(config.loss)()
     else:

@@ -112,6 +112,11 @@ class Registry(Mapping):
 
         return decorate
 
+    def discard(self, name: str) -> None:
+        """Forget ``name`` if it is registered (a plugin file that is loaded again after it
+        changed registers its names anew)."""
+        self._entries.pop(name, None)
+
     @contextlib.contextmanager
     def restoring(self) -> Iterator[Registry]:
         """A block after which the registry holds exactly what it held before it: what was

@@ -40,6 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from multikd.errors import MultikdError
+from multikd.plugins import changes as plugin_changes
 from multikd.results.targets import EPOCHS, Comparison, Target, interval, read_targets
 from multikd.train.runio import CONFIG, METRICS, SUMMARY, atomic_write_text
 
@@ -87,6 +88,8 @@ def collect_runs(root: str | Path | list) -> pd.DataFrame:
     config.yaml without what may differ between runs of one table cell, see
     :func:`experiment_text`; None without a config). Unfinished or unreadable runs are
     skipped with a warning and listed in ``df.attrs["skipped"]`` as ``(path, reason)``.
+    A plugin file a run recorded that is missing or changed since (:mod:`multikd.plugins`)
+    is a warning, listed in ``df.attrs["plugin_changes"]`` as ``(message, runs)``.
     """
     roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
     if not roots:
@@ -101,7 +104,7 @@ def collect_runs(root: str | Path | list) -> pd.DataFrame:
                 f"{folder} is not a folder; pass the folder the runs were written to"
             )
     summaries = sorted({p.resolve(): p for r in roots for p in r.rglob(SUMMARY)}.values())
-    records, skipped = [], []
+    records, skipped, changed = [], [], {}
     for summary_path in summaries:
         run = summary_path.parent
         try:
@@ -113,8 +116,13 @@ def collect_runs(root: str | Path | list) -> pd.DataFrame:
             status = summary.get("status") if isinstance(summary, dict) else None
             skipped.append((str(run), f"status is {status!r}, not 'finished'"))
             continue
+        for message in plugin_changes(summary.pop("plugins", None)):
+            changed.setdefault(message, []).append(str(run))
         records.append(_flatten(summary) | _normalized(summary)
                        | {"path": str(run), "experiment": experiment_text(run)})
+    for message, runs in changed.items():
+        log.warning("%s: %d run(s) used the recorded version (e.g. %s); the table shows what "
+                    "they computed, not what the file does now", message, len(runs), runs[0])
     for run, reason in skipped:
         log.warning("skipping run %s: %s", run, reason)
     if skipped:
@@ -125,6 +133,7 @@ def collect_runs(root: str | Path | list) -> pd.DataFrame:
             if key not in df:
                 df[key] = None
     df.attrs["skipped"] = skipped
+    df.attrs["plugin_changes"] = [(message, runs) for message, runs in changed.items()]
     df.attrs["root"] = ", ".join(map(str, roots))
     df.attrs["roots"] = roots
     return df
@@ -133,7 +142,8 @@ def collect_runs(root: str | Path | list) -> pd.DataFrame:
 # What may differ between the runs of one table cell: where they read, write and run, the
 # seed, and the teachers' checkpoint paths (the same teachers in another --out folder).
 _NOT_THE_EXPERIMENT = {
-    "output": None, "runtime": ("seed", "device", "teacher_cache", "teacher_cache_budget"),
+    "output": None, "plugins": None,  # a plugin's file: checked by its hash instead
+    "runtime": ("seed", "device", "teacher_cache", "teacher_cache_budget"),
     "data": ("data_root", "workers", "pipeline"),
 }
 

@@ -279,6 +279,15 @@ class OutputConfig:
 
 
 @dataclass
+class PluginConfig:
+    """A plugin file the run used (:mod:`multikd.plugins`): its absolute path and the
+    SHA-256 of its bytes when the run was made."""
+
+    path: str = _doc("", "absolute path of the plugin file")
+    sha256: str = _doc("", "SHA-256 of the file's bytes, in hex")
+
+
+@dataclass
 class RunConfig:
     kind: str = _choice("teacher", KINDS, "teacher or student (train-teacher), distill")
     data: DataConfig = field(default_factory=DataConfig)
@@ -289,12 +298,20 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    plugins: list[PluginConfig] = field(default_factory=list)
+    """The plugin files in effect (``--plugin``, ``MULTIKD_PLUGINS``, a suite's ``plugins:``)."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "config") -> "RunConfig":
+        """The config of ``data``, after loading the plugins it records (their strategies
+        and losses are names its values may use)."""
+        if isinstance(data, dict) and isinstance(data.get("plugins"), list):
+            from multikd.plugins import ensure_loaded
+
+            ensure_loaded(data["plugins"])
         return _build(cls, data, where)
 
 
@@ -889,9 +906,12 @@ def config_hash(config: RunConfig) -> str:
     The performance switches added later count only when they can change the numbers and
     are not at their defaults (``runtime.teacher_cache_dtype`` while a cache is on,
     ``runtime.batched_teachers`` when true), so runs made before they existed keep their
-    hashes."""
+    hashes. The ``plugins`` records are left out too: a plugin's name in the strategy or
+    loss keys counts, and its file is checked against its recorded SHA-256 instead
+    (:func:`multikd.plugins.changes`)."""
     data = config.to_dict()
     data.pop("output")
+    data.pop("plugins")
     skipped = (("data", "data_root"), ("data", "workers"), ("data", "pipeline"),
                ("runtime", "device"),
                ("runtime", "teacher_cache"), ("runtime", "teacher_cache_budget"))

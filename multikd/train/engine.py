@@ -39,7 +39,8 @@ import multikd
 from multikd.train import distributed as ddp
 from multikd.train.build import Learner, build_data, build_learner, build_teacher_cache, pick_device
 from multikd.train.config import RunConfig, config_hash, resolve
-from multikd.errors import CheckpointError, ConfigError
+from multikd import plugins
+from multikd.errors import CheckpointError, ConfigError, PluginError
 from multikd.train.meters import EpochMeter
 from multikd.train.rng import rng_state, seed_everything, set_rng_state
 from multikd.train.runio import RunDir
@@ -65,6 +66,12 @@ def resume(run_dir: str, device: str | None = None, quiet: bool | None = None) -
     if run.state() == "finished":
         log.info("%s is already finished; nothing to resume", run_dir)
         return run.summary()
+    changed = plugins.changes(run.recorded_plugins())
+    if changed:
+        raise PluginError(
+            f"cannot resume {run_dir} exactly: {'; '.join(changed)}. Put back the file the "
+            "run used, or start a new run with the plugin as it is now"
+        )
     cfg = run.read_config()
     cfg.output.run_dir = str(run_dir)
     if device is not None:
@@ -625,4 +632,6 @@ class TrainingRun:
             summary["val_selected_epoch"] = chosen["epoch"]
         if distill:
             summary["teacher_test_acc"] = self.teacher_acc
+        if cfg.plugins:
+            summary["plugins"] = [{"path": p.path, "sha256": p.sha256} for p in cfg.plugins]
         return summary

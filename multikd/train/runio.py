@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from multikd.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
-from multikd.train.config import RunConfig, load_config, to_yaml
-from multikd.errors import CheckpointError, StorageError, TrainingError
+from multikd.train.config import RunConfig, load_config, load_yaml, to_yaml
+from multikd.errors import CheckpointError, MultikdError, StorageError, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,16 @@ class RunDir:
                 "(check the path given to --resume)"
             )
         return load_config(self.file(CONFIG))
+
+    def recorded_plugins(self) -> list:
+        """The ``plugins`` records of the run's config.yaml, read without loading them
+        (empty without a readable config)."""
+        try:
+            data = load_yaml(self.file(CONFIG))
+        except MultikdError:
+            return []
+        records = data.get("plugins")
+        return records if isinstance(records, list) else []
 
     def write_metrics(self, rows: list[dict]) -> None:
         with self._resumable_writes():
