@@ -12,6 +12,7 @@ from zoo_reference import zoo_facts
 
 from multikd.method.distiller import MultiTeacherDistiller
 from multikd.method.ensemble import EnsembleOutput, TeacherEnsemble
+from multikd.method.loss_spec import LossSpec
 from multikd.errors import ConfigError, ModelError, TrainingError
 from multikd.models import create_model
 from multikd.method.strategies import create_strategy
@@ -40,7 +41,7 @@ def _setup(strategy="ce-filter", teachers=(4, 6), params=None, **kw):
     ensemble = TeacherEnsemble([Tiny(c, stride=1 + k % 2) for k, c in enumerate(teachers)])
     student = Tiny(3)
     strategy = create_strategy(strategy, **(params or {}))
-    return MultiTeacherDistiller(student, ensemble, strategy, **kw)
+    return MultiTeacherDistiller(student, ensemble, strategy, LossSpec(**kw))
 
 
 def _batch(b=6, seed=1, dtype=torch.float32):
@@ -222,10 +223,10 @@ def test_class_count_mismatch_and_bad_settings_are_errors():
         ({"feature_weights": "ce"}, "strategy, uniform"),
     ]:
         with pytest.raises(ConfigError, match=message):
-            MultiTeacherDistiller(Tiny(3), ensemble, create_strategy("uniform"), **kw)
+            MultiTeacherDistiller(Tiny(3), ensemble, create_strategy("uniform"), LossSpec(**kw))
     plain = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, CLASSES))
     with pytest.raises(ConfigError, match="does not list its stage features"):
-        MultiTeacherDistiller(plain, ensemble, create_strategy("uniform"), gamma=1.0)
+        MultiTeacherDistiller(plain, ensemble, create_strategy("uniform"), LossSpec(gamma=1.0))
 
 
 def test_learner_state_round_trip_restores_student_adapters_and_strategy():
@@ -238,7 +239,8 @@ def test_learner_state_round_trip_restores_student_adapters_and_strategy():
     d.eval()
     expected = [d(x, y)[1]["total"] for _ in range(6)]
     torch.manual_seed(1)
-    fresh = MultiTeacherDistiller(Tiny(3), d.ensemble, create_strategy("random", seed=5), gamma=1.0)
+    fresh = MultiTeacherDistiller(Tiny(3), d.ensemble, create_strategy("random", seed=5),
+                                  LossSpec(gamma=1.0))
     fresh.load_learner_state_dict(state)
     fresh.eval()
     assert [fresh(x, y)[1]["total"] for _ in range(6)] == expected
@@ -248,7 +250,7 @@ def test_zoo_teachers_and_student_with_default_last_stage_features():
     torch.manual_seed(0)
     ensemble = TeacherEnsemble([create_model("resnet8x4", 10), create_model("resnet8", 10)])
     strategy = create_strategy("ce-filter")
-    d = MultiTeacherDistiller(create_model("resnet8", 10), ensemble, strategy, gamma=1.0)
+    d = MultiTeacherDistiller(create_model("resnet8", 10), ensemble, strategy, LossSpec(gamma=1.0))
     shapes = [a.out_shape for a in d.adapters]
     zoo = zoo_facts()
     expected = [tuple(zoo[a]["stage_feature_shapes"][-1]) for a in ("resnet8x4", "resnet8")]

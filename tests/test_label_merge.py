@@ -20,6 +20,7 @@ from multikd.cli import main
 from multikd.errors import ConfigError, ModelError
 from multikd.method.distiller import MultiTeacherDistiller
 from multikd.method.ensemble import TeacherEnsemble
+from multikd.method.loss_spec import LossSpec
 from multikd.method.label_spaces import MASKED_LOGIT, NOT_KNOWN, ClassMaps, restrict_weights
 from multikd.method.strategies import create_strategy
 from tolerances import REF64, f32_network_tol
@@ -49,9 +50,10 @@ def _partial_ensemble(classes, num_classes=6, batched=False):
                            batched=batched)
 
 
-def _distiller(ensemble, strategy="uniform", **kw):
+def _distiller(ensemble, strategy="uniform", partial_labels=False, **loss):
     return MultiTeacherDistiller(Linear(ensemble.num_classes, seed=9), ensemble,
-                                 create_strategy(strategy), example_input=EXAMPLE, **kw)
+                                 create_strategy(strategy), LossSpec(**loss),
+                                 example_input=EXAMPLE, partial_labels=partial_labels)
 
 
 def test_scattered_logits_keep_each_teachers_own_softmax_and_zero_elsewhere():

@@ -21,6 +21,7 @@ from multikd.errors import StrategyError
 from multikd.method.adapters import build_adapter
 from multikd.method.distiller import MultiTeacherDistiller
 from multikd.method.ensemble import TeacherEnsemble
+from multikd.method.loss_spec import LossSpec
 from multikd.method.learned import StrategySpec
 from multikd.method.strategies import StepContext, create_strategy
 from multikd.models import create_model
@@ -35,7 +36,7 @@ def _distiller(gamma=2.0, seed=0, **params):
     student = create_model("resnet8", num_classes=C)
     strategy = create_strategy("mmkd", **params)
     return MultiTeacherDistiller(student, TeacherEnsemble(teachers, names=["a", "b"]), strategy,
-                                 gamma=gamma, batch_size=B)
+                                 LossSpec(gamma=gamma), batch_size=B)
 
 
 def _distill_kl(y_s, y_t, T=4.0):
@@ -275,7 +276,7 @@ def test_teachers_receive_no_gradient_and_stay_frozen(name):
     d = MultiTeacherDistiller(create_model("resnet8", num_classes=C),
                               TeacherEnsemble(teachers, names=["a", "b"]),
                               create_strategy(name, **({"agent_step": 1} if name == "mtkd-rl" else {})),
-                              gamma=2.0, batch_size=B)
+                              LossSpec(gamma=2.0), batch_size=B)
     frozen = copy.deepcopy([t.state_dict() for t in teachers])
     opt = torch.optim.SGD(d.trainable_parameters(), lr=0.05, momentum=0.9)
     d.train()

@@ -156,6 +156,7 @@ def test_timm_bad_option_is_a_model_error():
 def test_timm_channels_last_stages_are_tapped_channels_first(no_network):
     from multikd.method.distiller import MultiTeacherDistiller
     from multikd.method.ensemble import TeacherEnsemble
+    from multikd.method.loss_spec import LossSpec
     from multikd.method.strategies import create_strategy
 
     small_swin = {"img_size": 32, "patch_size": 2, "window_size": 2, "embed_dim": 16,
@@ -176,5 +177,5 @@ def test_timm_channels_last_stages_are_tapped_channels_first(no_network):
     # a Swin teacher's last stage reaches the adapter as (C, H, W), not (H, W, C)
     distiller = MultiTeacherDistiller(
         create_model("resnet8", num_classes=10), TeacherEnsemble([swin]),
-        create_strategy("uniform"), gamma=1.0)
+        create_strategy("uniform"), LossSpec(gamma=1.0))
     assert distiller.adapters[0].out_shape == (128, 2, 2)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from multikd.errors import ConfigError, StrategyError
 from multikd.method.distiller import MultiTeacherDistiller
 from multikd.method.ensemble import TeacherEnsemble
+from multikd.method.loss_spec import LossSpec
 from multikd.method.learned import StrategySpec
 from multikd.method.strategies import StepContext, create_strategy
 from multikd.models import create_model
@@ -115,7 +116,7 @@ def _tiny_distiller(strategy, gamma=5.0, seed=0):
     teachers = [create_model("resnet8", num_classes=C) for _ in range(2)]
     student = create_model("resnet8", num_classes=C)
     return MultiTeacherDistiller(student, TeacherEnsemble(teachers, names=["a", "b"]), strategy,
-                                 gamma=gamma, batch_size=B)
+                                 LossSpec(gamma=gamma), batch_size=B)
 
 
 def _reference_loss(d, x, y, epoch):

@@ -25,6 +25,7 @@ from torch import nn
 from multikd.errors import ConfigError
 from multikd.method.distiller import MultiTeacherDistiller
 from multikd.method.ensemble import TeacherEnsemble
+from multikd.method.loss_spec import LossSpec
 from multikd.method.strategies import create_strategy
 from multikd.models import create_model
 from multikd.train.config import RunConfig, TeacherConfig, config_hash, resolve
@@ -47,7 +48,8 @@ def _distiller(strategy, k=3, student="resnet8", **kw):
     torch.manual_seed(0)
     s = create_model(student, num_classes=CLASSES)
     kw.setdefault("temperature", T)
-    d = MultiTeacherDistiller(s, TeacherEnsemble(teachers), create_strategy(strategy), **kw)
+    d = MultiTeacherDistiller(s, TeacherEnsemble(teachers), create_strategy(strategy),
+                              LossSpec(**kw))
     return d.double()  # float64 end to end: a reference check, not a rounding comparison
 
 

@@ -20,6 +20,7 @@ from multikd.errors import ConfigError, ModelError, StrategyError
 from multikd.method.adapters import ADAPTER_REGISTRY, FeatureAdapter, build_adapter, register_adapter
 from multikd.method.distiller import MultiTeacherDistiller
 from multikd.method.ensemble import TeacherEnsemble
+from multikd.method.loss_spec import LossSpec
 from multikd.method.feature_losses import FEATURE_LOSS_REGISTRY, hint_mse, register_feature_loss
 from multikd.method.logit_losses import (
     LOGIT_LOSS_REGISTRY,
@@ -139,7 +140,8 @@ def _distill(**kw):
     """Losses of one step of a fixed student and two fixed teachers on a fixed batch."""
     torch.manual_seed(0)
     ensemble = TeacherEnsemble([Tiny(4), Tiny(6)])
-    distiller = MultiTeacherDistiller(Tiny(3), ensemble, create_strategy("ce-filter"), **kw).eval()
+    distiller = MultiTeacherDistiller(Tiny(3), ensemble, create_strategy("ce-filter"),
+                                      LossSpec(**kw)).eval()
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(6, 3, 32, 32, generator=g), torch.randint(0, CLASSES, (6,), generator=g)
     return distiller(x, y)[1]

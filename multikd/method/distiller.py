@@ -9,7 +9,6 @@ lists exactly what the optimizer may update, so frozen teachers can never be tra
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -17,16 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from multikd.errors import ConfigError, ModelError, StrategyError
-from multikd.method.adapters import ADAPTER_REGISTRY, build_adapters
+from multikd.method.adapters import build_adapters
 from multikd.method.ensemble import EnsembleOutput, TeacherEnsemble
 from multikd.method.feature_losses import FEATURE_LOSS_REGISTRY, feature_loss_per_teacher
-from multikd.method.label_spaces import LABEL_MERGES, restrict_weights
+from multikd.method.label_spaces import restrict_weights
 from multikd.method.logit_losses import (
     LOGIT_LOSS_REGISTRY,
     WARMUP,
     dkd_warmup_factor,
     logit_loss_per_teacher,
 )
+from multikd.method.loss_spec import LossSpec
 from multikd.method.losses import UNLABELED, labeled_ce, upcast, weighted_teacher_mean
 from multikd.method.registry import REQUIRED
 from multikd.method.strategies import (
@@ -40,11 +40,6 @@ from multikd.method.strategies import (
 )
 from multikd.models.taps import FeatureTap
 
-FEATURE_WEIGHTS = ("strategy", "uniform", "teacher-head")
-UNLABELED_CE = ("entropy", "labeled")
-TEACHER_REDUCTIONS = ("sum", "mean")
-TAPS = ("stages", "repdistiller")
-REFERENCE = "reference"
 
 
 class SupervisedLearner(nn.Module):
@@ -79,6 +74,10 @@ class MultiTeacherDistiller(nn.Module):
         total = alpha * CE(s, y)
               + beta  * r_w * mean_i sum_k w_ki * L(s_i, t_ki)
               + gamma * r_v * mean_i sum_k v_ki * mean_e (a_k(f_s)_i - f_tk,i)^2
+
+    The named options below are the fields of ``loss``, a
+    :class:`~multikd.method.loss_spec.LossSpec` handed whole (the run's ``loss`` section),
+    resolved against the strategy's reference and checked by :meth:`LossSpec.check`:
 
     - ``w = strategy.select(ce, logits, y).weights`` (columns sum to 1);
     - ``L`` the per-teacher logit loss ``logit_loss``, a name of the logit-loss registry
@@ -152,33 +151,13 @@ class MultiTeacherDistiller(nn.Module):
         student: nn.Module,
         ensemble: TeacherEnsemble,
         strategy: Strategy,
+        loss: LossSpec | None = None,
         *,
-        alpha: float = 1.0,
-        beta: float = 1.0,
-        gamma: float = 0.0,
-        temperature: float = 4.0,
-        logit_loss: str = "kd",
-        logit_params: dict | None = None,
-        logit_standardize: bool = False,
-        feature_loss: str = "mse",
-        feature_params: dict | None = None,
-        teacher_reduction: str = REFERENCE,
-        student_feature: str | None = None,
-        teacher_features: Sequence[str | None] | None = None,
-        feature_weights: str = REFERENCE,
-        adapter: str = REFERENCE,
-        adapter_relu: bool = False,
-        feature_stage: int | None = None,
-        taps: str = "stages",
-        feature_start_epoch: int | None = None,
-        feature_grad: bool = True,
         example_input: torch.Tensor | None = None,
         batch_size: int | None = None,
         partial_labels: bool = False,
-        unlabeled_ce: str = "entropy",
         self_teacher: int | None = None,
         self_from_epoch: int | None = None,
-        label_merge: str = "restricted",
     ):
         super().__init__()
         if not isinstance(ensemble, TeacherEnsemble):
@@ -188,50 +167,39 @@ class MultiTeacherDistiller(nn.Module):
                 "strategy must be a multikd Strategy (see create_strategy), got "
                 f"{type(strategy).__name__}"
             )
-        ref = strategy.reference_loss()
-        self.alpha = _loss_weight("alpha", alpha)
-        self.beta = _loss_weight("beta", beta)
-        self.gamma = _loss_weight("gamma", gamma)
-        self.temperature = _loss_weight("temperature", temperature)
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {temperature}")
-        self.logit_loss = _choice("logit_loss", logit_loss, LOGIT_LOSS_REGISTRY.names())
-        self.logit_params = dict(logit_params or {})
-        self.logit_standardize = bool(logit_standardize)
+        loss = (LossSpec() if loss is None else loss).resolved(strategy.reference_loss())
+        loss.check()
+        self.loss = loss
+        self.alpha, self.beta = float(loss.alpha), float(loss.beta)
+        self.gamma, self.temperature = float(loss.gamma), float(loss.temperature)
+        self.logit_loss = loss.logit_loss
+        self.logit_params = dict(loss.logit_params)
+        self.logit_standardize = bool(loss.logit_standardize)
         self._logit_defaults = dict(LOGIT_LOSS_REGISTRY.entry(self.logit_loss).params)
         self._warmup = None
         if WARMUP in self._logit_defaults:
             self._warmup = self.logit_params.get(WARMUP, self._logit_defaults[WARMUP])
-        self.feature_loss = _choice("feature_loss", feature_loss, FEATURE_LOSS_REGISTRY.names())
-        given = dict(feature_params or {})
+        self.feature_loss = loss.feature_loss
+        given = dict(loss.feature_params)
         defaults = FEATURE_LOSS_REGISTRY.check_params(self.feature_loss, given).params
         self.feature_params = {**{k: v for k, v in defaults.items() if v is not REQUIRED},
                                **given}
-        self.teacher_reduction = _choice(
-            "teacher_reduction", _or_ref(teacher_reduction, ref, "teacher_reduction"),
-            TEACHER_REDUCTIONS,
-        )
-        self.feature_weights = _choice(
-            "feature_weights", _or_ref(feature_weights, ref, "feature_weights"), FEATURE_WEIGHTS
-        )
-        self.adapter = _choice(
-            "adapter", _or_ref(adapter, ref, "adapter"), ADAPTER_REGISTRY.names()
-        )
-        self.feature_stage = ref["feature_stage"] if feature_stage is None else int(feature_stage)
-        self.taps = _choice("taps", taps, TAPS)
-        self.feature_start_epoch = (
-            ref["feature_start_epoch"] if feature_start_epoch is None else int(feature_start_epoch)
-        )
-        self.feature_grad = bool(feature_grad)
+        self.teacher_reduction = loss.teacher_reduction
+        self.feature_weights = loss.feature_weights
+        self.adapter = loss.adapter
+        self.feature_stage = int(loss.feature_stage)
+        self.taps = loss.taps
+        self.feature_start_epoch = int(loss.feature_start_epoch)
+        self.feature_grad = bool(loss.feature_grad)
         self.partial_labels = bool(partial_labels)
-        self.unlabeled_ce = _choice("unlabeled_ce", unlabeled_ce, UNLABELED_CE)
+        self.unlabeled_ce = loss.unlabeled_ce
         if self.partial_labels and self.logit_loss == "dkd":
             raise ConfigError(
                 "loss.logit_loss dkd splits the loss at each image's target class, but some "
                 "training images have no label (data.labeled_fraction < 1 or "
                 "data.unlabeled_dir): use kd, mse or dist"
             )
-        self.label_merge = _choice("label_merge", label_merge, LABEL_MERGES)
+        self.label_merge = loss.label_merge
         self.self_teacher = self_teacher
         self.self_from_epoch = self_from_epoch
         self._self_ready = False
@@ -254,11 +222,11 @@ class MultiTeacherDistiller(nn.Module):
         )
         example = ensemble.example_input if example_input is None else example_input
         if self.use_features:
-            self.student_feature = student_feature or _stage(
+            self.student_feature = loss.student_feature or _stage(
                 student, "student", self.feature_stage, self.taps
             )
             self._tap = FeatureTap(student, [self.student_feature])
-            ensemble.set_feature_names(self._teacher_features(teacher_features))
+            ensemble.set_feature_names(self._teacher_features(loss.teacher_features))
             if self.feature_weights == "teacher-head":
                 self._check_heads()
         student_out = _dry_run(student, self._tap, example)
@@ -283,7 +251,7 @@ class MultiTeacherDistiller(nn.Module):
             student_shape = tuple(student_out[1][self.student_feature].shape[1:])
             teacher_shapes = [tuple(s) for s in ensemble.feature_shapes(example)]
             self.adapters = build_adapters(
-                student_shape, teacher_shapes, relu=adapter_relu, kind=self.adapter,
+                student_shape, teacher_shapes, relu=loss.adapter_relu, kind=self.adapter,
             )
         else:
             self.adapters = nn.ModuleList()
@@ -735,11 +703,6 @@ def _dry_run(student: nn.Module, tap: FeatureTap | None, example: torch.Tensor):
         student.train(was_training)
 
 
-def _or_ref(value, reference: dict, key: str):
-    """``reference[key]`` where ``value`` is ``"reference"``, else ``value``."""
-    return reference[key] if value == REFERENCE else value
-
-
 def _stage(model: nn.Module, role: str, stage: int, taps: str = "stages") -> str:
     """The module name of stage ``stage`` (Python index) of ``model``'s listed stages:
     ``model.repdistiller_feature_names`` when ``taps == "repdistiller"`` and the model lists
@@ -766,16 +729,3 @@ def _stage(model: nn.Module, role: str, stage: int, taps: str = "stages") -> str
 def _scaled(weight: float, loss: torch.Tensor) -> torch.Tensor:
     """``weight * loss``, without the op when the weight is 1 (``1.0 * x`` is exactly x)."""
     return loss if weight == 1.0 else weight * loss
-
-
-def _loss_weight(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < 0:
-        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _choice(name: str, value, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-    return value

@@ -98,36 +98,15 @@ def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
     ensemble = TeacherEnsemble(teachers, names=names, batched=cfg.runtime.batched_teachers,
                                classes=[t.classes for t in cfg.teachers], num_classes=num_classes)
     _check_coverage(cfg, ensemble.class_maps)
-    loss = cfg.loss
     distiller = MultiTeacherDistiller(
         model,
         ensemble,
         strategy,
-        alpha=loss.alpha,
-        beta=loss.beta,
-        gamma=loss.gamma,
-        temperature=loss.temperature,
-        logit_loss=loss.logit_loss,
-        logit_params=loss.logit_params,
-        logit_standardize=loss.logit_standardize,
-        feature_loss=loss.feature_loss,
-        feature_params=loss.feature_params,
-        teacher_reduction=loss.teacher_reduction,
-        student_feature=loss.student_feature,
-        teacher_features=loss.teacher_features,
-        feature_weights=loss.feature_weights,
-        adapter=loss.adapter,
-        adapter_relu=loss.adapter_relu,
-        feature_stage=loss.feature_stage,
-        taps=loss.taps,
-        feature_start_epoch=loss.feature_start_epoch,
-        feature_grad=loss.feature_grad,
+        cfg.loss,
         batch_size=cfg.optim.batch_size // max(1, ddp.detect().world_size),
         partial_labels=partial,
-        unlabeled_ce=loss.unlabeled_ce,
         self_teacher=self_index,
         self_from_epoch=None if self_index is None else cfg.teachers[self_index].self_from_epoch,
-        label_merge=loss.label_merge,
     )
     return Learner(distiller, model, distiller.ensemble, strategy, tuple(names))
 

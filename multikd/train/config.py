@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import hashlib
 import json
 import math
@@ -30,6 +29,11 @@ from typing import Any, Optional, Union
 import yaml
 
 from multikd.errors import ConfigError, Problems
+from multikd.method.loss_spec import LossSpec
+
+LossConfig = LossSpec
+"""The ``loss`` section: :class:`multikd.method.loss_spec.LossSpec`, defined once in the method
+layer and handed whole to the distiller (this name stays for code that imports it here)."""
 
 KINDS = ("teacher", "student", "distill")
 REFERENCE = "reference"
@@ -43,36 +47,8 @@ flag it was given failed: that flag's own error says what is wrong)."""
 
 def _choice(default, choices, doc: str):
     """A field whose value is one of ``choices``: a tuple, or a function returning one,
-    called when a value is checked (:func:`_loss_choices`)."""
+    called when a value is checked (the loss section's: :func:`multikd.method.loss_spec.choices`)."""
     return field(default=default, metadata={"choices": choices, "doc": doc})
-
-
-def _loss_choices(key: str) -> tuple[str, ...]:
-    """The values ``loss.<key>`` may take, read from the method layer when a value is
-    checked: the names of the logit-loss, feature-loss and adapter registries and the
-    distiller's own option lists, so each list is written once, a loss registered later
-    (a test's, a plugin's) counts, and reading a config imports no torch."""
-    from multikd.method import distiller
-    from multikd.method.adapters import ADAPTER_REGISTRY
-    from multikd.method.feature_losses import FEATURE_LOSS_REGISTRY
-    from multikd.method.label_spaces import LABEL_MERGES
-    from multikd.method.logit_losses import LOGIT_LOSS_REGISTRY
-
-    return {
-        "logit_loss": LOGIT_LOSS_REGISTRY.names(),
-        "feature_loss": FEATURE_LOSS_REGISTRY.names(),
-        "adapter": (REFERENCE, *ADAPTER_REGISTRY.names()),
-        "teacher_reduction": (REFERENCE, *distiller.TEACHER_REDUCTIONS),
-        "feature_weights": (REFERENCE, *distiller.FEATURE_WEIGHTS),
-        "taps": distiller.TAPS,
-        "unlabeled_ce": distiller.UNLABELED_CE,
-        "label_merge": LABEL_MERGES,
-    }[key]
-
-
-def _loss(key: str):
-    """The choices of ``loss.<key>``, read when a value is checked (:func:`_loss_choices`)."""
-    return functools.partial(_loss_choices, key)
 
 
 def _doc(default, doc: str):
@@ -139,87 +115,6 @@ class TeacherConfig:
 class StrategyConfig:
     name: str = _doc("ce-filter", "teacher selection/weighting strategy")
     params: dict = _doc({}, "keyword parameters of the strategy")
-
-
-@dataclass
-class LossConfig:
-    """The loss of a distillation run. ``reference`` (and null for the two numbers) takes the
-    value of the strategy's public code (``Strategy.reference``; resolved and recorded in
-    config.yaml), e.g. ``ca-mkd`` gets CA-MKD's reduction, feature weights, adapter and
-    epoch-1 rule."""
-
-    alpha: float = _doc(1.0, "weight of the hard-label cross-entropy")
-    beta: float = _doc(1.0, "weight of the weighted multi-teacher logit loss")
-    gamma: float = _doc(0.0, "weight of the feature loss (0: logits only)")
-    unlabeled_ce: str = _choice(
-        "entropy", _loss("unlabeled_ce"),
-        "what strategies that judge teachers by their CE against the label read on an "
-        "unlabelled sample: entropy (the teacher's prediction entropy, its CE against its own "
-        "distribution) or labeled (the teacher's mean CE over the batch's labelled samples)",
-    )
-    label_merge: str = _choice(
-        "restricted", _loss("label_merge"),
-        "teachers of part of the classes (teachers[].classes): restricted (each teacher "
-        "against the student's distribution on its classes, renormalised; Vongkulbhisal et "
-        "al. 2019) or concat (their logits side by side as one teacher: the naive baseline)",
-    )
-    temperature: float = _doc(4.0, "softmax temperature T of the KD term")
-    logit_loss: str = _choice(
-        "kd", _loss("logit_loss"),
-        "per-teacher logit loss: kd (Hinton), mse (Caruana), dkd (Zhao 2022), dist (Huang "
-        "2022), or any registered one (multikd list logit-losses)",
-    )
-    logit_params: dict = _doc(
-        {}, "the logit loss's own parameters (dkd: alpha, beta, warmup; dist: beta, gamma, tau)"
-    )
-    logit_standardize: bool = _doc(
-        False, "z-score student and teacher logits before the logit loss (Sun et al. 2024)"
-    )
-    teacher_reduction: str = _choice(
-        "reference", _loss("teacher_reduction"),
-        "sum: mean_i sum_k w_ki l_ki; mean: the source's sum_ik w_ik l_ik / (B K) on its own "
-        "weights; reference: the strategy's (ca-mkd, ebkd: mean; others: sum)",
-    )
-    feature_loss: str = _choice(
-        "mse", _loss("feature_loss"),
-        "feature loss between adapted student and teacher maps: mse (FitNets' hint), or any "
-        "registered one (multikd list feature-losses)",
-    )
-    feature_params: dict = _doc({}, "the feature loss's own parameters (mse: none)")
-    student_feature: Optional[str] = _doc(
-        None, "student module tapped for the feature loss (default: stage loss.feature_stage)"
-    )
-    teacher_features: Optional[list[str]] = _doc(
-        None, "module tapped per teacher (default: each one's stage loss.feature_stage)"
-    )
-    feature_stage: Optional[int] = _doc(
-        None, "stage index into feature_names tapped on both sides (null: the strategy's "
-        "reference, -1 = last; fitnet-mkd: 2)"
-    )
-    taps: str = _choice(
-        "stages", _loss("taps"),
-        "stage list: the zoo's stage outputs, or RepDistiller's taps (WRN: before the last BN+ReLU)",
-    )
-    feature_weights: str = _choice(
-        "reference", _loss("feature_weights"),
-        "feature-loss weights: the strategy's, 1/K each, or CA-MKD's teacher-head CE on the "
-        "adapted student feature (reference: ca-mkd teacher-head, others strategy)",
-    )
-    adapter: str = _choice(
-        "reference", _loss("adapter"),
-        "feature adapter: 1x1 conv+BN, CA-MKD's embed (1x1 conv+BN+ReLU), FitNet's convreg, "
-        "MMKD's embed that pools the larger map, or any registered one (multikd list "
-        "adapters) (reference: ca-mkd and mtkd-rl embed, fitnet-mkd convreg, mmkd mmkd, "
-        "others conv1x1)",
-    )
-    adapter_relu: bool = _doc(False, "ReLU after the conv1x1 adapter's BN")
-    feature_start_epoch: Optional[int] = _doc(
-        None, "first epoch with the feature term (null: the strategy's reference; ca-mkd and "
-        "fitnet-mkd: 2, as CA-MKD's loop; others 1)"
-    )
-    feature_grad: bool = _doc(
-        True, "false: the feature loss is logged but trains nothing (CA-MKD's FitNet-MKD)"
-    )
 
 
 @dataclass
@@ -615,7 +510,7 @@ def resolve(config: RunConfig) -> RunConfig:
     else:
         from multikd.method.strategies import REFERENCE_LOSS_DEFAULTS
 
-        _resolve_reference(cfg.loss, REFERENCE_LOSS_DEFAULTS)  # unused: plain defaults
+        cfg.loss.use_reference(REFERENCE_LOSS_DEFAULTS)  # unused: plain defaults
     problems.raise_if_any()
     if cfg.output.run_dir is None:
         tag = f"_{cfg.strategy.name}" if cfg.kind == "distill" else ""
@@ -833,7 +728,7 @@ def _resolve_strategy(cfg: RunConfig) -> None:
 
     create_strategy(cfg.strategy.name, **cfg.strategy.params)
     cls = STRATEGIES[cfg.strategy.name.strip().lower().replace("_", "-")]
-    _resolve_reference(cfg.loss, cls.reference_loss())
+    cfg.loss.use_reference(cls.reference_loss())
     if cls.needs_labels and cfg.data.labeled_fraction == 0:
         raise ConfigError(
             f"strategy {cls.name!r} needs labelled samples ({cls.needs_labels}), but "
@@ -848,13 +743,6 @@ def _resolve_strategy(cfg: RunConfig) -> None:
         )
     if "seed" in inspect.signature(cls.__init__).parameters and "seed" not in cfg.strategy.params:
         cfg.strategy.params["seed"] = cfg.runtime.seed
-
-
-def _resolve_reference(loss: LossConfig, reference: dict) -> None:
-    """Replace ``reference`` / null loss settings by ``reference``'s values, in place."""
-    for key, value in reference.items():
-        if getattr(loss, key) in (REFERENCE, None):
-            setattr(loss, key, value)
 
 
 def _name_teachers(teachers: list[TeacherConfig]) -> None:
