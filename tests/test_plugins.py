@@ -212,3 +212,29 @@ def test_a_plugin_strategy_and_loss_run_in_a_lockstep_suite_beside_the_baselines
     caplog.clear()
     assert main(["table", str(out / "runs")]) == 0
     assert f"plugin {path} changed since the run used it" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_fresh_process_like_a_cluster_job_loads_the_plugins_its_plan_records(
+        outside, tmp_path):
+    import pickle
+    import subprocess
+    import sys
+
+    from multikd.bench.runner import make_plan
+
+    suite = tiny_suite(
+        "plug", 1, teachers={"t_a": {"arch": "resnet8"}}, teacher_sets={"one": ["t_a"]},
+        pairs=[{"teachers": "one", "students": ["resnet8"]}],
+        strategies=[{"name": "softmin-ce", "loss": {"logit_loss": "sym-kl"}}],
+        plugins=[str(outside / "my_strategy.py"), str(outside / "my_logit_loss.py")])
+    (tmp_path / "plug.yaml").write_text(yaml.safe_dump(suite))
+    plan = make_plan(tmp_path / "plug.yaml", tmp_path / "out")
+    (tmp_path / "plan.pkl").write_bytes(pickle.dumps(plan))  # what submitit sends a job
+    job = ("import pickle, sys; from multikd.train.config import resolve; "
+           "plan = pickle.load(open(sys.argv[1], 'rb')); cfg = resolve(plan.runs[-1].config); "
+           "print(cfg.strategy.name, cfg.loss.logit_loss)")
+    done = subprocess.run([sys.executable, "-c", job, str(tmp_path / "plan.pkl")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["softmin-ce", "sym-kl"]
