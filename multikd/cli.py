@@ -521,6 +521,82 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _add_reproduce(sub) -> None:
+    p = sub.add_parser(
+        "reproduce",
+        help="one paper's suite: download what is missing, run it, table it beside the "
+        "published numbers",
+        description="Runs a suite that carries published targets (multikd/bench/reproduce.py): "
+        "with --download first fetches the dataset and the published teachers it lacks, then "
+        "runs it as `multikd bench` does and writes OUT/published.md, the best-epoch table "
+        "with the published column. --dry-run prints the plan, the downloads and a "
+        "device-hours estimate from a short throughput probe, and changes nothing.",
+    )
+    p.add_argument("name", help="a suite with targets (e.g. mtkd-rl, single-teacher) or a "
+                   "suite file that has a 'targets:' section")
+    _add_data_root(p)
+    p.add_argument("--out", required=True, help="output folder (the same folder continues)")
+    p.add_argument("--teachers-dir", help="published teacher checkpoints (default "
+                   "OUT/published-teachers)")
+    p.add_argument("--download", action="store_true",
+                   help="download the dataset and published teachers that are missing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan, the downloads and the estimate; change nothing")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every run (repeatable)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="local worker processes")
+    p.add_argument("--probe-steps", type=int, default=3, metavar="N",
+                   help="--dry-run: timed training steps per (student, teachers) pair")
+    p.add_argument("--device", default="auto", help="--dry-run probe device: auto, cpu, cuda")
+    p.add_argument("--data-url", help="download the dataset from this mirror instead")
+    p.add_argument("--data-md5", help="with --data-url: the mirror archive's md5")
+    p.add_argument("--teachers-url", help="download the teachers from this mirror instead")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    p.set_defaults(func=_cmd_reproduce)
+
+
+def _cmd_reproduce(args) -> int:
+    from multikd.atomic import atomic_write_text
+    from multikd.bench import reproduce, runner, suite
+    from multikd.results import tables
+
+    path = reproduce.suite_path(args.name)
+    spec = suite.load_suite(path)
+    out = Path(args.out)
+    teachers_dir = Path(args.teachers_dir) if args.teachers_dir else out / reproduce.TEACHERS_FOLDER
+    need = reproduce.missing(spec, args.data_root, teachers_dir)
+    has_published = bool(reproduce.published_teachers(spec))
+    if args.dry_run:
+        usable = teachers_dir if has_published and not need.teachers else None
+        plan = runner.make_plan(spec, out, args.data_root, usable, args.sets)
+        print(f"reproduce {path}")
+        print(suite.describe(plan))
+        print(reproduce.describe_downloads(need, args.data_root, teachers_dir))
+        if need.teachers:
+            print("  (the teachers with a published file will be downloaded, not trained)")
+        if args.probe_steps < 1:
+            raise MultikdError(f"--probe-steps must be >= 1, got {args.probe_steps}")
+        print(reproduce.estimate(plan, args.probe_steps, args.device).text())
+        return 0
+    if need and not args.download:
+        raise MultikdError(f"{reproduce.describe_downloads(need, args.data_root, teachers_dir)}"
+                           "\nthese are missing: add --download, or put them in place")
+    _check_writable("--out", out)
+    reproduce.download(spec, need, args.data_root, teachers_dir, data_url=args.data_url,
+                       data_md5=args.data_md5, teachers_url=args.teachers_url,
+                       progress=not args.quiet)
+    report = runner.run_bench(path, out, data_root=args.data_root,
+                              teachers_dir=teachers_dir if has_published else None,
+                              sets=args.sets, jobs=args.jobs)
+    print(report.text())
+    table = tables.load_table(out, metric="best")
+    text = tables.format_table(table, "md")
+    atomic_write_text(out / reproduce.TABLE_FILE, text)
+    print(text, end="")
+    print(f"wrote {out / reproduce.TABLE_FILE}")
+    return 0
+
+
 # --------------------------------------------------------------------------- train / distill / eval
 _RESUME_KEEPS = {"runtime.device", "output.quiet"}
 
@@ -967,5 +1043,5 @@ def _cmd_plot(args) -> int:
 # results.
 _COMMAND_GROUPS = [
     _add_data, _add_models, _add_list, _add_teachers, _add_train_teacher, _add_distill,
-    _add_eval, _add_bench, _add_results,
+    _add_eval, _add_bench, _add_reproduce, _add_results,
 ]
