@@ -294,6 +294,7 @@ def test_teachers_receive_no_gradient_and_stay_frozen(name):
         for key, value in teacher.state_dict().items():
             assert torch.equal(value, state[key]), key
 
+
 def test_meta_step_updates_batchnorm_statistics_once_as_the_reference():
     """MMKD's reference restores the student by load_state_dict, then runs the first virtual
     objective once more in train mode: the weights are rolled back, the BatchNorm running

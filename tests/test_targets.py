@@ -160,3 +160,12 @@ def test_suites_carry_the_published_numbers():
     for path in SUITES.glob("*.yaml"):  # no published number left in a comment
         comments = [line for line in path.read_text().splitlines() if line.startswith("#")]
         assert not any(w in line for line in comments for w in ("73.33", "79.93", "76.32")), path
+
+
+def test_suite_outputs_carry_the_published_column(out, tmp_path):
+    from multikd.results.outputs import write_results
+
+    write_results(out, tmp_path / "tables", formats=("md",), plots=False)
+    for metric in ("last", "best"):
+        text = (tmp_path / "tables" / f"table_{metric}.md").read_text()
+        assert "published below our 95% CI" in text and "published above our 95% CI" in text

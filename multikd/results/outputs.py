@@ -16,7 +16,9 @@ from multikd.atomic import atomic_write_text
 from multikd.results.paired import format_paired, suite_paired_tables
 from multikd.results.plots import plot_collected
 from multikd.results.report import write_report
-from multikd.results.tables import METRIC_COLUMNS, collect_runs, strategy_table, write_table
+from multikd.results.tables import (
+    METRIC_COLUMNS, add_published, collect_runs, strategy_table, write_table,
+)
 
 
 def write_results(
@@ -25,7 +27,8 @@ def write_results(
     """Tables, plots and report of the finished runs under ``root``, written into ``out_dir``.
 
     Writes ``table_<metric>.<fmt>`` for metric last and best (and val when some run has a
-    val-selected accuracy) in each of ``formats``, ``table_paired_last.<fmt>`` (every
+    val-selected accuracy) in each of ``formats``, with the published column when ``root``'s
+    suite.yaml has targets (:func:`~multikd.results.tables.add_published`), ``table_paired_last.<fmt>`` (every
     method's paired difference to the student alone, :mod:`multikd.results.paired`) when
     students alone and distilled runs are both there, ``table_paired_vs_uniform_last.<fmt>``
     (the same against ``uniform``, the plain multi-teacher average) when ``uniform`` and
@@ -43,7 +46,7 @@ def write_results(
     out_dir = Path(out_dir)
     written = []
     for metric in metrics:
-        table = strategy_table(df, metric=metric)
+        table = add_published(strategy_table(df, metric=metric), df)
         written += [write_table(table, out_dir / f"table_{metric}.{fmt}", fmt) for fmt in formats]
     paired = suite_paired_tables(df)
     for name, table in paired:

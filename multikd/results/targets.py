@@ -160,7 +160,9 @@ def read_targets(roots) -> tuple[list[Target], dict[str, list[str]]]:
             continue
         try:
             raw = yaml.safe_load(path.read_text())
-            found = parse_targets(raw.get("targets"), str(path)) if isinstance(raw, dict) else []
+            if not isinstance(raw, dict):  # a suite recorded without its text
+                continue
+            found = parse_targets(raw.get("targets"), str(path))
         except (OSError, yaml.YAMLError, ConfigError) as err:
             log.warning("cannot read the targets of %s (%s); no published column", path, err)
             continue
