@@ -8,7 +8,7 @@ from run_helpers import read_metrics
 
 from multikd.cli import main
 from multikd.train.config import config_hash, load_config
-from multikd.method.distiller import SupervisedLearner
+from multikd.method.learner import SupervisedLearner
 from multikd.train.engine import evaluate_checkpoint
 from multikd.models import create_model
 

@@ -1,14 +1,13 @@
-"""One training step's losses: the contract every method follows.
+"""The multi-teacher distiller: one training step's losses of a student and its teachers.
 
-A *learner* is an ``nn.Module`` whose ``forward(x, y)`` returns
-``(student_logits [B,C], losses: dict[str, Tensor], info: dict)``; ``losses["total"]`` is
-what the optimizer minimizes, every other entry is logged by name. ``trainable_parameters()``
-lists exactly what the optimizer may update, so frozen teachers can never be trained.
-``set_epoch(epoch)`` (1-based) is called by the engine before each epoch's first step.
+:class:`MultiTeacherDistiller` is a learner (:class:`~multikd.method.learner.LearnerContract`,
+the members the engine reads), as is the plain-CE
+:class:`~multikd.method.learner.SupervisedLearner`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -40,30 +39,6 @@ from multikd.method.strategies import (
 )
 from multikd.models.taps import FeatureTap
 
-
-
-class SupervisedLearner(nn.Module):
-    """Plain cross-entropy training of one model (teachers, and the student-alone baseline).
-
-    loss = CE(model(x), y), over the labelled samples only with ``partial_labels``
-    (:func:`labeled_ce`)
-    """
-
-    def __init__(self, model: nn.Module, partial_labels: bool = False):
-        super().__init__()
-        self.student = model
-        self.partial_labels = bool(partial_labels)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor):
-        logits = self.student(x)
-        ce = labeled_ce(logits, y) if self.partial_labels else F.cross_entropy(logits, y)
-        return logits, {"ce": ce, "total": ce}, {}
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.student.parameters() if p.requires_grad]
-
-    def set_epoch(self, epoch: int) -> None:
-        """Nothing depends on the epoch here (the learner contract has the hook)."""
 
 
 class MultiTeacherDistiller(nn.Module):
@@ -546,16 +521,32 @@ class MultiTeacherDistiller(nn.Module):
                 alpha=self.alpha, beta=self.beta, gamma=self.gamma,
             ))
 
+    @property
+    def updates_after_step(self) -> bool:
+        """Whether :meth:`after_step` does anything: a learned strategy's own update."""
+        return self.strategy.learns
+
     def after_step(self, optimizer, step: int, steps_per_epoch: int) -> None:
         """Called by the engine after the optimizer step: a learned strategy's own update
         (:meth:`LearnedStrategy.after_step`); nothing for the others."""
         if self.strategy.learns:
             self.strategy.after_step(AfterStep(self, optimizer, step, steps_per_epoch, self.epoch))
 
-    def end_epoch(self, epoch: int) -> None:
-        """Called by the engine before the epoch's checkpoint (:meth:`LearnedStrategy.end_epoch`)."""
-        if self.strategy.learns:
-            self.strategy.end_epoch(epoch)
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        """Called by the engine before the epoch's evaluation and checkpoint: a learned
+        strategy's end-of-epoch update (:meth:`LearnedStrategy.end_epoch`) and the mean of
+        its own objective over the epoch as ``strategy_loss`` (nan without updates); nothing
+        for the others."""
+        if not self.strategy.learns:
+            return {}
+        self.strategy.end_epoch(epoch)
+        own = self.strategy.epoch_loss()
+        return {"strategy_loss": math.nan if own is None else own}
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The teachers (frozen) and a learned strategy's networks (which average their own
+        gradients): what DDP leaves alone."""
+        return [self.ensemble, self.strategy_networks]
 
     def _head_weights(self, adapted: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
         """CA-MKD's feature weights ``[K,B]``: ``(1 - softmax_k CE(head_k(a_k(f_s)), y)) /

@@ -15,23 +15,31 @@ from torch import nn
 
 from multikd.train import distributed as ddp
 from multikd.train.config import RunConfig
-from multikd.method.distiller import SupervisedLearner
-from multikd.errors import ConfigError
+from multikd.method.learner import LearnerContract, SupervisedLearner, missing_members
+from multikd.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Learner:
-    """What the engine trains: ``module`` (the learner contract of multikd.method.distiller), the
+    """What the engine trains: ``module`` (a :class:`~multikd.method.learner.LearnerContract`), the
     trained ``model`` inside it, and for distillation the frozen ``ensemble`` and the
     ``strategy`` (whose state, if any, is checkpointed)."""
 
-    module: nn.Module
+    module: LearnerContract
     model: nn.Module
     ensemble: nn.Module | None = None
     strategy: object | None = None
     teacher_names: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not isinstance(self.module, LearnerContract):
+            raise ModelError(
+                f"{type(self.module).__name__} is not a learner the engine can train: it lacks "
+                f"{', '.join(missing_members(self.module))} (see "
+                "multikd.method.learner.LearnerContract)"
+            )
 
 
 def build_data(cfg: RunConfig, seed: int):

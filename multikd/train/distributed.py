@@ -107,7 +107,7 @@ def wrap(learner: nn.Module, frozen, device: torch.device, env: DistEnv):
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(learner, ignored)
     device_ids = [device.index] if device.type == "cuda" else None
     # a feature term that starts after epoch 1 leaves the adapters without gradients until then
-    unused = bool(getattr(learner, "may_leave_parameters_unused", False))
+    unused = bool(learner.may_leave_parameters_unused)
     return DistributedDataParallel(learner, device_ids=device_ids, find_unused_parameters=unused)
 
 

@@ -245,9 +245,8 @@ class TrainingRun:
         seed_everything(cfg.runtime.seed)
         self.parts: Learner = build_learner(cfg, self.splits.num_classes)
         self._place_models()
-        strategy = self.parts.strategy
-        self._after_step = self.parts.module.after_step if getattr(strategy, "learns", False) \
-            else None
+        module = self.parts.module
+        self._after_step = module.after_step if module.updates_after_step else None
         self._build_loaders()
         self._build_optimizer()
         self.teacher_cache = None
@@ -295,8 +294,8 @@ class TrainingRun:
                 for teacher in parts.ensemble.teachers:
                     teacher.compile()
         # the teachers are frozen; a learned strategy's networks average their own gradients
-        frozen = [parts.ensemble, getattr(parts.module, "strategy_networks", None)]
-        self.train_module = ddp.wrap(parts.module, frozen, self.device, self.env)
+        self.train_module = ddp.wrap(parts.module, parts.module.frozen_modules(), self.device,
+                                     self.env)
 
     def _build_loaders(self) -> None:
         from multikd import data
@@ -382,7 +381,6 @@ class TrainingRun:
         model_keys, frozen_keys = self._split_state()
         learner = {k: v for k, v in parts.module.state_dict().items()
                    if k not in model_keys and k not in frozen_keys}
-        strategy_state = getattr(parts.strategy, "state_dict", None)
         return {
             "format": CHECKPOINT_FORMAT,
             "model": parts.model.state_dict(),
@@ -393,8 +391,8 @@ class TrainingRun:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "strategy": strategy_state() if callable(strategy_state) else {},
-            "self_teacher": getattr(parts.module, "self_teacher_state", lambda: None)(),
+            "strategy": {} if parts.strategy is None else parts.strategy.state_dict(),
+            "self_teacher": parts.module.self_teacher_state(),
             "rng": rng_state(),
             "epoch": epoch,
             "metrics": self.rows,
@@ -502,13 +500,9 @@ class TrainingRun:
 
     def end_epoch(self, epoch: int, train_time: float) -> dict:
         """Evaluate, then checkpoint and write metrics.csv (rank 0); the epoch's row."""
-        end_strategy_epoch = getattr(self.parts.module, "end_epoch", None)
-        if callable(end_strategy_epoch):  # a learned strategy's end-of-epoch update
-            end_strategy_epoch(epoch)
+        own = self.parts.module.end_epoch(epoch)  # e.g. a learned strategy's update and loss
         train = self.meter.finish(self.parts.teacher_names)
-        if getattr(self.parts.strategy, "learns", False):  # its own objective, this epoch
-            own = self.parts.strategy.epoch_loss()
-            train["strategy_loss"] = math.nan if own is None else own
+        train.update(own)
         t0 = time.perf_counter()
         evaluated = self._evaluate_all()
         row = {"epoch": epoch, "lr": self.epoch_lr}
