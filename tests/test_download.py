@@ -33,7 +33,7 @@ from multikd.models import create_model, list_models
 from multikd.models import published
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "cifar100"
-ZOO = Path(__file__).resolve().parents[2] / "shared" / "reference" / "cifar_zoo.json"
+ZOO = Path(__file__).resolve().parent / "reference" / "cifar_zoo.json"
 
 
 class Server:
