@@ -43,6 +43,7 @@ from multikd.results.tables import (
     comparison_runs,
     row_label,
     tex_escape,
+    tex_table,
 )
 from multikd.train.runio import RunDir
 
@@ -300,22 +301,10 @@ def _paired_cell(table, index, method, is_ref, tex) -> str:
 
 
 def _paired_tex(table, header, body, n_text) -> str:
-    lines = [
-        "% needs \\usepackage{booktabs}",
-        r"\begin{table}[t]",
-        r"\centering",
-        rf"\caption{{{tex_escape(table.attrs['caption'])}}}",
-        r"\begin{tabular}{" + "l" * n_text + "r" * (len(header) - n_text) + "}",
-        r"\toprule",
-        " & ".join(tex_escape(h) for h in header) + r" \\",
-        r"\midrule",
-        *(" & ".join([tex_escape(c) for c in row[:n_text]] + row[n_text:]) + r" \\"
-          for row in body),
-        r"\bottomrule",
-        r"\end{tabular}",
-        r"\end{table}",
-    ]
-    return "\n".join(lines) + "\n"
+    colspec = "l" * n_text + "r" * (len(header) - n_text)
+    rows = [" & ".join([tex_escape(c) for c in row[:n_text]] + row[n_text:]) for row in body]
+    return tex_table(table.attrs["caption"], colspec, " & ".join(tex_escape(h) for h in header),
+                     rows)
 
 
 def _paired_csv(table: pd.DataFrame) -> str:

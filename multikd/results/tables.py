@@ -788,19 +788,25 @@ def _format_tex(table: pd.DataFrame, rows: list[list[str]]) -> str:
                    + [tex_escape(c) for c in cost_cells.get(index, [""] * len(cost_header))]
                    + [tex_escape("; ".join(c.text() for c in published.get(index, ())))
                       for _ in extra])
-        + r" \\" for row, index in zip(rows, table.index)
+        for row, index in zip(rows, table.index)
     ]
+    colspec = "l" * n_text + "r" * n_methods + "l" * (len(cost_header) + len(extra))
+    return tex_table(_caption(table), colspec, " & ".join(header), body)
+
+
+def tex_table(caption: str, colspec: str, header: str, body: list[str]) -> str:
+    """A booktabs table: ``header`` and each line of ``body`` are one LaTeX row (cells
+    already escaped and joined by ``&``, without the closing ``\\\\``)."""
     lines = [
         "% needs \\usepackage{booktabs}",
         r"\begin{table}[t]",
         r"\centering",
-        rf"\caption{{{tex_escape(_caption(table))}}}",
-        r"\begin{tabular}{" + "l" * n_text + "r" * n_methods
-        + "l" * (len(cost_header) + len(extra)) + "}",
+        rf"\caption{{{tex_escape(caption)}}}",
+        r"\begin{tabular}{" + colspec + "}",
         r"\toprule",
-        " & ".join(header) + r" \\",
+        header + r" \\",
         r"\midrule",
-        *body,
+        *(row + r" \\" for row in body),
         r"\bottomrule",
         r"\end{tabular}",
         r"\end{table}",
