@@ -56,3 +56,14 @@ def test_a_learned_strategy_reports_its_own_loss_at_the_end_of_an_epoch():
     assert d.frozen_modules()[1] is d.strategy_networks and isinstance(d.strategy_networks,
                                                                        nn.Module)
 
+
+def test_every_method_module_reads_at_once():
+    """Issue 34: no module of the method layer over about 500 lines."""
+    from pathlib import Path
+
+    import multikd.method
+
+    root = Path(multikd.method.__file__).parent
+    long = {str(p.relative_to(root)): n for p in root.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 500}
+    assert not long, f"split these modules: {long}"

@@ -20,7 +20,7 @@ from multikd.data import build_datasets
 from multikd.data.transfer import UNLABELED, labeled_subset, mask_labels, read_image_folder
 from multikd.errors import ConfigError, DataError
 from multikd.method import losses
-from multikd.method.distiller import unlabeled_teacher_ce
+from multikd.method.routing import unlabeled_teacher_ce
 from multikd.train import engine
 from multikd.train.config import resolve
 

@@ -18,19 +18,15 @@ from multikd.errors import ConfigError, ModelError, StrategyError
 from multikd.method.adapters import build_adapters
 from multikd.method.ensemble import EnsembleOutput, TeacherEnsemble
 from multikd.method.feature_losses import FEATURE_LOSS_REGISTRY, feature_loss_per_teacher
-from multikd.method.label_spaces import restrict_weights
-from multikd.method.logit_losses import (
-    LOGIT_LOSS_REGISTRY,
-    WARMUP,
-    dkd_warmup_factor,
-    logit_loss_per_teacher,
-)
+from multikd.method.feature_term import check_heads, head_weights, stage_name, teacher_feature_names
+from multikd.method.logit_term import LogitTerm, scaled
 from multikd.method.loss_spec import LossSpec
-from multikd.method.losses import UNLABELED, labeled_ce, upcast, weighted_teacher_mean
+from multikd.method.losses import labeled_ce, weighted_teacher_mean
+from multikd.method.routing import partial_teacher_problems, route_selection, strategy_ce
+from multikd.method.self_teacher import SelfTeacher, scatter, subset
 from multikd.method.registry import REQUIRED
 from multikd.method.strategies import (
     AfterStep,
-    Selection,
     StepContext,
     StepRecord,
     Strategy,
@@ -82,16 +78,11 @@ class MultiTeacherDistiller(nn.Module):
       CA-MKD's loop leaves it out in epoch 1: it is computed, so adapter BatchNorm statistics
       move as there, but not added); ``feature_grad=False`` detaches it (CA-MKD's FitNet-MKD).
 
-    Teachers of part of the label space (``ensemble.class_maps.partial``, see
-    :mod:`multikd.method.label_spaces`): with ``label_merge="restricted"`` (default) ``L``
-    compares teacher k with the student's logits on k's classes only (the student's
-    distribution restricted to them and renormalised, Vongkulbhisal et al. 2019), the
-    strategy reads each teacher's CE only on samples of classes it knows (elsewhere the
-    ``unlabeled_ce`` stand-in) and its weights are restricted to the teachers that know the
-    sample's label and renormalised (every teacher on an unlabelled sample); with
-    ``label_merge="concat"`` the teachers' logits are merged into one teacher over all
-    classes (per class the mean of the teachers that know it), distilled with weight 1 (the
-    naive baseline; strategy ``uniform``, no features).
+    Teachers of part of the label space (``ensemble.class_maps.partial``): with
+    ``label_merge="restricted"`` each is compared, scored and weighted on its own classes
+    only (:mod:`multikd.method.routing`, :mod:`multikd.method.logit_term`); ``concat``
+    merges them into one teacher over all classes, distilled with weight 1 (the naive
+    baseline; strategy ``uniform``, no features).
 
     Every option that is ``"reference"`` (or None for the two stage/epoch numbers) takes
     the strategy's value (:attr:`Strategy.reference`), so e.g. ``ca-mkd`` computes the loss
@@ -148,12 +139,6 @@ class MultiTeacherDistiller(nn.Module):
         self.alpha, self.beta = float(loss.alpha), float(loss.beta)
         self.gamma, self.temperature = float(loss.gamma), float(loss.temperature)
         self.logit_loss = loss.logit_loss
-        self.logit_params = dict(loss.logit_params)
-        self.logit_standardize = bool(loss.logit_standardize)
-        self._logit_defaults = dict(LOGIT_LOSS_REGISTRY.entry(self.logit_loss).params)
-        self._warmup = None
-        if WARMUP in self._logit_defaults:
-            self._warmup = self.logit_params.get(WARMUP, self._logit_defaults[WARMUP])
         self.feature_loss = loss.feature_loss
         given = dict(loss.feature_params)
         defaults = FEATURE_LOSS_REGISTRY.check_params(self.feature_loss, given).params
@@ -168,16 +153,9 @@ class MultiTeacherDistiller(nn.Module):
         self.feature_grad = bool(loss.feature_grad)
         self.partial_labels = bool(partial_labels)
         self.unlabeled_ce = loss.unlabeled_ce
-        if self.partial_labels and self.logit_loss == "dkd":
-            raise ConfigError(
-                "loss.logit_loss dkd splits the loss at each image's target class, but some "
-                "training images have no label (data.labeled_fraction < 1 or "
-                "data.unlabeled_dir): use kd, mse or dist"
-            )
+        self.logit_term = LogitTerm(loss, self.partial_labels)
         self.label_merge = loss.label_merge
-        self.self_teacher = self_teacher
-        self.self_from_epoch = self_from_epoch
-        self._self_ready = False
+        self.self_teacher = SelfTeacher(self_teacher, self_from_epoch)
         self.student = student
         self.ensemble = ensemble
         self.strategy = strategy
@@ -189,21 +167,17 @@ class MultiTeacherDistiller(nn.Module):
         self._finite_checked = False
         self.check_every_cpu_batch = True
         self._zero: torch.Tensor | None = None
-        # checked once here: a typo in logit_params fails at build, not at the first step
-        logit_loss_per_teacher(
-            self.logit_loss, torch.zeros(1, 2), torch.zeros(1, 1, 2),
-            torch.zeros(1, dtype=torch.long), self.temperature, self._loss_params(),
-            self.logit_standardize,
-        )
+        self.logit_term.check()
         example = ensemble.example_input if example_input is None else example_input
         if self.use_features:
-            self.student_feature = loss.student_feature or _stage(
+            self.student_feature = loss.student_feature or stage_name(
                 student, "student", self.feature_stage, self.taps
             )
             self._tap = FeatureTap(student, [self.student_feature])
-            ensemble.set_feature_names(self._teacher_features(loss.teacher_features))
+            ensemble.set_feature_names(teacher_feature_names(
+                ensemble, loss.teacher_features, self.feature_stage, self.taps))
             if self.feature_weights == "teacher-head":
-                self._check_heads()
+                check_heads(ensemble)
         student_out = _dry_run(student, self._tap, example)
         if student_out[0].dim() != 2:
             raise ModelError(
@@ -220,7 +194,8 @@ class MultiTeacherDistiller(nn.Module):
             )
         self.class_maps = ensemble.class_maps if ensemble.class_maps.partial else None
         if self.class_maps is not None:
-            self._check_partial_teachers(strategy)
+            partial_teacher_problems(strategy, self.logit_loss, self.use_features,
+                                     self.feature_weights, self.label_merge)
         student_shape = teacher_shapes = None
         if self.use_features:
             student_shape = tuple(student_out[1][self.student_feature].shape[1:])
@@ -247,86 +222,12 @@ class MultiTeacherDistiller(nn.Module):
         """The 1-based epoch the next steps belong to (DKD's warmup, the feature term's
         start); at a self-teacher's epoch, the student is copied into it."""
         self.epoch = int(epoch)
-        if self.self_teacher is not None and not self._self_ready \
-                and self.epoch >= self.self_from_epoch:
+        if self.self_teacher.due(self.epoch):
             self.snapshot_self_teacher()
-
-    def _loss_params(self) -> dict:
-        """The logit loss's parameters: its registry defaults (the published settings)
-        updated with ``logit_params``; a ``warmup`` is applied here, not in the loss."""
-        merged = {**self._logit_defaults, **self.logit_params}
-        return {k: v for k, v in merged.items() if k != WARMUP}
-
-    def _check_heads(self) -> None:
-        """``teacher-head`` feature weights run each teacher's own head on the adapted student
-        feature: the tap must be the stage that head reads (the last) and the head must exist."""
-        for teacher, name, tapped in zip(
-            self.ensemble.teachers, self.ensemble.names, self.ensemble.feature_names
-        ):
-            stages = list(getattr(teacher, "feature_names", ()) or ())
-            if not getattr(teacher, "head_reads_last_stage", False) or not stages:
-                raise ConfigError(
-                    f"loss.feature_weights teacher-head runs each teacher's classifier head on "
-                    f"the adapted student feature, but teacher {name!r} "
-                    f"({type(teacher).__name__}) has no forward_head that reads its last stage "
-                    "(the CIFAR zoo's models do; timm's forward_head reads forward_features); "
-                    "use feature_weights strategy or uniform"
-                )
-            if tapped != stages[-1]:
-                raise ConfigError(
-                    f"loss.feature_weights teacher-head needs teacher {name!r}'s last stage "
-                    f"{stages[-1]!r} (its head reads it), but {tapped!r} is tapped; leave "
-                    "loss.teacher_features and loss.feature_stage at their defaults"
-                )
-
-    def _check_partial_teachers(self, strategy: Strategy) -> None:
-        """What teachers of part of the label space cannot be combined with."""
-        problems = []
-        if self.logit_loss == "dkd":
-            problems.append(
-                "loss.logit_loss dkd splits the loss at the target class, which a teacher "
-                "does not have for images of classes it does not know: use kd, mse or dist"
-            )
-        if strategy.learns:
-            problems.append(
-                f"strategy {strategy.name!r} learns weights over teachers of one label space "
-                "(its source defines nothing else): use uniform, ce-filter, ca-mkd, ebkd, ..."
-            )
-        if self.use_features and self.feature_weights == "teacher-head":
-            problems.append(
-                "loss.feature_weights teacher-head scores each teacher's classifier head "
-                "against the label, which a partial teacher's head may not know: set "
-                "loss.feature_weights strategy or uniform"
-            )
-        if self.label_merge == "concat" and (strategy.name != "uniform" or self.use_features):
-            problems.append(
-                "loss.label_merge concat merges the teachers into one teacher over all "
-                "classes, so there is nothing to weight and no per-teacher feature: use "
-                "strategy uniform and gamma 0"
-            )
-        if problems:
-            raise ConfigError("with teachers of part of the label space (teachers[].classes): "
-                              + "; ".join(problems))
 
     @property
     def teacher_names(self) -> list[str]:
         return self.ensemble.names
-
-    def _teacher_features(self, given: Sequence[str | None] | None) -> list[str]:
-        if given is not None:
-            names = list(given)
-            if len(names) != self.ensemble.num_teachers or any(n is None for n in names):
-                raise ConfigError(
-                    f"with gamma > 0 every teacher needs a feature to match: got teacher "
-                    f"features {names} for teachers {self.ensemble.names}"
-                )
-            return names
-        return [
-            tapped or _stage(teacher, f"teacher {name!r}", self.feature_stage, self.taps)
-            for teacher, tapped, name in zip(
-                self.ensemble.teachers, self.ensemble.feature_names, self.ensemble.names
-            )
-        ]
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, teacher_out: EnsembleOutput | None = None):
         if teacher_out is None:
@@ -337,7 +238,7 @@ class MultiTeacherDistiller(nn.Module):
         if active is not None:  # a self-teacher before its epoch takes no part
             if not active:
                 return self._ce_only(logits, y, full_out)
-            teacher_out = _subset(full_out, active)
+            teacher_out = subset(full_out, active)
             adapted = [adapted[i] for i in active] if adapted else adapted
         strategy = self.strategy
         context = None
@@ -352,10 +253,7 @@ class MultiTeacherDistiller(nn.Module):
         teacher_ce = self._strategy_ce(teacher_out, y, ids)
         selection = strategy.select(teacher_ce, teacher_out.logits, y, check=False, context=context)
         if self.class_maps is not None:  # a teacher never votes on a class it does not know
-            votes = _rows(self.class_maps.votes(y), ids)
-            selection = Selection(restrict_weights(selection.weights, votes),
-                                  selection.kept & votes, selection.feature_weights,
-                                  selection.scale)
+            selection = route_selection(selection, self.class_maps, y, ids)
         weights = selection.weights
         teacher_logits = teacher_out.logits.detach()
         ce = labeled_ce(logits, y) if self.partial_labels else F.cross_entropy(logits, y)
@@ -365,17 +263,16 @@ class MultiTeacherDistiller(nn.Module):
             kd = per_teacher.mean()
         else:
             per_teacher = self.per_teacher_logit_loss(logits, teacher_logits, y, ids)
-            kd = _scaled(self._reduction_scale(strategy.weight_mass(weights.shape[0]),
-                                               weights.shape[0]) * selection.scale,
-                         weighted_teacher_mean(per_teacher, weights))
-        if self._warmup is not None:
-            kd = _scaled(dkd_warmup_factor(self.epoch, self._warmup), kd)
-        total = _scaled(self.alpha, ce) + _scaled(self.beta, kd)
+            kd = scaled(self._reduction_scale(strategy.weight_mass(weights.shape[0]),
+                                              weights.shape[0]) * selection.scale,
+                        weighted_teacher_mean(per_teacher, weights))
+        kd = self.logit_term.warmed(kd, self.epoch)
+        total = scaled(self.alpha, ce) + scaled(self.beta, kd)
         per_feature = None
         if self.use_features:
             feat, per_feature = self._feature_term(adapted, teacher_out, selection, y)
             if self.epoch >= self.feature_start_epoch:
-                total = total + _scaled(self.gamma, feat)
+                total = total + scaled(self.gamma, feat)
         else:
             feat = self._zero_on(logits.device)
         if strategy.learns:
@@ -384,10 +281,10 @@ class MultiTeacherDistiller(nn.Module):
         with torch.no_grad():  # no graph: the detach()es it saves would be ops
             info = {
                 "teachers": list(self.ensemble.names),
-                "weights": _scatter(weights.mean(1), active, full_out),
+                "weights": scatter(weights.mean(1), active, full_out),
                 "ce": (teacher_ce.mean(1) if teacher_ce is not teacher_out.ce
                        else teacher_out.ce_mean).detach().float(),
-                "kept": _scatter(selection.kept.float().mean(1), active, full_out),
+                "kept": scatter(selection.kept.float().mean(1), active, full_out),
             }
             if active is not None:
                 every = list(range(full_out.logits.shape[0]))
@@ -396,11 +293,8 @@ class MultiTeacherDistiller(nn.Module):
 
     # ------------------------------------------------------------------ self-teacher
     def _active_teachers(self) -> list[int] | None:
-        """Indices of the teachers that take part now: None (all) unless a self-teacher
-        waits for its epoch (then every other one)."""
-        if self.self_teacher is None or self._self_ready:
-            return None
-        return [k for k in range(self.ensemble.num_teachers) if k != self.self_teacher]
+        """Indices of the teachers that take part now (:meth:`SelfTeacher.active`)."""
+        return self.self_teacher.active(self.ensemble.num_teachers)
 
     def _ce_only(self, logits, y, teacher_out):
         """The step of a run whose only teacher is the student itself, before its epoch."""
@@ -412,28 +306,18 @@ class MultiTeacherDistiller(nn.Module):
                     "weights": torch.zeros(k, device=logits.device),
                     "ce": teacher_out.ce_mean.detach().float(),
                     "kept": torch.zeros(k, device=logits.device)}
-        return logits, {"ce": ce, "kd": zero, "feat": zero, "total": _scaled(self.alpha, ce)}, info
+        return logits, {"ce": ce, "kd": zero, "feat": zero, "total": scaled(self.alpha, ce)}, info
 
     def snapshot_self_teacher(self) -> None:
         """Copy the student into the self-teacher (frozen, eval mode) and let it take part."""
-        teacher = self.ensemble.teachers[self.self_teacher]
-        with torch.no_grad():
-            teacher.load_state_dict(self.student.state_dict())
-        self._self_ready = True
+        self.self_teacher.snapshot(self.student, self.ensemble.teachers)
 
     def self_teacher_state(self) -> dict | None:
         """The self-teacher's snapshot for a checkpoint (None before its epoch or without one)."""
-        if self.self_teacher is None or not self._self_ready:
-            return None
-        return self.ensemble.teachers[self.self_teacher].state_dict()
+        return self.self_teacher.state(self.ensemble.teachers)
 
     def load_self_teacher_state(self, state: dict | None) -> None:
-        if state is None:
-            return
-        if self.self_teacher is None:
-            raise ModelError("the checkpoint holds a self-teacher snapshot, but this run has none")
-        self.ensemble.teachers[self.self_teacher].load_state_dict(state)
-        self._self_ready = True
+        self.self_teacher.load(self.ensemble.teachers, state)
 
     def forward_student(self, x: torch.Tensor):
         """``(logits [B,C], tapped feature or None, adapted features (one per teacher))``."""
@@ -445,34 +329,15 @@ class MultiTeacherDistiller(nn.Module):
 
     def per_teacher_logit_loss(self, logits, teacher_logits, y,
                                ids: Sequence[int] | None = None) -> torch.Tensor:
-        """``[K,B]``: the configured logit loss of the student against each teacher; with
-        teachers of part of the label space (``ids``: the ensemble index of each row of
-        ``teacher_logits``), each on its own classes (student logits restricted to them,
-        :meth:`ClassMaps.restrict <multikd.method.label_spaces.ClassMaps.restrict>`)."""
-        if self.class_maps is None or ids is None:
-            return logit_loss_per_teacher(
-                self.logit_loss, logits, teacher_logits, y, self.temperature,
-                self._loss_params(), self.logit_standardize,
-            )
-        rows = []
-        for row, k in enumerate(ids):
-            student, teacher, labels = self.class_maps.restrict(k, logits, teacher_logits[row], y)
-            rows.append(logit_loss_per_teacher(
-                self.logit_loss, student, teacher.unsqueeze(0), labels, self.temperature,
-                self._loss_params(), self.logit_standardize,
-            ))
-        return torch.cat(rows)
+        """``[K,B]``: the configured logit loss of the student against each teacher
+        (:meth:`LogitTerm.per_teacher <multikd.method.logit_term.LogitTerm.per_teacher>`;
+        ``ids``: the ensemble index of each row of ``teacher_logits``)."""
+        return self.logit_term.per_teacher(logits, teacher_logits, y, self.class_maps, ids)
 
     def _strategy_ce(self, out: EnsembleOutput, y: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        """The teachers' CE ``[K,B]`` that the strategy reads: their CE where they know the
-        sample's label, the ``unlabeled_ce`` stand-in where it is unlabelled or of a class
-        the teacher does not know."""
-        if self.class_maps is not None:
-            known = _rows(self.class_maps.knows(y), ids)
-            return unlabeled_teacher_ce(out.ce, out.logits, y, self.unlabeled_ce, known=known)
-        if self.partial_labels:
-            return unlabeled_teacher_ce(out.ce, out.logits, y, self.unlabeled_ce)
-        return out.ce
+        """The teachers' CE ``[K,B]`` that the strategy reads (:func:`routing.strategy_ce
+        <multikd.method.routing.strategy_ce>`)."""
+        return strategy_ce(out, y, ids, self.class_maps, self.partial_labels, self.unlabeled_ce)
 
     def per_teacher_feature_loss(self, adapted, teacher_features) -> torch.Tensor:
         """``[K,B]``: the feature loss ``feature_loss`` (default ``mse``: ``mean_e
@@ -502,8 +367,8 @@ class MultiTeacherDistiller(nn.Module):
         else:
             v, mass = self._head_weights(adapted, y), 1.0
         per_feature = self.per_teacher_feature_loss(adapted, teacher_out.features)
-        feat = _scaled(self._reduction_scale(mass, k) * scale,
-                       weighted_teacher_mean(per_feature, v))
+        feat = scaled(self._reduction_scale(mass, k) * scale,
+                      weighted_teacher_mean(per_feature, v))
         return (feat if self.feature_grad else feat.detach()), per_feature
 
     def _observe(self, x, y, logits, student_feature, teacher_out, per_teacher, per_feature,
@@ -549,17 +414,9 @@ class MultiTeacherDistiller(nn.Module):
         return [self.ensemble, self.strategy_networks]
 
     def _head_weights(self, adapted: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-        """CA-MKD's feature weights ``[K,B]``: ``(1 - softmax_k CE(head_k(a_k(f_s)), y)) /
-        (K - 1)``, on the graph (``distiller_zoo/CAMKD.py`` ``CAMKD.forward`` on the output
-        of ``models/util.py`` ``CalWeight.forward``); one teacher gets weight 1."""
-        head_ce = torch.stack([
-            F.cross_entropy(upcast(teacher.forward_head(a)), y, reduction="none")
-            for teacher, a in zip(self._active(self.ensemble.teachers), adapted)
-        ])
-        k = head_ce.shape[0]
-        if k == 1:
-            return torch.ones_like(head_ce)
-        return (1.0 - torch.softmax(head_ce, dim=0)) / (k - 1)
+        """CA-MKD's feature weights ``[K,B]`` of the teachers taking part
+        (:func:`~multikd.method.feature_term.head_weights`)."""
+        return head_weights(self._active(self.ensemble.teachers), adapted, y)
 
     def _reduction_scale(self, mass: float, k: int) -> float:
         """1 for ``teacher_reduction="sum"``; ``mass / K`` for ``"mean"``."""
@@ -628,57 +485,6 @@ class MultiTeacherDistiller(nn.Module):
         self.strategy.load_state_dict(state["strategy"])
 
 
-def unlabeled_teacher_ce(ce: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,
-                         rule: str, known: torch.Tensor | None = None) -> torch.Tensor:
-    """The teachers' CE ``[K,B]`` that strategies read, with each unlabelled sample's entry
-    (0 from ``cross_entropy``'s ``ignore_index``) replaced by a label-free stand-in:
-
-    - ``entropy``: ``H(softmax(t_ki)) = -sum_c p log p``, teacher k's CE against its own
-      prediction (low for a confident teacher, as CE is low for a correct one);
-    - ``labeled``: teacher k's mean CE over the batch's labelled samples (the batch's verdict
-      on the teacher, shared by its unlabelled samples); a batch without labelled samples
-      falls back to ``entropy``.
-
-    ``known [K,B]`` (default: every teacher knows every labelled sample) marks the entries
-    that are real CEs: a teacher of part of the label space has none on a sample of a class
-    it does not know, and gets the stand-in there too (``labeled``: its mean over the
-    samples it knows).
-    """
-    known = (y != UNLABELED).unsqueeze(0) if known is None else known
-    entropy = torch.special.entr(torch.softmax(upcast(logits), dim=-1)).sum(-1)
-    if rule == "entropy":
-        proxy = entropy
-    else:
-        count = known.sum(1, keepdim=True)
-        zero = torch.zeros((), dtype=ce.dtype, device=ce.device)
-        mean = torch.where(known, ce, zero).sum(1, keepdim=True) / count.clamp(min=1)
-        proxy = torch.where(count > 0, mean.expand_as(ce), entropy)
-    return torch.where(known, ce, proxy)
-
-
-def _rows(per_teacher: torch.Tensor, ids: list[int]) -> torch.Tensor:
-    """The rows ``ids`` of a ``[K, ...]`` tensor (itself when they are all of them, in order)."""
-    if len(ids) == per_teacher.shape[0]:
-        return per_teacher
-    return per_teacher.index_select(0, torch.tensor(ids, device=per_teacher.device))
-
-
-def _subset(out: EnsembleOutput, keep: list[int]) -> EnsembleOutput:
-    """The teacher output of the teachers ``keep`` only."""
-    index = torch.tensor(keep, device=out.logits.device)
-    feats = [out.features[i] for i in keep] if out.features is not None else None
-    return EnsembleOutput(out.logits.index_select(0, index), feats,
-                          out.ce.index_select(0, index), out.ce_mean.index_select(0, index))
-
-
-def _scatter(values: torch.Tensor, active: list[int] | None, full: EnsembleOutput) -> torch.Tensor:
-    """``[K_active]`` per-teacher values placed into ``[K]`` (0 for the left-out teacher)."""
-    if active is None:
-        return values
-    out = torch.zeros(full.logits.shape[0], dtype=values.dtype, device=values.device)
-    return out.index_copy(0, torch.tensor(active, device=values.device), values)
-
-
 def _dry_run(student: nn.Module, tap: FeatureTap | None, example: torch.Tensor):
     """``(logits, features or None)`` of the student in eval mode without gradients, its
     mode restored afterwards (no BatchNorm statistic changes)."""
@@ -692,31 +498,3 @@ def _dry_run(student: nn.Module, tap: FeatureTap | None, example: torch.Tensor):
             return student(example.to(device)), None
     finally:
         student.train(was_training)
-
-
-def _stage(model: nn.Module, role: str, stage: int, taps: str = "stages") -> str:
-    """The module name of stage ``stage`` (Python index) of ``model``'s listed stages:
-    ``model.repdistiller_feature_names`` when ``taps == "repdistiller"`` and the model lists
-    them, else ``model.feature_names``."""
-    names = None
-    if taps == "repdistiller":
-        names = getattr(model, "repdistiller_feature_names", None)
-    names = names or getattr(model, "feature_names", None)
-    if not names:
-        raise ConfigError(
-            f"the {role} ({type(model).__name__}) does not list its stage features "
-            "(model.feature_names); name the module to tap (student_feature / "
-            "teacher_features, as in model.named_modules())"
-        )
-    if not -len(names) <= stage < len(names):
-        raise ConfigError(
-            f"loss.feature_stage {stage} is out of range for the {role} "
-            f"({type(model).__name__}), whose {len(names)} stages are {names}; use 0.."
-            f"{len(names) - 1} or -1 for the last"
-        )
-    return names[stage]
-
-
-def _scaled(weight: float, loss: torch.Tensor) -> torch.Tensor:
-    """``weight * loss``, without the op when the weight is 1 (``1.0 * x`` is exactly x)."""
-    return loss if weight == 1.0 else weight * loss

@@ -1,0 +1,102 @@
+"""The feature term of a distillation step and the taps it reads:
+
+    r_v * mean_i sum_k v_ki * D(a_k(f_s)_i, f_tk,i)
+
+``f_s`` the student's tapped feature, ``f_tk`` teacher k's, ``a_k`` the adapter to teacher
+k's shape (:mod:`multikd.method.adapters`), ``D`` the feature loss ``loss.feature_loss``
+(:mod:`multikd.method.feature_losses`; ``mse``: FitNets' hint ``mean_e (.)^2``), ``v`` the
+weights of ``loss.feature_weights``: the strategy's, uniform ``1/K``, or CA-MKD's
+``teacher-head`` weights (:func:`head_weights`); ``r_v`` the reduction scale of
+``loss.teacher_reduction``. Which module is tapped is named by stage
+(:func:`stage_name`) or given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from multikd.errors import ConfigError
+from multikd.method.ensemble import TeacherEnsemble
+from multikd.method.losses import upcast
+
+
+def stage_name(model: nn.Module, role: str, stage: int, taps: str = "stages") -> str:
+    """The module name of stage ``stage`` (Python index) of ``model``'s listed stages:
+    ``model.repdistiller_feature_names`` when ``taps == "repdistiller"`` and the model lists
+    them, else ``model.feature_names`` (a model's optional metadata, as timm's
+    ``feature_info``)."""
+    names = None
+    if taps == "repdistiller":
+        names = getattr(model, "repdistiller_feature_names", None)
+    names = names or getattr(model, "feature_names", None)
+    if not names:
+        raise ConfigError(
+            f"the {role} ({type(model).__name__}) does not list its stage features "
+            "(model.feature_names); name the module to tap (student_feature / "
+            "teacher_features, as in model.named_modules())"
+        )
+    if not -len(names) <= stage < len(names):
+        raise ConfigError(
+            f"loss.feature_stage {stage} is out of range for the {role} "
+            f"({type(model).__name__}), whose {len(names)} stages are {names}; use 0.."
+            f"{len(names) - 1} or -1 for the last"
+        )
+    return names[stage]
+
+
+def teacher_feature_names(ensemble: TeacherEnsemble, given: Sequence[str | None] | None,
+                          stage: int, taps: str) -> list[str]:
+    """The module tapped on each teacher: ``given`` (one per teacher), else the one the
+    ensemble already taps, else stage ``stage`` of each teacher."""
+    if given is not None:
+        names = list(given)
+        if len(names) != ensemble.num_teachers or any(n is None for n in names):
+            raise ConfigError(
+                f"with gamma > 0 every teacher needs a feature to match: got teacher "
+                f"features {names} for teachers {ensemble.names}"
+            )
+        return names
+    return [
+        tapped or stage_name(teacher, f"teacher {name!r}", stage, taps)
+        for teacher, tapped, name in zip(ensemble.teachers, ensemble.feature_names, ensemble.names)
+    ]
+
+
+def check_heads(ensemble: TeacherEnsemble) -> None:
+    """``teacher-head`` feature weights run each teacher's own head on the adapted student
+    feature: the tap must be the stage that head reads (the last) and the head must exist."""
+    for teacher, name, tapped in zip(ensemble.teachers, ensemble.names, ensemble.feature_names):
+        stages = list(getattr(teacher, "feature_names", ()) or ())
+        if not getattr(teacher, "head_reads_last_stage", False) or not stages:
+            raise ConfigError(
+                f"loss.feature_weights teacher-head runs each teacher's classifier head on "
+                f"the adapted student feature, but teacher {name!r} "
+                f"({type(teacher).__name__}) has no forward_head that reads its last stage "
+                "(the CIFAR zoo's models do; timm's forward_head reads forward_features); "
+                "use feature_weights strategy or uniform"
+            )
+        if tapped != stages[-1]:
+            raise ConfigError(
+                f"loss.feature_weights teacher-head needs teacher {name!r}'s last stage "
+                f"{stages[-1]!r} (its head reads it), but {tapped!r} is tapped; leave "
+                "loss.teacher_features and loss.feature_stage at their defaults"
+            )
+
+
+def head_weights(teachers: Sequence[nn.Module], adapted: list[torch.Tensor],
+                 y: torch.Tensor) -> torch.Tensor:
+    """CA-MKD's feature weights ``[K,B]``: ``(1 - softmax_k CE(head_k(a_k(f_s)), y)) /
+    (K - 1)``, on the graph (``distiller_zoo/CAMKD.py`` ``CAMKD.forward`` on the output
+    of ``models/util.py`` ``CalWeight.forward``); one teacher gets weight 1."""
+    head_ce = torch.stack([
+        F.cross_entropy(upcast(teacher.forward_head(a)), y, reduction="none")
+        for teacher, a in zip(teachers, adapted)
+    ])
+    k = head_ce.shape[0]
+    if k == 1:
+        return torch.ones_like(head_ce)
+    return (1.0 - torch.softmax(head_ce, dim=0)) / (k - 1)
