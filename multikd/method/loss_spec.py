@@ -57,10 +57,13 @@ def _choice(default, doc: str, *, key: str):
                  metadata={"choices": functools.partial(choices, key), "doc": doc})
 
 
-def _doc(default, doc: str):
+def documented(default, doc: str):
+    """A dataclass field with its one-line ``doc`` (shown by ``--show-config`` and the
+    config checks); a list or dict default is copied for every instance."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
     return field(default=default, metadata={"doc": doc})
+
 
 
 @dataclass
@@ -70,9 +73,9 @@ class LossSpec:
     config.yaml), e.g. ``ca-mkd`` gets CA-MKD's reduction, feature weights, adapter and
     epoch-1 rule."""
 
-    alpha: float = _doc(1.0, "weight of the hard-label cross-entropy")
-    beta: float = _doc(1.0, "weight of the weighted multi-teacher logit loss")
-    gamma: float = _doc(0.0, "weight of the feature loss (0: logits only)")
+    alpha: float = documented(1.0, "weight of the hard-label cross-entropy")
+    beta: float = documented(1.0, "weight of the weighted multi-teacher logit loss")
+    gamma: float = documented(0.0, "weight of the feature loss (0: logits only)")
     unlabeled_ce: str = _choice(
         "entropy",
         "what strategies that judge teachers by their CE against the label read on an "
@@ -87,17 +90,17 @@ class LossSpec:
         "al. 2019) or concat (their logits side by side as one teacher: the naive baseline)",
         key="label_merge",
     )
-    temperature: float = _doc(4.0, "softmax temperature T of the KD term")
+    temperature: float = documented(4.0, "softmax temperature T of the KD term")
     logit_loss: str = _choice(
         "kd",
         "per-teacher logit loss: kd (Hinton), mse (Caruana), dkd (Zhao 2022), dist (Huang "
         "2022), or any registered one (multikd list logit-losses)",
         key="logit_loss",
     )
-    logit_params: dict = _doc(
+    logit_params: dict = documented(
         {}, "the logit loss's own parameters (dkd: alpha, beta, warmup; dist: beta, gamma, tau)"
     )
-    logit_standardize: bool = _doc(
+    logit_standardize: bool = documented(
         False, "z-score student and teacher logits before the logit loss (Sun et al. 2024)"
     )
     teacher_reduction: str = _choice(
@@ -112,14 +115,14 @@ class LossSpec:
         "registered one (multikd list feature-losses)",
         key="feature_loss",
     )
-    feature_params: dict = _doc({}, "the feature loss's own parameters (mse: none)")
-    student_feature: Optional[str] = _doc(
+    feature_params: dict = documented({}, "the feature loss's own parameters (mse: none)")
+    student_feature: Optional[str] = documented(
         None, "student module tapped for the feature loss (default: stage loss.feature_stage)"
     )
-    teacher_features: Optional[list[str]] = _doc(
+    teacher_features: Optional[list[str]] = documented(
         None, "module tapped per teacher (default: each one's stage loss.feature_stage)"
     )
-    feature_stage: Optional[int] = _doc(
+    feature_stage: Optional[int] = documented(
         None, "stage index into feature_names tapped on both sides (null: the strategy's "
         "reference, -1 = last; fitnet-mkd: 2)"
     )
@@ -142,12 +145,12 @@ class LossSpec:
         "others conv1x1)",
         key="adapter",
     )
-    adapter_relu: bool = _doc(False, "ReLU after the conv1x1 adapter's BN")
-    feature_start_epoch: Optional[int] = _doc(
+    adapter_relu: bool = documented(False, "ReLU after the conv1x1 adapter's BN")
+    feature_start_epoch: Optional[int] = documented(
         None, "first epoch with the feature term (null: the strategy's reference; ca-mkd and "
         "fitnet-mkd: 2, as CA-MKD's loop; others 1)"
     )
-    feature_grad: bool = _doc(
+    feature_grad: bool = documented(
         True, "false: the feature loss is logged but trains nothing (CA-MKD's FitNet-MKD)"
     )
 

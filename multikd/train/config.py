@@ -30,6 +30,7 @@ import yaml
 
 from multikd.errors import ConfigError, Problems
 from multikd.method.loss_spec import LossSpec
+from multikd.method.loss_spec import documented as _doc
 
 LossConfig = LossSpec
 """The ``loss`` section: :class:`multikd.method.loss_spec.LossSpec`, defined once in the method
@@ -49,12 +50,6 @@ def _choice(default, choices, doc: str):
     """A field whose value is one of ``choices``: a tuple, or a function returning one,
     called when a value is checked (the loss section's: :func:`multikd.method.loss_spec.choices`)."""
     return field(default=default, metadata={"choices": choices, "doc": doc})
-
-
-def _doc(default, doc: str):
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc})
 
 
 @dataclass
