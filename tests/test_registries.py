@@ -45,7 +45,7 @@ REGISTRIES = {  # registry -> (its error type, its built-in names in registratio
         "random", "fixed", "aekd", "mtkd-rl", "mmkd",
     )),
     "logit-losses": (LOGIT_LOSS_REGISTRY, ConfigError, ("kd", "mse", "dkd", "dist")),
-    "feature-losses": (FEATURE_LOSS_REGISTRY, ConfigError, ("mse",)),
+    "feature-losses": (FEATURE_LOSS_REGISTRY, ConfigError, ("mse", "at")),
     "adapters": (ADAPTER_REGISTRY, ModelError, ("conv1x1", "embed", "convreg", "mmkd")),
 }
 
@@ -201,7 +201,7 @@ def test_a_registered_feature_loss_is_used_by_the_distiller():
         assert torch.equal(_distill(gamma=1.0, feature_loss="scaled-mse")["feat"], 2.0 * feat)
         assert torch.equal(_distill(gamma=1.0, feature_loss="scaled-mse",
                                     feature_params={"scale": 0.5})["feat"], 0.5 * feat)
-    with pytest.raises(ConfigError, match="feature_loss must be one of mse; got 'scaled-mse'"):
+    with pytest.raises(ConfigError, match="feature_loss must be one of mse, at.*; got 'scaled-mse'"):
         _distill(gamma=1.0, feature_loss="scaled-mse")
 
 
