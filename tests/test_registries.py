@@ -45,7 +45,9 @@ REGISTRIES = {  # registry -> (its error type, its built-in names in registratio
         "random", "fixed", "aekd", "mtkd-rl", "mmkd",
     )),
     "logit-losses": (LOGIT_LOSS_REGISTRY, ConfigError, ("kd", "mse", "dkd", "dist")),
-    "feature-losses": (FEATURE_LOSS_REGISTRY, ConfigError, ("mse", "at", "nst", "pkt", "rkd", "sp")),
+    "feature-losses": (FEATURE_LOSS_REGISTRY, ConfigError, (
+        "mse", "at", "nst", "pkt", "rkd", "sp", "crd",
+    )),
     "adapters": (ADAPTER_REGISTRY, ModelError, ("conv1x1", "embed", "convreg", "mmkd")),
 }
 

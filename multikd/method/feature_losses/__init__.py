@@ -9,7 +9,9 @@ loss may read; each loss lives in its own module, cited to its reference code:
 - ``nst`` (:mod:`.nst`): neuron selectivity transfer (per sample);
 - ``pkt`` (:mod:`.pkt`): probabilistic knowledge transfer (per sample);
 - ``sp`` (:mod:`.sp`): similarity-preserving (per batch);
-- ``rkd`` (:mod:`.rkd`): relational KD, distance and angle (per batch).
+- ``rkd`` (:mod:`.rkd`): relational KD, distance and angle (per batch);
+- ``crd`` (:mod:`.crd`): contrastive representation distillation, embeddings and memory
+  banks with their NCE (per batch; needs the training set's labels and sample indices).
 
 Importing this package registers them all.
 """
@@ -22,6 +24,7 @@ from multikd.method.feature_losses.base import (
 from multikd.method.feature_losses.hint import hint_mse
 from multikd.method.feature_losses import at  # noqa: F401  (registers)
 from multikd.method.feature_losses import nst, pkt, rkd, sp  # noqa: F401  (register)
+from multikd.method.feature_losses import crd  # noqa: F401  (registers)
 
 __all__ = [
     "FEATURE_LOSS_REGISTRY", "READS", "FeatureBatch", "FeatureLoss", "FeatureSetup",
