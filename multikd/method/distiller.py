@@ -17,8 +17,13 @@ from torch import nn
 from multikd.errors import ConfigError, ModelError, StrategyError
 from multikd.method.adapters import build_adapters
 from multikd.method.ensemble import EnsembleOutput, TeacherEnsemble
-from multikd.method.feature_losses import FEATURE_LOSS_REGISTRY, feature_loss_per_teacher
-from multikd.method.feature_term import check_heads, head_weights, stage_name, teacher_feature_names
+from multikd.method.feature_losses import (
+    FEATURE_LOSS_REGISTRY, FeatureBatch, feature_loss_per_teacher, loss_info, run_per_teacher,
+)
+from multikd.method.feature_term import (
+    build_feature_modules, check_heads, check_teacher_features, feature_module_problems,
+    head_weights, install_loss_taps, stage_name, strategy_feature_weights, teacher_feature_names,
+)
 from multikd.method.logit_term import LogitTerm, scaled
 from multikd.method.loss_spec import LossSpec
 from multikd.method.losses import labeled_ce, weighted_teacher_mean
@@ -124,6 +129,7 @@ class MultiTeacherDistiller(nn.Module):
         partial_labels: bool = False,
         self_teacher: int | None = None,
         self_from_epoch: int | None = None,
+        train_labels: torch.Tensor | None = None,
     ):
         super().__init__()
         if not isinstance(ensemble, TeacherEnsemble):
@@ -151,6 +157,9 @@ class MultiTeacherDistiller(nn.Module):
         self.taps = loss.taps
         self.feature_start_epoch = int(loss.feature_start_epoch)
         self.feature_grad = bool(loss.feature_grad)
+        info = loss_info(self.feature_loss)
+        self.feature_reads = str(info["reads"])
+        self.needs_index = bool(info["needs_index"]) and self.gamma > 0
         self.partial_labels = bool(partial_labels)
         self.unlabeled_ce = loss.unlabeled_ce
         self.logit_term = LogitTerm(loss, self.partial_labels)
@@ -163,6 +172,8 @@ class MultiTeacherDistiller(nn.Module):
         self.use_features = self.gamma > 0
         self.may_leave_parameters_unused = self.use_features and self.feature_start_epoch > 1
         self.student_feature = None
+        self.student_loss_taps: list[str] = []
+        self.feature_modules = nn.ModuleList()
         self._tap: FeatureTap | None = None
         self._finite_checked = False
         self.check_every_cpu_batch = True
@@ -173,9 +184,12 @@ class MultiTeacherDistiller(nn.Module):
             self.student_feature = loss.student_feature or stage_name(
                 student, "student", self.feature_stage, self.taps
             )
-            self._tap = FeatureTap(student, [self.student_feature])
             ensemble.set_feature_names(teacher_feature_names(
                 ensemble, loss.teacher_features, self.feature_stage, self.taps))
+            feature_module_problems(strategy, self.feature_loss, self.feature_weights)
+            if not self.hint_loss:  # a feature module reads its own maps on both sides
+                self.student_loss_taps = install_loss_taps(student, ensemble, self.feature_reads)
+            self._tap = FeatureTap(student, [self.student_feature, *self.student_loss_taps])
             if self.feature_weights == "teacher-head":
                 check_heads(ensemble)
         student_out = _dry_run(student, self._tap, example)
@@ -200,9 +214,17 @@ class MultiTeacherDistiller(nn.Module):
         if self.use_features:
             student_shape = tuple(student_out[1][self.student_feature].shape[1:])
             teacher_shapes = [tuple(s) for s in ensemble.feature_shapes(example)]
-            self.adapters = build_adapters(
-                student_shape, teacher_shapes, relu=loss.adapter_relu, kind=self.adapter,
-            )
+            if self.hint_loss:
+                self.adapters = build_adapters(
+                    student_shape, teacher_shapes, relu=loss.adapter_relu, kind=self.adapter,
+                )
+            else:
+                self.adapters = nn.ModuleList()
+                self.feature_modules = build_feature_modules(
+                    self.feature_loss, self.feature_params, student, ensemble.teachers,
+                    [tuple(student_out[1][n].shape[1:]) for n in self.student_loss_taps],
+                    ensemble.loss_tap_shapes(example), train_labels,
+                )
         else:
             self.adapters = nn.ModuleList()
         if strategy.needs_features and not self.use_features:
@@ -218,6 +240,12 @@ class MultiTeacherDistiller(nn.Module):
                 self.partial_labels,
             ))
 
+    @property
+    def hint_loss(self) -> bool:
+        """Whether the feature loss is a hint loss (one stage, through the adapters) rather
+        than a feature module per teacher (:mod:`multikd.method.feature_losses`)."""
+        return self.feature_reads == "hint"
+
     def set_epoch(self, epoch: int) -> None:
         """The 1-based epoch the next steps belong to (DKD's warmup, the feature term's
         start); at a self-teacher's epoch, the student is copied into it."""
@@ -229,11 +257,20 @@ class MultiTeacherDistiller(nn.Module):
     def teacher_names(self) -> list[str]:
         return self.ensemble.names
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, teacher_out: EnsembleOutput | None = None):
+    def forward(self, x: torch.Tensor, y: torch.Tensor, teacher_out: EnsembleOutput | None = None,
+                index: torch.Tensor | None = None):
+        """``(logits, losses, info)`` of one step (:class:`LearnerContract`); ``index``:
+        each sample's index in the training set, for a feature loss that ``needs_index``."""
         if teacher_out is None:
             teacher_out = self.ensemble(x, y, features=self.use_features)
         self._check_teacher_out(teacher_out, y, x.device)
-        logits, student_feature, adapted = self.forward_student(x)
+        logits, student_feature, adapted, maps = self._student_pass(x)
+        if self.needs_index and index is None:
+            raise ConfigError(
+                f"feature loss {self.feature_loss!r} needs each sample's index in the "
+                "training set: build the data with return_index (multikd.train.build does "
+                "so for it)"
+            )
         full_out, active = teacher_out, self._active_teachers()
         if active is not None:  # a self-teacher before its epoch takes no part
             if not active:
@@ -270,7 +307,8 @@ class MultiTeacherDistiller(nn.Module):
         total = scaled(self.alpha, ce) + scaled(self.beta, kd)
         per_feature = None
         if self.use_features:
-            feat, per_feature = self._feature_term(adapted, teacher_out, selection, y)
+            feat, per_feature = self._feature_term(adapted, teacher_out, selection, y,
+                                                   maps, index)
             if self.epoch >= self.feature_start_epoch:
                 total = total + scaled(self.gamma, feat)
         else:
@@ -321,11 +359,17 @@ class MultiTeacherDistiller(nn.Module):
 
     def forward_student(self, x: torch.Tensor):
         """``(logits [B,C], tapped feature or None, adapted features (one per teacher))``."""
+        return self._student_pass(x)[:3]
+
+    def _student_pass(self, x: torch.Tensor):
+        """:meth:`forward_student`'s three and the student's maps a feature module reads
+        (``student_loss_taps``, in order; empty for a hint loss)."""
         if self._tap is None:
-            return self.student(x), None, []
+            return self.student(x), None, [], []
         logits, tapped = self._tap(x)
         feature = tapped[self.student_feature]
-        return logits, feature, [adapter(feature) for adapter in self.adapters]
+        maps = [tapped[name] for name in self.student_loss_taps]
+        return logits, feature, [adapter(feature) for adapter in self.adapters], maps
 
     def per_teacher_logit_loss(self, logits, teacher_logits, y,
                                ids: Sequence[int] | None = None) -> torch.Tensor:
@@ -352,21 +396,21 @@ class MultiTeacherDistiller(nn.Module):
         active = self._active_teachers()
         return list(per_teacher) if active is None else [per_teacher[i] for i in active]
 
-    def _feature_term(self, adapted, teacher_out, selection, y):
+    def _feature_term(self, adapted, teacher_out, selection, y, maps=(), index=None):
         """``r_v * mean_i sum_k v_ki * mean_e (a_k(f_s)_i - f_tk,i)^2`` (see the class doc),
         and the per-teacher, per-sample terms ``[K,B]`` it weights."""
-        weights = selection.weights
-        k = weights.shape[0]
-        scale = 1.0
-        if self.feature_weights == "strategy":
-            v, mass, scale = weights, self.strategy.weight_mass(k), selection.scale
-            if selection.feature_weights is not None:
-                v = selection.feature_weights
-        elif self.feature_weights == "uniform":
-            v, mass = torch.full_like(weights, 1.0 / k), float(k)
+        k = selection.weights.shape[0]
+        if self.feature_weights == "teacher-head":
+            v, mass, scale = self._head_weights(adapted, y), 1.0, 1.0
         else:
-            v, mass = self._head_weights(adapted, y), 1.0
-        per_feature = self.per_teacher_feature_loss(adapted, teacher_out.features)
+            v, mass, scale = strategy_feature_weights(selection, self.feature_weights,
+                                                      self.strategy.weight_mass(k))
+        if self.hint_loss:
+            per_feature = self.per_teacher_feature_loss(adapted, teacher_out.features)
+        else:
+            per_feature = run_per_teacher(self._active(self.feature_modules), maps,
+                                          teacher_out.stage_features,
+                                          FeatureBatch(y, index, self.epoch))
         feat = scaled(self._reduction_scale(mass, k) * scale,
                       weighted_teacher_mean(per_feature, v))
         return (feat if self.feature_grad else feat.detach()), per_feature
@@ -440,39 +484,32 @@ class MultiTeacherDistiller(nn.Module):
                 f"logits {tuple(out.logits.shape)} and ce {tuple(out.ce.shape)}"
             )
         if self.use_features:
-            shapes = [adapter.out_shape for adapter in self.adapters]
-            for name, feature, shape in zip(self.ensemble.names, out.features, shapes):
-                if feature is None:
-                    raise ConfigError(
-                        f"gamma > 0 needs every teacher's feature, but the teacher output has "
-                        f"none for {name!r} (cached logits carry no features): set gamma to 0, "
-                        "or pass teacher outputs computed with the teachers' feature taps"
-                    )
-                if tuple(feature.shape[1:]) != shape:
-                    raise ModelError(
-                        f"teacher {name!r} feature has shape {tuple(feature.shape[1:])} per "
-                        f"sample but its adapter was built for {shape}: the shared teacher pass "
-                        "must tap the same teacher features as this distiller"
-                    )
+            check_teacher_features(out, self.ensemble.names, self.adapters, self.hint_loss)
         if not self._finite_checked or (self.check_every_cpu_batch and device.type == "cpu"):
             check_finite(out.ce, out.logits, self.ensemble.names)
             self._finite_checked = True
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The student's trainable parameters and the adapters' (never a teacher's)."""
+        """The student's trainable parameters, the adapters' and the feature modules'
+        (never a teacher's)."""
         student = [p for p in self.student.parameters() if p.requires_grad]
-        return student + list(self.adapters.parameters())
+        return (student + list(self.adapters.parameters())
+                + [p for p in self.feature_modules.parameters() if p.requires_grad])
 
     def learner_state_dict(self) -> dict:
         """What a checkpoint needs to continue: ``{"student", "adapters",
-        "strategy_networks", "strategy"}`` (the teachers are rebuilt from their own
-        checkpoints)."""
-        return {
+        "strategy_networks", "strategy"}``, and ``"feature_modules"`` (each teacher's
+        feature-loss module: VID's regressors, CRD's memory bank...) where there are any;
+        the teachers are rebuilt from their own checkpoints."""
+        state = {
             "student": self.student.state_dict(),
             "adapters": self.adapters.state_dict(),
             "strategy_networks": self.strategy_networks.state_dict(),
             "strategy": self.strategy.state_dict(),
         }
+        if len(self.feature_modules):
+            state["feature_modules"] = self.feature_modules.state_dict()
+        return state
 
     def load_learner_state_dict(self, state: dict) -> None:
         """Restore :meth:`learner_state_dict` output (strict: every key must fit)."""
@@ -481,6 +518,7 @@ class MultiTeacherDistiller(nn.Module):
             raise ModelError(f"learner state lacks {sorted(missing)}; it holds {sorted(state)}")
         self.student.load_state_dict(state["student"])
         self.adapters.load_state_dict(state["adapters"])
+        self.feature_modules.load_state_dict(state.get("feature_modules", {}))
         self.strategy_networks.load_state_dict(state.get("strategy_networks", {}))
         self.strategy.load_state_dict(state["strategy"])
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from multikd.method.batched import TeacherRunner
+from multikd.models.taps import FeatureTap
 from multikd.method.label_spaces import ClassMaps, span
 from multikd.method.losses import upcast
 from multikd.errors import DataError, ModelError
@@ -36,6 +37,8 @@ class EnsembleOutput:
     """The teachers' view of one batch.
 
     logits [K,B,C]; features: one tapped feature ``[B, ...]`` per teacher, or None;
+    stage_features: per teacher the maps a feature module reads (the ensemble's loss taps,
+    :meth:`TeacherEnsemble.set_loss_taps`), or None;
     ce [K,B]: per-sample cross-entropy of each teacher (float32; float64 for float64 logits,
     so a float64 model is a reference check end to end); ce_mean [K]: its batch mean.
     """
@@ -44,6 +47,7 @@ class EnsembleOutput:
     features: list[torch.Tensor | None]
     ce: torch.Tensor
     ce_mean: torch.Tensor
+    stage_features: list[list[torch.Tensor]] | None = None
 
     @classmethod
     def from_logits(
@@ -51,6 +55,7 @@ class EnsembleOutput:
         logits: torch.Tensor,
         labels: torch.Tensor,
         features: Sequence[torch.Tensor | None] | None = None,
+        stage_features: list[list[torch.Tensor]] | None = None,
     ) -> "EnsembleOutput":
         """Score teacher logits ``[K,B,C]`` against ``labels [B]`` (e.g. logits cached on
         disk): ``ce_ki = -log softmax(logits_ki)[y_i]``."""
@@ -64,7 +69,7 @@ class EnsembleOutput:
             upcast(logits.detach()).reshape(k * b, c), labels.repeat(k), reduction="none"
         ).view(k, b)
         feats = [None] * k if features is None else list(features)
-        return cls(logits.detach(), feats, ce, ce.mean(1))
+        return cls(logits.detach(), feats, ce, ce.mean(1), stage_features)
 
 
 class TeacherEnsemble(nn.Module):
@@ -114,6 +119,8 @@ class TeacherEnsemble(nn.Module):
             torch.zeros(DEFAULT_INPUT_SHAPE) if example_input is None else example_input.detach()
         )
         self.feature_names: list[str | None] = [None] * len(teachers)
+        self.loss_tap_names: list[list[str]] | None = None
+        self._loss_taps: list[FeatureTap] = []
         classes = [None] * len(teachers) if classes is None else list(classes)
         if len(classes) != len(teachers):
             raise ModelError(
@@ -162,15 +169,67 @@ class TeacherEnsemble(nn.Module):
                 f"got {len(feature_names)} teacher feature names for {self.num_teachers} "
                 f"teachers ({', '.join(self.names)}); give one per teacher (None to skip one)"
             )
-        self.runner.set_feature_names(feature_names)
         self.feature_names = feature_names
+        self._install_taps()
+
+    def set_loss_taps(self, names: Sequence[Sequence[str]] | None) -> None:
+        """Also tap modules ``names[k]`` of teacher k, handed out in order as
+        ``EnsembleOutput.stage_features[k]`` (the maps a feature module reads); None: none."""
+        if names is not None:
+            names = [list(n) for n in names]
+            if len(names) != self.num_teachers:
+                raise ModelError(
+                    f"got {len(names)} lists of teacher taps for {self.num_teachers} teachers "
+                    f"({', '.join(self.names)}); give one per teacher"
+                )
+        self.loss_tap_names = names
+        self._install_taps()
+
+    def _install_taps(self) -> None:
+        """The runner taps the one feature per teacher; with loss taps, each teacher gets one
+        tap of its feature and its loss maps instead (and runs in a loop)."""
+        for tap in self._loss_taps:
+            tap.remove()
+        self._loss_taps = []
+        if self.loss_tap_names is None:
+            self.runner.set_feature_names(self.feature_names)
+            return
+        self.runner.set_feature_names(None)
+        self._loss_taps = [
+            FeatureTap(teacher, ([] if name is None else [name]) + maps)
+            for teacher, name, maps in zip(self.teachers, self.feature_names, self.loss_tap_names)
+        ]
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, features: bool = True) -> EnsembleOutput:
         """All teachers on ``x [B,...]``, scored against ``y [B]``; ``features=False``
         returns no features (all None)."""
         with torch.no_grad():
+            if self._loss_taps and features:
+                logits, feats, stages = self._run_tapped(x)
+                return EnsembleOutput.from_logits(logits, y, feats, stages)
             logits, feats = self._run_teachers(x)
             return EnsembleOutput.from_logits(logits, y, feats if features else None)
+
+    def _run_tapped(self, x: torch.Tensor):
+        """Logits ``[K,B,C]``, each teacher's feature and its loss maps, in a loop."""
+        if any(t.training for t in self.teachers):
+            raise ModelError("teachers must be in eval mode; TeacherEnsemble keeps them so")
+        logits, feats, stages = [], [], []
+        for tap, name, maps in zip(self._loss_taps, self.feature_names, self.loss_tap_names):
+            out, tapped = tap(x)
+            logits.append(out)
+            feats.append(None if name is None else tapped[name])
+            stages.append([tapped[m] for m in maps])
+        logits = self.class_maps.scatter(logits) if self.class_maps.partial else torch.stack(logits)
+        return logits, feats, stages
+
+    def loss_tap_shapes(self, example_input: torch.Tensor | None = None) -> list[list[tuple[int, ...]]]:
+        """Per teacher, the per-sample shape of each loss map (:meth:`set_loss_taps`)."""
+        if not self._loss_taps:
+            return [[] for _ in self.teachers]
+        with torch.no_grad():
+            _, _, stages = self._run_tapped(self._example(example_input))
+        return [[tuple(m.shape[1:]) for m in maps] for maps in stages]
 
     def _run_teachers(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """Logits ``[K,B,C]`` and tapped features of every teacher (looped or batched);
@@ -186,7 +245,11 @@ class TeacherEnsemble(nn.Module):
         """Per-sample shape of each teacher's tapped feature (None where untapped), from
         one dry forward pass on ``example_input`` (default: the ensemble's example)."""
         with torch.no_grad():
-            _, feats = self._run_teachers(self._example(example_input))
+            example = self._example(example_input)
+            if self._loss_taps:
+                _, feats, _ = self._run_tapped(example)
+            else:
+                _, feats = self._run_teachers(example)
         return [None if f is None else tuple(f.shape[1:]) for f in feats]
 
     def evaluate(self, loader, device: torch.device | str | None = None) -> dict[str, float]:

@@ -9,6 +9,11 @@ weights of ``loss.feature_weights``: the strategy's, uniform ``1/K``, or CA-MKD'
 ``teacher-head`` weights (:func:`head_weights`); ``r_v`` the reduction scale of
 ``loss.teacher_reduction``. Which module is tapped is named by stage
 (:func:`stage_name`) or given.
+
+A feature loss that is a module per teacher (:class:`~multikd.method.feature_losses.
+FeatureLoss`: AT, CRD, ReviewKD...) replaces ``D(a_k(f_s), f_tk)`` by its own
+``l_k(maps_s, maps_tk)`` on the maps it reads on both sides (:func:`install_loss_taps`),
+with no adapter; the one-stage tap stays for the strategies that read it.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multikd.errors import ConfigError
-from multikd.method.ensemble import TeacherEnsemble
+from multikd.errors import ConfigError, ModelError
+from multikd.method.ensemble import EnsembleOutput, TeacherEnsemble
+from multikd.method.feature_losses import FEATURE_LOSS_REGISTRY, FeatureSetup, is_hint, tap_names
 from multikd.method.losses import upcast
+from multikd.method.strategies import Selection, Strategy
 
 
 def stage_name(model: nn.Module, role: str, stage: int, taps: str = "stages") -> str:
@@ -100,3 +107,83 @@ def head_weights(teachers: Sequence[nn.Module], adapted: list[torch.Tensor],
     if k == 1:
         return torch.ones_like(head_ce)
     return (1.0 - torch.softmax(head_ce, dim=0)) / (k - 1)
+
+
+def feature_module_problems(strategy: Strategy, feature_loss: str, feature_weights: str) -> None:
+    """Refuse, with the reason, what a feature module (a non-hint feature loss) cannot be
+    combined with: CA-MKD's ``teacher-head`` weights and the learned strategies both read
+    the student's feature through each teacher's adapter, which only hint losses have."""
+    if is_hint(feature_loss):
+        return
+    if feature_weights == "teacher-head":
+        raise ConfigError(
+            "loss.feature_weights teacher-head runs each teacher's head on the student feature "
+            f"through that teacher's adapter, which only hint losses (mse) have; feature loss "
+            f"{feature_loss!r} reads its own maps: set loss.feature_weights strategy or uniform"
+        )
+    if strategy.learns:
+        raise ConfigError(
+            f"strategy {strategy.name!r} learns its weights from the student's feature through "
+            "each teacher's adapter and evaluates the hint loss in its own steps; feature loss "
+            f"{feature_loss!r} has no adapters: use loss.feature_loss mse with it, or a strategy "
+            "that does not learn (uniform, ce-filter, ca-mkd, ebkd, aekd, ...)"
+        )
+
+
+def install_loss_taps(student: nn.Module, ensemble: TeacherEnsemble, reads: str) -> list[str]:
+    """Tap what a feature module ``reads`` on every teacher (``EnsembleOutput.stage_features``);
+    the student's module names to tap likewise."""
+    ensemble.set_loss_taps([
+        tap_names(teacher, reads, f"teacher {name!r}")
+        for teacher, name in zip(ensemble.teachers, ensemble.names)
+    ])
+    return tap_names(student, reads, "student")
+
+
+def build_feature_modules(name: str, params: dict, student: nn.Module,
+                          teachers: Sequence[nn.Module], student_shapes: list[tuple],
+                          teacher_shapes: list[list[tuple]], train_labels) -> nn.ModuleList:
+    """Feature loss ``name``'s module for each teacher, from its
+    :class:`~multikd.method.feature_losses.FeatureSetup`."""
+    cls = FEATURE_LOSS_REGISTRY[name]
+    return nn.ModuleList(
+        cls.build(FeatureSetup(student, teacher, student_shapes, shapes, train_labels), **params)
+        for teacher, shapes in zip(teachers, teacher_shapes)
+    )
+
+
+def check_teacher_features(out: EnsembleOutput, names: Sequence[str], adapters: nn.ModuleList,
+                           hint: bool) -> None:
+    """The teacher output carries what the feature term reads: every teacher's feature, of
+    its adapter's shape, and for a feature module every teacher's loss maps."""
+    shapes = [adapter.out_shape for adapter in adapters] if hint else [None] * len(names)
+    for name, feature, shape in zip(names, out.features, shapes):
+        if feature is None:
+            raise ConfigError(
+                f"gamma > 0 needs every teacher's feature, but the teacher output has "
+                f"none for {name!r} (cached logits carry no features): set gamma to 0, "
+                "or pass teacher outputs computed with the teachers' feature taps"
+            )
+        if shape is not None and tuple(feature.shape[1:]) != shape:
+            raise ModelError(
+                f"teacher {name!r} feature has shape {tuple(feature.shape[1:])} per "
+                f"sample but its adapter was built for {shape}: the shared teacher pass "
+                "must tap the same teacher features as this distiller"
+            )
+    if not hint and out.stage_features is None:
+        raise ConfigError(
+            "the feature loss reads each teacher's own maps, but the teacher output has none: "
+            "the shared teacher pass must tap what this distiller's feature loss reads"
+        )
+
+
+def strategy_feature_weights(selection: Selection, mode: str, mass: float):
+    """``(v [K,B], mass, scale)`` of ``loss.feature_weights`` ``strategy`` (the
+    selection's feature weights where it gives them, else its weights; the strategy's
+    ``mass`` and scale) or ``uniform`` (1/K, mass K)."""
+    weights = selection.weights
+    if mode == "strategy":
+        v = weights if selection.feature_weights is None else selection.feature_weights
+        return v, mass, selection.scale
+    k = weights.shape[0]
+    return torch.full_like(weights, 1.0 / k), float(k), 1.0

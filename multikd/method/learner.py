@@ -29,6 +29,9 @@ class LearnerContract(Protocol):
     starts after epoch 1): DDP then looks for unused parameters."""
     updates_after_step: bool
     """Whether :meth:`after_step` does anything (the engine skips the call otherwise)."""
+    needs_index: bool
+    """Whether ``forward`` takes ``index=``, each sample's training-set index (a feature
+    loss with a memory bank: CRD); the engine then hands it over."""
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict, dict]:
         """``(logits [B,C], losses, info)`` of one step."""
@@ -77,6 +80,7 @@ class SupervisedLearner(nn.Module):
 
     may_leave_parameters_unused = False
     updates_after_step = False
+    needs_index = False
 
     def __init__(self, model: nn.Module, partial_labels: bool = False):
         super().__init__()

@@ -156,9 +156,17 @@ class LossSpec:
 
     def use_reference(self, reference: dict) -> None:
         """Replace ``reference`` / null settings by ``reference``'s values
-        (``Strategy.reference_loss()``), in place."""
+        (``Strategy.reference_loss()``), in place. CA-MKD's reference feature weights
+        (``teacher-head``, its heads on the adapted student feature) become ``strategy``
+        with a feature loss that has no adapters (a feature module: AT, CRD...)."""
+        from multikd.method.feature_losses import FEATURE_LOSS_REGISTRY, is_hint
+
         for key, value in reference.items():
             if getattr(self, key) in (REFERENCE, None):
+                if (key == "feature_weights" and value == "teacher-head"
+                        and self.feature_loss in FEATURE_LOSS_REGISTRY
+                        and not is_hint(self.feature_loss)):
+                    value = "strategy"
                 setattr(self, key, value)
 
     def resolved(self, reference: dict) -> "LossSpec":

@@ -61,8 +61,10 @@ def subset(out: EnsembleOutput, keep: list[int]) -> EnsembleOutput:
     """The teacher output of the teachers ``keep`` only."""
     index = torch.tensor(keep, device=out.logits.device)
     feats = [out.features[i] for i in keep] if out.features is not None else None
+    stages = [out.stage_features[i] for i in keep] if out.stage_features is not None else None
     return EnsembleOutput(out.logits.index_select(0, index), feats,
-                          out.ce.index_select(0, index), out.ce_mean.index_select(0, index))
+                          out.ce.index_select(0, index), out.ce_mean.index_select(0, index),
+                          stages)
 
 
 def scatter(values: torch.Tensor, active: list[int] | None, full: EnsembleOutput) -> torch.Tensor:

@@ -44,8 +44,8 @@ class Learner:
 
 def build_data(cfg: RunConfig, seed: int):
     """The data splits of ``cfg.data`` (``multikd.data.DataSplits``); with
-    ``runtime.teacher_cache`` the training split yields ``(image, label, index, view)``, the
-    cache's key of each sample."""
+    ``runtime.teacher_cache``, or a feature loss that reads each sample's index (CRD's
+    memory bank), the training split yields ``(image, label, index, view)``."""
     from multikd import data
 
     d = cfg.data
@@ -60,7 +60,7 @@ def build_data(cfg: RunConfig, seed: int):
         val_size=d.val_size,
         seed=seed,
         synthetic=(d.synthetic or None) if d.dataset == "synthetic" else None,
-        return_index=bool(cfg.runtime.teacher_cache),
+        return_index=bool(cfg.runtime.teacher_cache) or needs_index(cfg),
         labeled_fraction=d.labeled_fraction,
         classes=d.classes,
         unlabeled_dir=d.unlabeled_dir or None,
@@ -73,8 +73,19 @@ def partial_labels(cfg: RunConfig) -> bool:
     return cfg.data.labeled_fraction < 1.0 or bool(cfg.data.unlabeled_dir)
 
 
-def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
-    """The trained model (+ teachers, strategy and distiller for ``distill``)."""
+def needs_index(cfg: RunConfig) -> bool:
+    """Whether the run's feature loss reads each training sample's index."""
+    from multikd.method.feature_losses import loss_info
+
+    return (cfg.kind == "distill" and cfg.loss.gamma > 0
+            and bool(loss_info(cfg.loss.feature_loss)["needs_index"]))
+
+
+def build_learner(cfg: RunConfig, num_classes: int,
+                  train_labels: torch.Tensor | None = None) -> Learner:
+    """The trained model (+ teachers, strategy and distiller for ``distill``);
+    ``train_labels``, the training split's labels, for a feature loss that samples by class
+    (CRD)."""
     from multikd.models import create_model
 
     model = create_model(cfg.model.arch, num_classes=num_classes, checkpoint=cfg.model.checkpoint)
@@ -115,6 +126,7 @@ def build_learner(cfg: RunConfig, num_classes: int) -> Learner:
         partial_labels=partial,
         self_teacher=self_index,
         self_from_epoch=None if self_index is None else cfg.teachers[self_index].self_from_epoch,
+        train_labels=train_labels,
     )
     return Learner(distiller, model, distiller.ensemble, strategy, tuple(names))
 

@@ -108,7 +108,7 @@ def _execute_locked(cfg: RunConfig, resuming: bool, overwrite: bool, env) -> dic
                 for step, batch in enumerate(run.train_loader):
                     x, y = to_device(batch[0], batch[1], run.device, cfg.runtime.channels_last)
                     teacher_out = run.cached_teacher_pass(x, y, batch)
-                    running = run.train_step(step, x, y, teacher_out)
+                    running = run.train_step(step, x, y, teacher_out, run.batch_index(batch))
                     bar.update(1)  # a count: no device value read, tqdm redraws at most 10/s
                     if running is not None and show_bar:
                         bar.set_postfix(
@@ -243,7 +243,8 @@ class TrainingRun:
         self._configure_torch()
         self.splits = splits if splits is not None else build_data(cfg, cfg.runtime.seed)
         seed_everything(cfg.runtime.seed)
-        self.parts: Learner = build_learner(cfg, self.splits.num_classes)
+        self.parts: Learner = build_learner(cfg, self.splits.num_classes,
+                                            train_labels=self.splits.train.labels)
         self._place_models()
         module = self.parts.module
         self._after_step = module.after_step if module.updates_after_step else None
@@ -476,14 +477,25 @@ class TrainingRun:
         self.meter = EpochMeter(self.device, self.env, epoch, self.run.path)
         self.epoch_lr = self.optimizer.param_groups[0]["lr"]
 
+    def batch_index(self, batch) -> torch.Tensor | None:
+        """The training-set index of each sample of ``batch`` on the device, for a learner
+        that reads it (``needs_index``: CRD's memory bank); None otherwise."""
+        if not self.parts.module.needs_index:
+            return None
+        return batch[2].to(self.device, non_blocking=True)
+
     def train_step(
-        self, step: int, x: torch.Tensor, y: torch.Tensor, teacher_out=None
+        self, step: int, x: torch.Tensor, y: torch.Tensor, teacher_out=None,
+        index: torch.Tensor | None = None,
     ) -> dict | None:
         """One SGD step on a batch already on the device; ``teacher_out`` shares a teacher
-        pass computed elsewhere. Returns the running averages every ``log_interval`` steps
-        (the only host sync), else None."""
+        pass computed elsewhere, ``index`` holds the samples' training-set indices for a
+        learner that ``needs_index``. Returns the running averages every ``log_interval``
+        steps (the only host sync), else None."""
         rt = self.cfg.runtime
         kwargs = {} if teacher_out is None else {"teacher_out": teacher_out}
+        if index is not None:
+            kwargs["index"] = index
         with autocast(self.device, rt.amp):
             logits, losses, info = self.train_module(x, y, **kwargs)
         self.optimizer.zero_grad(set_to_none=True)

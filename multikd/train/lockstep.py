@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from multikd.train.config import RunConfig, resolve
 from multikd.errors import ConfigError
+from multikd.method.feature_losses import loss_info
 from multikd.train.rng import rng_state, set_rng_state
 from multikd.train.runio import RunDir
 
@@ -75,9 +76,11 @@ def check_compatible(configs: list[RunConfig]) -> None:
 
 
 def teacher_taps(cfg: RunConfig) -> tuple:
-    """What decides which teacher layers a feature run taps (resolved config)."""
+    """What decides which teacher layers a feature run taps (resolved config): its hint
+    stage and what its feature loss reads (a feature module's own taps)."""
     loss = cfg.loss
-    return (tuple(loss.teacher_features or ()), loss.feature_stage, loss.taps)
+    reads = loss_info(loss.feature_loss)["reads"]
+    return (tuple(loss.teacher_features or ()), loss.feature_stage, loss.taps, reads)
 
 
 def split_by_taps(configs: list[RunConfig]) -> list[list[RunConfig]]:
@@ -236,7 +239,7 @@ def _train_together(members: list[_Member], start: int) -> None:
                 for m in members:
                     shared = teacher_out if m.run.parts.ensemble is not None else None
                     with m.own_rng():
-                        m.run.train_step(step, x, y, shared)
+                        m.run.train_step(step, x, y, shared, m.run.batch_index(batch))
                 bar.update(1)
         train_time = time.perf_counter() - t0
         for m in members:

@@ -6,6 +6,8 @@ loss may read; each loss lives in its own module, cited to its reference code:
 
 - ``mse`` (:mod:`.hint`): FitNets' hint through an adapter, the default;
 - ``at`` (:mod:`.at`): attention transfer;
+- ``reviewkd`` (:mod:`.reviewkd`): knowledge review, attention-based fusion of the
+  student's maps deep to shallow against the teacher's by HCL (per sample; trains its ABFs);
 - ``nst`` (:mod:`.nst`): neuron selectivity transfer (per sample);
 - ``pkt`` (:mod:`.pkt`): probabilistic knowledge transfer (per sample);
 - ``sp`` (:mod:`.sp`): similarity-preserving (per batch);
@@ -24,6 +26,7 @@ from multikd.method.feature_losses.base import (
 from multikd.method.feature_losses.hint import hint_mse
 from multikd.method.feature_losses import at  # noqa: F401  (registers)
 from multikd.method.feature_losses import nst, pkt, rkd, sp  # noqa: F401  (register)
+from multikd.method.feature_losses import reviewkd  # noqa: F401  (registers)
 from multikd.method.feature_losses import crd  # noqa: F401  (registers)
 
 __all__ = [
