@@ -28,7 +28,7 @@ from multikd.method.logit_term import LogitTerm, scaled
 from multikd.method.loss_spec import LossSpec
 from multikd.method.losses import labeled_ce, weighted_teacher_mean
 from multikd.method.routing import partial_teacher_problems, route_selection, strategy_ce
-from multikd.method.self_teacher import SelfTeacher, scatter, subset
+from multikd.method.self_teacher import SelfTeacher, idle_teachers_info, scatter, subset
 from multikd.method.registry import REQUIRED
 from multikd.method.strategies import (
     AfterStep,
@@ -38,7 +38,7 @@ from multikd.method.strategies import (
     StrategySpec,
     check_finite,
 )
-from multikd.models.taps import FeatureTap
+from multikd.models.taps import FeatureTap, dry_run
 
 
 
@@ -49,7 +49,7 @@ class MultiTeacherDistiller(nn.Module):
 
         total = alpha * CE(s, y)
               + beta  * r_w * mean_i sum_k w_ki * L(s_i, t_ki)
-              + gamma * r_v * mean_i sum_k v_ki * mean_e (a_k(f_s)_i - f_tk,i)^2
+              + gamma * r_v * mean_i sum_k v_ki * D_k(f_s, f_tk)_i
 
     The named options below are the fields of ``loss``, a
     :class:`~multikd.method.loss_spec.LossSpec` handed whole (the run's ``loss`` section),
@@ -69,16 +69,15 @@ class MultiTeacherDistiller(nn.Module):
       (CA-MKD: ``v_ki = (1 - softmax_k CE(head_k(a_k(f_s))_i, y_i)) / (K - 1)``, teacher
       k's own pooling + classifier (``forward_head``) on the adapted student feature, with
       gradient through the weights);
-    - ``mean_e (a_k(f_s)_i - f_tk,i)^2`` is the ``mse`` feature loss (FitNets' hint), the
-      default ``feature_loss``: a name of the feature-loss registry
-      (:mod:`multikd.method.feature_losses`), with its own ``feature_params``;
-    - ``f_s`` the student's ``student_feature``, ``f_tk`` teacher k's ``teacher_features[k]``
-      (default: stage ``feature_stage`` of ``model.feature_names``, or of
-      ``model.repdistiller_feature_names`` with ``taps="repdistiller"``, where a model lists
-      RepDistiller's taps separately (WRN: before the last BN + ReLU)), ``a_k`` the adapter
-      of kind ``adapter`` (the adapter registry, :mod:`multikd.method.adapters`) to teacher
-      k's shape, built from one dry forward pass on ``example_input`` (default: the
-      ensemble's, zeros ``[1,3,32,32]``);
+    - ``D_k`` the ``feature_loss`` (the registry :mod:`multikd.method.feature_losses`, its
+      own ``feature_params``): a hint loss on ``a_k(f_s)`` and ``f_tk`` (default ``mse``,
+      FitNets' ``mean_e (a_k(f_s)_i - f_tk,i)^2``), with ``f_s`` the student's
+      ``student_feature`` and ``f_tk`` teacher k's ``teacher_features[k]`` (default: stage
+      ``feature_stage`` of ``model.feature_names``, or of ``repdistiller_feature_names``
+      with ``taps="repdistiller"``) and ``a_k`` an ``adapter`` (:mod:`multikd.method.
+      adapters`) to teacher k's shape; or a feature module per teacher (AT, CRD, ReviewKD...)
+      on the maps it reads of both models (:mod:`multikd.method.feature_term`), trained and
+      checkpointed with the student. Shapes come from one dry pass on ``example_input``;
     - the feature term counts from epoch ``feature_start_epoch`` on (:meth:`set_epoch`;
       CA-MKD's loop leaves it out in epoch 1: it is computed, so adapter BatchNorm statistics
       move as there, but not added); ``feature_grad=False`` detaches it (CA-MKD's FitNet-MKD).
@@ -94,7 +93,7 @@ class MultiTeacherDistiller(nn.Module):
     of CA-MKD's public code. With ``gamma == 0`` there are no adapters and no taps, the
     teachers' features are not requested, and ``feat`` is logged as 0.
 
-    ``forward(x, y, teacher_out=None)`` returns ``(logits [B,C], losses, info)``:
+    ``forward(x, y, teacher_out=None, index=None)`` returns ``(logits [B,C], losses, info)``:
     ``losses`` = ``{"ce", "kd", "feat", "total"}`` (scalars, ``total`` is minimized; ``kd``
     is the reduced logit term whatever ``logit_loss`` is) and ``info`` = ``{"teachers":
     names, "weights": [K] batch-mean weights, "ce": [K] batch-mean teacher CE, "kept": [K]
@@ -111,10 +110,9 @@ class MultiTeacherDistiller(nn.Module):
     mask), which the engine reports. Setting ``check_every_cpu_batch = False`` gives a CPU
     run the same sync-free steps, e.g. to verify that a step reads nothing on the host.
 
-    Only the student and the adapters train (:meth:`trainable_parameters`); the teachers
-    stay frozen and in eval mode through ``.train()``. ``state_dict()`` holds student,
-    adapters and teachers; :meth:`learner_state_dict` holds what a checkpoint needs
-    (student, adapters, strategy state) and :meth:`load_learner_state_dict` restores it.
+    Only the student, adapters and feature modules train (:meth:`trainable_parameters`);
+    the teachers stay frozen, in eval mode. :meth:`learner_state_dict` holds what a
+    checkpoint needs and :meth:`load_learner_state_dict` restores it.
     """
 
     def __init__(
@@ -192,7 +190,7 @@ class MultiTeacherDistiller(nn.Module):
             self._tap = FeatureTap(student, [self.student_feature, *self.student_loss_taps])
             if self.feature_weights == "teacher-head":
                 check_heads(ensemble)
-        student_out = _dry_run(student, self._tap, example)
+        student_out = dry_run(student, self._tap, example)
         if student_out[0].dim() != 2:
             raise ModelError(
                 f"the student returned {tuple(student_out[0].shape)} for an input of shape "
@@ -242,8 +240,7 @@ class MultiTeacherDistiller(nn.Module):
 
     @property
     def hint_loss(self) -> bool:
-        """Whether the feature loss is a hint loss (one stage, through the adapters) rather
-        than a feature module per teacher (:mod:`multikd.method.feature_losses`)."""
+        """Whether the feature loss is a hint loss (through adapters), not a feature module."""
         return self.feature_reads == "hint"
 
     def set_epoch(self, epoch: int) -> None:
@@ -266,11 +263,8 @@ class MultiTeacherDistiller(nn.Module):
         self._check_teacher_out(teacher_out, y, x.device)
         logits, student_feature, adapted, maps = self._student_pass(x)
         if self.needs_index and index is None:
-            raise ConfigError(
-                f"feature loss {self.feature_loss!r} needs each sample's index in the "
-                "training set: build the data with return_index (multikd.train.build does "
-                "so for it)"
-            )
+            raise ConfigError(f"feature loss {self.feature_loss!r} needs each sample's index "
+                              "in the training set: pass index= (the engine does)")
         full_out, active = teacher_out, self._active_teachers()
         if active is not None:  # a self-teacher before its epoch takes no part
             if not active:
@@ -338,12 +332,7 @@ class MultiTeacherDistiller(nn.Module):
         """The step of a run whose only teacher is the student itself, before its epoch."""
         ce = labeled_ce(logits, y) if self.partial_labels else F.cross_entropy(logits, y)
         zero = self._zero_on(logits.device)
-        with torch.no_grad():
-            k = self.ensemble.num_teachers
-            info = {"teachers": list(self.ensemble.names),
-                    "weights": torch.zeros(k, device=logits.device),
-                    "ce": teacher_out.ce_mean.detach().float(),
-                    "kept": torch.zeros(k, device=logits.device)}
+        info = idle_teachers_info(self.ensemble.names, teacher_out)
         return logits, {"ce": ce, "kd": zero, "feat": zero, "total": scaled(self.alpha, ce)}, info
 
     def snapshot_self_teacher(self) -> None:
@@ -418,17 +407,10 @@ class MultiTeacherDistiller(nn.Module):
     def _observe(self, x, y, logits, student_feature, teacher_out, per_teacher, per_feature,
                  selection) -> None:
         """Hand a learned strategy the step's per-sample losses (:meth:`LearnedStrategy.observe`)."""
-        with torch.no_grad():
-            self.strategy.observe(StepRecord(
-                x=x, y=y, student_logits=logits.detach(), teacher_logits=teacher_out.logits.detach(),
-                student_ce=F.cross_entropy(logits.detach(), y, reduction="none"),
-                logit_loss=per_teacher.detach(), selection=selection,
-                student_feature=None if student_feature is None else student_feature.detach(),
-                teacher_features=None if teacher_out.features is None or not self.use_features
-                else [f.detach() for f in teacher_out.features],
-                feature_loss=None if per_feature is None else per_feature.detach(),
-                alpha=self.alpha, beta=self.beta, gamma=self.gamma,
-            ))
+        features = teacher_out.features if self.use_features else None
+        self.strategy.observe(StepRecord.detached(
+            x, y, logits, teacher_out.logits, per_teacher, selection, student_feature, features,
+            per_feature, (self.alpha, self.beta, self.gamma)))
 
     @property
     def updates_after_step(self) -> bool:
@@ -476,13 +458,7 @@ class MultiTeacherDistiller(nn.Module):
         self, out: EnsembleOutput, y: torch.Tensor, device: torch.device
     ) -> None:
         """Shapes (metadata only, no sync), features when needed, and finiteness (see class doc)."""
-        expected = (self.ensemble.num_teachers, y.shape[0], self.ensemble.num_classes)
-        if tuple(out.logits.shape) != expected or tuple(out.ce.shape) != expected[:2]:
-            raise ModelError(
-                f"teacher output does not fit this distiller: expected logits {expected} and "
-                f"ce {expected[:2]} (teachers {self.ensemble.names}, batch {y.shape[0]}); got "
-                f"logits {tuple(out.logits.shape)} and ce {tuple(out.ce.shape)}"
-            )
+        self.ensemble.check_output(out, y.shape[0])
         if self.use_features:
             check_teacher_features(out, self.ensemble.names, self.adapters, self.hint_loss)
         if not self._finite_checked or (self.check_every_cpu_batch and device.type == "cpu"):
@@ -521,18 +497,3 @@ class MultiTeacherDistiller(nn.Module):
         self.feature_modules.load_state_dict(state.get("feature_modules", {}))
         self.strategy_networks.load_state_dict(state.get("strategy_networks", {}))
         self.strategy.load_state_dict(state["strategy"])
-
-
-def _dry_run(student: nn.Module, tap: FeatureTap | None, example: torch.Tensor):
-    """``(logits, features or None)`` of the student in eval mode without gradients, its
-    mode restored afterwards (no BatchNorm statistic changes)."""
-    was_training = student.training
-    device = next(iter(student.parameters()), example).device
-    student.eval()
-    try:
-        with torch.no_grad():
-            if tap is not None:
-                return tap(example.to(device))
-            return student(example.to(device)), None
-    finally:
-        student.train(was_training)

@@ -223,6 +223,17 @@ class TeacherEnsemble(nn.Module):
         logits = self.class_maps.scatter(logits) if self.class_maps.partial else torch.stack(logits)
         return logits, feats, stages
 
+    def check_output(self, out: EnsembleOutput, batch_size: int) -> None:
+        """A :class:`ModelError` unless ``out`` (e.g. a teacher pass shared by another run)
+        holds logits ``[K,B,C]`` and CE ``[K,B]`` of these teachers for a batch of B."""
+        expected = (self.num_teachers, batch_size, self.num_classes)
+        if tuple(out.logits.shape) != expected or tuple(out.ce.shape) != expected[:2]:
+            raise ModelError(
+                f"teacher output does not fit this distiller: expected logits {expected} and "
+                f"ce {expected[:2]} (teachers {self.names}, batch {batch_size}); got "
+                f"logits {tuple(out.logits.shape)} and ce {tuple(out.ce.shape)}"
+            )
+
     def loss_tap_shapes(self, example_input: torch.Tensor | None = None) -> list[list[tuple[int, ...]]]:
         """Per teacher, the per-sample shape of each loss map (:meth:`set_loss_taps`)."""
         if not self._loss_taps:

@@ -67,6 +67,14 @@ def subset(out: EnsembleOutput, keep: list[int]) -> EnsembleOutput:
                           stages)
 
 
+def idle_teachers_info(names: list[str], out: EnsembleOutput) -> dict:
+    """A step's ``info`` when no teacher takes part: weights and kept fractions 0."""
+    with torch.no_grad():
+        zeros = torch.zeros(len(names), device=out.logits.device)
+        return {"teachers": list(names), "weights": zeros, "ce": out.ce_mean.detach().float(),
+                "kept": zeros.clone()}
+
+
 def scatter(values: torch.Tensor, active: list[int] | None, full: EnsembleOutput) -> torch.Tensor:
     """``[K_active]`` per-teacher values placed into ``[K]`` (0 for the left-out teacher)."""
     if active is None:

@@ -82,6 +82,22 @@ class FeatureTap:
         self.remove()
 
 
+def dry_run(model: nn.Module, tap: FeatureTap | None, example: torch.Tensor):
+    """``(output, {name: feature} or None)`` of ``model`` (through ``tap`` if given) on
+    ``example`` in eval mode without gradients, its mode restored afterwards (no BatchNorm
+    statistic changes): the shapes a module is built for."""
+    was_training = model.training
+    device = next(iter(model.parameters()), example).device
+    model.eval()
+    try:
+        with torch.no_grad():
+            if tap is not None:
+                return tap(example.to(device))
+            return model(example.to(device)), None
+    finally:
+        model.train(was_training)
+
+
 def _unknown_names_message(missing: list[str], available: list[str]) -> str:
     parts = []
     for name in missing:

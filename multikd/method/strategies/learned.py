@@ -74,6 +74,25 @@ class StepRecord:
     beta: float = 1.0
     gamma: float = 0.0
 
+    @classmethod
+    def detached(cls, x, y, logits, teacher_logits, logit_loss, selection, student_feature,
+                 teacher_features, feature_loss, weights: tuple[float, float, float]):
+        """The record of a step from the distiller's tensors, detached (no graph kept);
+        ``weights`` = ``(alpha, beta, gamma)``."""
+        def off(t):
+            return None if t is None else t.detach()
+
+        with torch.no_grad():
+            return cls(
+                x=x, y=y, student_logits=logits.detach(), teacher_logits=teacher_logits.detach(),
+                student_ce=torch.nn.functional.cross_entropy(logits.detach(), y, reduction="none"),
+                logit_loss=logit_loss.detach(), selection=selection,
+                student_feature=off(student_feature),
+                teacher_features=None if teacher_features is None
+                else [f.detach() for f in teacher_features],
+                feature_loss=off(feature_loss), alpha=weights[0], beta=weights[1], gamma=weights[2],
+            )
+
 
 @dataclass
 class AfterStep:
