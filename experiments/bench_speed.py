@@ -19,9 +19,6 @@ them (A B A B ...) ``--reps`` times, and reports the median time of each and the
       note gives the ops each dispatches per step and the engine step's host syncs.
 - P3  one logit-only training epoch (loader, teachers, student step) served by a warm
       float16 teacher cache against the live teachers. Target >= 3x faster.
-- the teachers' forward pass batched (vmap over stacked state) against the loop, and the
-      peak memory of each mode (CUDA: ``torch.cuda.max_memory_allocated``; not measured on
-      the CPU, where torch's allocations are invisible to tracemalloc).
 - the learned strategies: one epoch of ``mtkd-rl`` and of ``mmkd`` (their own networks'
       updates included) against ``uniform``, all with the feature term (gamma 5): the
       price of the policy and of the meta step, as a ratio.
@@ -63,7 +60,6 @@ from multikd.train.config import (
     DataConfig, ModelConfig, OptimConfig, OutputConfig, RunConfig, RuntimeConfig, StrategyConfig,
     TeacherConfig, resolve,
 )
-from multikd.method.ensemble import TeacherEnsemble
 from multikd.train.hostsync import HostSyncDetector
 from multikd.models import create_model
 from multikd.atomic import atomic_write_text
@@ -71,7 +67,7 @@ from multikd.atomic import atomic_write_text
 log = logging.getLogger("bench_speed")
 
 MEASURES = {"lockstep": "bench_lockstep", "step": "bench_step", "cache": "bench_cache",
-            "batched": "bench_batched", "pipeline": "bench_pipeline", "learned": "bench_learned"}
+            "pipeline": "bench_pipeline", "learned": "bench_learned"}
 """``--only`` names of the measures, in the order they run."""
 STRATEGIES = ("uniform", "ce-filter", "ca-mkd", "ebkd", "best", "correct-only")
 NUM_TEACHERS = 3
@@ -375,40 +371,6 @@ def bench_cache(bench: Bench) -> dict:
                     ("warm cache", t_warm), ("live", t_live), ">= 3x", speedup=True, limit=3.0,
                     note=f"cold (filling) epoch {cold:.3f} s; warm hit rate "
                          f"{(cache.hits - hits0) / looked_up:.3f}")
-
-
-# --------------------------------------------------------------------------- batched
-def bench_batched(bench: Bench) -> dict:
-    teachers = [create_model(bench.args.teacher, num_classes=100, checkpoint=c)
-                for c in bench.checkpoints]
-    looped = TeacherEnsemble(teachers).to(bench.device)
-    batched = TeacherEnsemble(teachers, batched=True).to(bench.device)
-    modes = batched.runner.modes
-    x = torch.randn(bench.args.batch_size, 3, 32, 32, device=bench.device)
-    y = torch.zeros(bench.args.batch_size, dtype=torch.long, device=bench.device)
-
-    def forward(ensemble):
-        def run():
-            with torch.no_grad():
-                for _ in range(bench.args.batches):
-                    ensemble(x, y, features=False)
-        return run
-
-    t_batched, t_loop = alternate(bench.timer, forward(batched), forward(looped),
-                                  bench.args.reps)
-    peaks = {"batched": "n/a on CPU", "loop": "n/a on CPU"}
-    if bench.device.type == "cuda":
-        for name, ensemble in (("batched", batched), ("loop", looped)):
-            torch.cuda.synchronize(bench.device)
-            torch.cuda.reset_peak_memory_stats(bench.device)
-            base = torch.cuda.memory_allocated(bench.device)
-            forward(ensemble)()
-            peak = torch.cuda.max_memory_allocated(bench.device) - base
-            peaks[name] = f"{peak / 2**20:.1f} MiB"
-    return compared("Teacher forward: batched (vmap) / loop, 3 same-arch teachers",
-                    ("batched", t_batched), ("loop", t_loop), "(< 1: batched faster)",
-                    note=f"modes {modes}; peak memory above the weights: batched "
-                         f"{peaks['batched']}, loop {peaks['loop']}")
 
 
 # --------------------------------------------------------------------------- data pipeline

@@ -101,9 +101,6 @@ def test_cache_folder_and_budget_do_not_change_the_experiments_hash():
     fp32 = resolve(base)
     set_value(fp32, "runtime.teacher_cache_dtype", "float32")
     assert config_hash(fp32) != h
-    batched = resolve(off)
-    set_value(batched, "runtime.batched_teachers", True)
-    assert config_hash(batched) != config_hash(off)
 
 
 def test_lockstep_group_is_served_by_one_warm_cache(runs, tmp_path):

@@ -173,6 +173,30 @@ def test_hash_ignores_where_the_run_happens_and_tracks_everything_else():
         assert config_hash(changed) != h, key
 
 
+def test_removed_runtime_batched_teachers_still_loads_with_a_note(tmp_path, caplog, monkeypatch):
+    """runtime.batched_teachers (the vmapped teacher pass, removed) loads from old files and
+    --set with a one-line note, and the hash of a run that had it at its default is unchanged
+    (304deca100b3, from before the removal)."""
+    import logging
+
+    from multikd.train import config as config_module
+
+    monkeypatch.setattr(config_module, "_noted", set())
+    cfg = resolve(RunConfig(kind="distill", teachers=[TeacherConfig(arch="resnet8")]))
+    assert config_hash(cfg) == "304deca100b3"
+    data = cfg.to_dict()
+    data["runtime"]["batched_teachers"] = True
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with caplog.at_level(logging.INFO, logger="multikd.train.config"):
+        old = load_config(path)
+        set_value(old, "runtime.batched_teachers", "false", from_text=True)
+        build_config(path, sets=["runtime.batched_teachers=true"])
+    assert old == cfg and config_hash(old) == config_hash(cfg)
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 1 and "runtime.batched_teachers=True is ignored" in notes[0]
+
+
 def test_default_run_dir_names_the_run():
     assert resolve(RunConfig()).output.run_dir == "runs/teacher_resnet8x4_s0"
     assert resolve(_distill_config()).output.run_dir == "runs/distill_resnet8_ce-filter_s0"

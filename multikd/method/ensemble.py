@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multikd.method.batched import TeacherRunner
+from multikd.method.teacher_runner import TeacherRunner
 from multikd.models.taps import FeatureTap
 from multikd.method.label_spaces import ClassMaps, span
 from multikd.method.losses import upcast
@@ -86,10 +86,8 @@ class TeacherEnsemble(nn.Module):
     student's C: their logits are scattered into ``[B,C]`` (:class:`~multikd.method.
     label_spaces.ClassMaps`, ``class_maps``), so the output is ``[K,B,C]`` as for any other
     teachers, and :meth:`evaluate` scores each teacher on the test images of its own
-    classes. The teachers run through a
-    :class:`~multikd.method.batched.TeacherRunner`: ``batched=True`` runs same-architecture
-    teachers as one vmapped pass (off by default: on an H100 it was faster only for some
-    architectures and batch sizes, at up to 3x the activation memory; see multikd.method.batched).
+    classes. The teachers run one after another through a
+    :class:`~multikd.method.teacher_runner.TeacherRunner`.
     """
 
     def __init__(
@@ -99,7 +97,6 @@ class TeacherEnsemble(nn.Module):
         feature_names: Sequence[str | None] | None = None,
         *,
         example_input: torch.Tensor | None = None,
-        batched: bool = False,
         classes: Sequence[Sequence[int] | None] | None = None,
         num_classes: int | None = None,
     ):
@@ -129,9 +126,7 @@ class TeacherEnsemble(nn.Module):
             )
         self.num_classes = self._check_num_classes(classes, num_classes)
         self.class_maps = ClassMaps(classes, self.num_classes, self.names)
-        noise = torch.Generator().manual_seed(0)
-        check_input = torch.randn((2, *self.example_input.shape[1:]), generator=noise)
-        self.runner = TeacherRunner(teachers, batched=batched, example_input=check_input)
+        self.runner = TeacherRunner(teachers)
         self.set_feature_names(feature_names)
 
     @classmethod
@@ -243,7 +238,7 @@ class TeacherEnsemble(nn.Module):
         return [[tuple(m.shape[1:]) for m in maps] for maps in stages]
 
     def _run_teachers(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """Logits ``[K,B,C]`` and tapped features of every teacher (looped or batched);
+        """Logits ``[K,B,C]`` and tapped features of every teacher;
         partial teachers' logits scattered into the C classes."""
         if not self.class_maps.partial:
             return self.runner(x)

@@ -114,8 +114,8 @@ def build_learner(cfg: RunConfig, num_classes: int,
         else:
             teachers.append(_load_teacher(cfg, t, num_classes))
     names = [t.name for t in cfg.teachers]
-    ensemble = TeacherEnsemble(teachers, names=names, batched=cfg.runtime.batched_teachers,
-                               classes=[t.classes for t in cfg.teachers], num_classes=num_classes)
+    ensemble = TeacherEnsemble(teachers, names=names, classes=[t.classes for t in cfg.teachers],
+                               num_classes=num_classes)
     _check_coverage(cfg, ensemble.class_maps)
     distiller = MultiTeacherDistiller(
         model,
@@ -215,8 +215,9 @@ def build_teacher_cache(cfg: RunConfig, ensemble, train_set, device: torch.devic
 
     The tables are keyed by the teachers' weights, the training images and everything of the
     runtime that changes the teachers' outputs in the last bits (device type, AMP,
-    channels_last, batched teachers), so a cache filled under one setting is never served
-    under another. ``teacher_cache_budget`` 0 means no size limit.
+    channels_last; ``batched=False`` keeps the keys of caches filled while batched teachers
+    were an option), so a cache filled under one setting is never served under another.
+    ``teacher_cache_budget`` 0 means no size limit.
     """
     rt = cfg.runtime
     if not rt.teacher_cache or ensemble is None:
@@ -224,7 +225,7 @@ def build_teacher_cache(cfg: RunConfig, ensemble, train_set, device: torch.devic
     from multikd.train.cache import CachedTeachers, TeacherLogitCache
 
     compute = (f"device={device.type}|amp={rt.amp}|channels_last={rt.channels_last}"
-               f"|batched={rt.batched_teachers}")
+               "|batched=False")
     if ensemble.class_maps.partial:  # the same weights placed in other classes: other logits
         compute += f"|classes={ensemble.class_maps.classes}"
     cache = TeacherLogitCache.for_teachers(

@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import logging
 import math
 import types
 import typing
@@ -44,6 +45,16 @@ NO_TEACHER = ("distill needs at least one teacher: pass --teacher ARCH=CHECKPOIN
               "or --teachers-from RUN_DIR ...")
 """The problem of a distill config without teachers (the CLI leaves it out when a teacher
 flag it was given failed: that flag's own error says what is wrong)."""
+
+REMOVED_KEYS = {
+    ("runtime", "batched_teachers"): (
+        False, "the vmapped teacher pass was removed (slower on the CPU and on an H100, see "
+               "multikd/method/teacher_runner.py); teachers run one after another"),
+}
+"""Keys that are no longer options, with their old default and why: a file or ``--set``
+that still gives one loads, with a one-line note (once per key and process)."""
+_noted: set[tuple[str, str]] = set()
+log = logging.getLogger(__name__)
 
 
 def _choice(default, choices, doc: str):
@@ -147,7 +158,6 @@ class RuntimeConfig:
     teacher_cache_budget: int = _doc(
         4 * 2**30, "bytes the teacher cache may hold on disk (0: unlimited)"
     )
-    batched_teachers: bool = _doc(False, "run same-architecture teachers as one vmapped forward")
 
 
 @dataclass
@@ -290,6 +300,16 @@ def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
     )
 
 
+def _note_removed(section: str, key: str, value) -> None:
+    """The one-line note on a removed key (:data:`REMOVED_KEYS`), which is then ignored."""
+    default, why = REMOVED_KEYS[(section, key)]
+    if (section, key) in _noted:
+        return
+    _noted.add((section, key))
+    level = logging.INFO if value == default else logging.WARNING
+    log.log(level, "note: %s.%s=%r is ignored: %s", section, key, value, why)
+
+
 def _build(cls, data: dict, where: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping of keys to values, got {data!r}")
@@ -298,6 +318,9 @@ def _build(cls, data: dict, where: str):
     prefix = "" if where == "config" else f"{where}."
     kwargs = {}
     for key, value in data.items():
+        if (where, key) in REMOVED_KEYS:
+            _note_removed(where, str(key), value)
+            continue
         if key not in fields:
             raise _unknown_key(str(key), list(fields), "" if where == "config" else prefix)
         value = _coerce(value, hints[key], f"{prefix}{key}")
@@ -361,6 +384,10 @@ def set_value(config: RunConfig, key: str, value: Any, from_text: bool = False) 
     ``from_text``: ``value`` is override text, parsed by the field's type.
     """
     parts = key.split(".")
+    if tuple(parts) in REMOVED_KEYS:
+        text = from_text and isinstance(value, str)
+        _note_removed(*parts, parse_value(value) if text else value)
+        return
     target = config
     where = ""
     for depth, part in enumerate(parts):
@@ -787,9 +814,10 @@ def config_hash(config: RunConfig) -> str:
     resumed on another device, pipeline or cache folder keeps its hash.
 
     The performance switches added later count only when they can change the numbers and
-    are not at their defaults (``runtime.teacher_cache_dtype`` while a cache is on,
-    ``runtime.batched_teachers`` when true), so runs made before they existed keep their
-    hashes. The ``plugins`` records are left out too: a plugin's name in the strategy or
+    are not at their defaults (``runtime.teacher_cache_dtype`` while a cache is on), so runs
+    made before they existed keep their hashes (the removed ``runtime.batched_teachers``
+    counted when true: such a run's hash now leaves it out, see :data:`REMOVED_KEYS`). The
+    ``plugins`` records are left out too: a plugin's name in the strategy or
     loss keys counts, and its file is checked against its recorded SHA-256 instead
     (:func:`multikd.plugins.changes`)."""
     data = config.to_dict()
@@ -801,8 +829,6 @@ def config_hash(config: RunConfig) -> str:
     runtime = data["runtime"]
     if not runtime["teacher_cache"]:
         runtime.pop("teacher_cache_dtype")
-    if not runtime["batched_teachers"]:
-        runtime.pop("batched_teachers")
     for section, key in skipped:
         data[section].pop(key)
     for (section, key), legacy in _LEGACY_VALUES.items():
