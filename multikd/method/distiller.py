@@ -186,7 +186,8 @@ class MultiTeacherDistiller(nn.Module):
                 ensemble, loss.teacher_features, self.feature_stage, self.taps))
             feature_module_problems(strategy, self.feature_loss, self.feature_weights)
             if not self.hint_loss:  # a feature module reads its own maps on both sides
-                self.student_loss_taps = install_loss_taps(student, ensemble, self.feature_reads)
+                self.student_loss_taps = install_loss_taps(student, ensemble, self.feature_reads,
+                                                           info["teacher_reads"])
             self._tap = FeatureTap(student, [self.student_feature, *self.student_loss_taps])
             if self.feature_weights == "teacher-head":
                 check_heads(ensemble)

@@ -130,11 +130,12 @@ def feature_module_problems(strategy: Strategy, feature_loss: str, feature_weigh
         )
 
 
-def install_loss_taps(student: nn.Module, ensemble: TeacherEnsemble, reads: str) -> list[str]:
-    """Tap what a feature module ``reads`` on every teacher (``EnsembleOutput.stage_features``);
-    the student's module names to tap likewise."""
+def install_loss_taps(student: nn.Module, ensemble: TeacherEnsemble, reads: str,
+                      teacher_reads: str | None = None) -> list[str]:
+    """Tap what a feature module reads on every teacher (``teacher_reads``, default
+    ``reads``; ``EnsembleOutput.stage_features``); the student's module names for ``reads``."""
     ensemble.set_loss_taps([
-        tap_names(teacher, reads, f"teacher {name!r}")
+        tap_names(teacher, teacher_reads or reads, f"teacher {name!r}")
         for teacher, name in zip(ensemble.teachers, ensemble.names)
     ])
     return tap_names(student, reads, "student")

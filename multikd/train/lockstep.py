@@ -79,7 +79,7 @@ def teacher_taps(cfg: RunConfig) -> tuple:
     """What decides which teacher layers a feature run taps (resolved config): its hint
     stage and what its feature loss reads (a feature module's own taps)."""
     loss = cfg.loss
-    reads = loss_info(loss.feature_loss)["reads"]
+    reads = loss_info(loss.feature_loss)["teacher_reads"]
     return (tuple(loss.teacher_features or ()), loss.feature_stage, loss.taps, reads)
 
 

@@ -58,6 +58,8 @@ READS = {
               "(mdistiller's preact_feats[1:])",
     "stages+pooled": "every stage output but the stem's, then the pooled vector as a 1x1 map "
                      "(ReviewKD's inputs)",
+    "preact+pooled": "every stage's pre-ReLU map but the stem's, then the pooled vector "
+                     "(ReviewKD's targets)",
 }
 """What a feature loss may read (its ``reads``), each a list of maps per model."""
 
@@ -89,7 +91,8 @@ class FeatureSetup:
 class FeatureLoss(nn.Module):
     """A feature loss with state, one instance per teacher (see the module doc).
 
-    Subclasses set ``reads`` (a key of :data:`READS`), ``per_sample`` (False: ``forward``
+    Subclasses set ``reads`` (a key of :data:`READS`; ``teacher_reads`` where the teacher's
+    side differs, e.g. ReviewKD's pre-ReLU targets), ``per_sample`` (False: ``forward``
     returns one value for the batch), ``needs_index`` (the batch's training-set indices)
     and ``reference_gamma`` (the loss weight of its reference recipe, the γ to use), and
     implement :meth:`forward`. ``__init__(student_shapes, teacher_shapes, **params)``
@@ -97,6 +100,7 @@ class FeatureLoss(nn.Module):
     """
 
     reads: ClassVar[str] = "stages"
+    teacher_reads: ClassVar[str | None] = None
     per_sample: ClassVar[bool] = True
     needs_index: ClassVar[bool] = False
     reference_gamma: ClassVar[float | None] = None
@@ -138,15 +142,19 @@ def register_feature_loss(name: str, description: str | None = None, *,
                     "multikd.method.feature_losses.FeatureLoss subclass; register a "
                     "FeatureLoss or a function loss(student, teacher, **params) -> [B]"
                 )
-            if target.reads not in READS or target.reads == "hint":
-                raise ConfigError(
-                    f"feature loss {name!r} reads {target.reads!r}; a FeatureLoss reads one "
-                    f"of {', '.join(r for r in READS if r != 'hint')}"
-                )
-            info = dict(reads=target.reads, per_sample=target.per_sample,
+            teacher_reads = target.teacher_reads or target.reads
+            for reads in (target.reads, teacher_reads):
+                if reads not in READS or reads == "hint":
+                    raise ConfigError(
+                        f"feature loss {name!r} reads {reads!r}; a FeatureLoss reads one "
+                        f"of {', '.join(r for r in READS if r != 'hint')}"
+                    )
+            info = dict(reads=target.reads, teacher_reads=teacher_reads,
+                        per_sample=target.per_sample,
                         needs_index=target.needs_index, reference_gamma=target.reference_gamma)
         else:
-            info = dict(reads="hint", per_sample=True, needs_index=False, reference_gamma=None)
+            info = dict(reads="hint", teacher_reads="hint", per_sample=True, needs_index=False,
+                        reference_gamma=None)
         FEATURE_LOSS_REGISTRY.add(name, target, description, params=params, **info)
         return target
 
@@ -169,7 +177,7 @@ def tap_names(model: nn.Module, reads: str, role: str) -> list[str]:
     zoo's model contract, :mod:`multikd.models.registry`)."""
     stages = list(getattr(model, "feature_names", None) or ())
     pooled = getattr(model, "pooled_feature_name", None)
-    if reads == "preact":
+    if reads in ("preact", "preact+pooled"):
         preact = list(getattr(model, "preact_feature_names", None) or ())
         if not preact:
             raise ConfigError(
@@ -177,6 +185,13 @@ def tap_names(model: nn.Module, reads: str, role: str) -> list[str]:
                 "(model.preact_feature_names), which this feature loss reads; the CIFAR zoo's "
                 "models do"
             )
+        if reads == "preact+pooled":
+            if not pooled:
+                raise ConfigError(
+                    f"the {role} ({type(model).__name__}) does not name its pooled feature "
+                    "(model.pooled_feature_name), which this feature loss reads"
+                )
+            return [*preact[1:], pooled]
         return preact[1:]
     if reads in ("stages", "last", "stages+pooled") and len(stages) < 2:
         raise ConfigError(

@@ -46,13 +46,13 @@ maps; the reference's ``zip`` never reads the fifth entry, so the derived four a
 meaning. The maps must be square (the reference interpolates to ``(shape, shape)``) and the
 two models must give as many maps (the reference pairs ABF i with teacher map i).
 
-**Departures.** (1) The reference compares with the teacher's maps *before* their last ReLU
-(``preact_feats[1:]``, the original's ``preact=True``) and the student's after it
-(``STU_PREACT = False``); this module reads what the distiller hands for ``reads =
-"stages+pooled"``, the post-ReLU stage maps on both sides, so its targets are the teacher's
-post-ReLU maps until the distiller can tap the teacher's pre-ReLU maps for this loss.
-(2) Per sample: the reference's ``F.mse_loss(reduction="mean")`` is a mean over the batch
-and C, H, W; here each sample's mean over C, H, W, whose batch mean is the reference's value
+As the reference, the targets are the teacher's maps *before* their last ReLU
+(``preact_feats[1:]``, the original's ``preact=True``: ``teacher_reads = "preact+pooled"``,
+the zoo's ``preact_feature_names``) and the student's maps after it (``STU_PREACT =
+False``: ``reads = "stages+pooled"``).
+
+**Departures.** (1) Per sample: the reference's ``F.mse_loss(reduction="mean")`` is a
+mean over the batch and C, H, W; here each sample's mean over C, H, W, whose batch mean is the reference's value
 (every sample has as many elements). The ABFs run in float32 (autocast off) for
 half-precision input, as every loss computes.
 
@@ -169,6 +169,7 @@ class ReviewKD(FeatureLoss):
     as in the reference's ``self.abfs = abfs[::-1]``."""
 
     reads = "stages+pooled"
+    teacher_reads = "preact+pooled"
     reference_gamma = 5.0
 
     def __init__(self, student_shapes, teacher_shapes, warmup_epochs: float = 20.0,
