@@ -29,7 +29,10 @@ so the published CIFAR-100 checkpoints load unchanged and give the same logits:
 
 Stage features (the literature's f0..f4): stem output and the outputs of stages 1, 2, 4, 6;
 on a 32x32 input with width 0.5 they are 16x16x16, 12x16x16, 16x8x8, 48x4x4, 160x2x2, with
-width 1.0 (``MobileNetV2_full``) 32x16x16, 24x16x16, 32x8x8, 96x4x4, 320x2x2.
+width 1.0 (``MobileNetV2_full``) 32x16x16, 24x16x16, 32x8x8, 96x4x4, 320x2x2. A stage
+ends in a linear bottleneck, with no ReLU, so its pre-ReLU map (``preact_feature_names``) is
+its output (mdistiller's MobileNetV2 returns no ``preact_feats``; its
+``get_bn_before_relu`` names each stage's last projection BN, as ``preact_bn_names`` does).
 """
 
 from __future__ import annotations
@@ -117,6 +120,13 @@ class MobileNetV2(nn.Module):
 
         self.feature_names = ["conv1"] + [f"blocks.{i}" for i in _FEATURE_STAGES]
         self.pooled_feature_name = "flatten"
+        # a stage ends in a linear bottleneck (no ReLU), so its output is its pre-ReLU map;
+        # the BNs are mdistiller's get_bn_before_relu (models/cifar/mobilenetv2.py): each
+        # stage's last block's last BN (the projection's)
+        self.preact_feature_names = list(self.feature_names)
+        self.preact_bn_names = [
+            f"blocks.{i}.{len(self.blocks[i]) - 1}.conv.7" for i in _FEATURE_STAGES
+        ]
         init_fan_out_normal(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,20 @@ Every registered builder takes ``num_classes`` (and optional keyword arguments) 
 an ``nn.Module`` whose ``forward(x)`` returns logits only. Zoo models also carry
 ``feature_names`` (module names of the stage outputs, in order) and ``pooled_feature_name``
 (module whose output is the pre-classifier vector), so features are tapped by name.
+
+The CIFAR zoo's models also carry, for the feature losses that read pre-activations (OFD,
+:mod:`multikd.method.feature_losses`):
+
+- ``preact_feature_names``: as long as ``feature_names``, the modules whose outputs are each
+  stage's map *before* its last ReLU (mdistiller's ``preact_feats``); the first entry is the
+  stem, ``feature_names[0]``, as mdistiller's ``preact_feats[0] = f0``. Where that value was
+  not a module's output (a residual sum, then a functional ReLU) the block has a
+  parameter-free ``preact = nn.Identity()`` applied to it, so the state dict and the outputs
+  are unchanged. No ReLU after such a module runs in place: a forward hook keeps the
+  pre-ReLU values.
+- ``preact_bn_names``: one per stage after the stem, the BatchNorm whose affine parameters
+  set the distribution of that pre-ReLU map (mdistiller's ``get_bn_before_relu``; OFD's
+  margins); None where mdistiller's raises (ShuffleNets: no BN alone precedes the ReLU).
 """
 
 from __future__ import annotations

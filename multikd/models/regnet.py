@@ -21,7 +21,9 @@ checkpoint of MTKD-RL's ``train_baseline.py`` (weights under ``'model'``) loads 
 Stage features (``feature_names``) are MTKD-RL's ``is_feat`` list f0..f3: the stem ReLU,
 then ``layer2``, ``layer3``, ``layer4`` (MTKD-RL leaves ``layer1`` out, and so does this
 list; tap ``layer1`` by name if wanted). On a 32x32 input: RegNetX_200MF 64x32x32, 56x32x32,
-152x16x16, 368x8x8; the 400MF models 64x32x32, 64x32x32, 160x16x16, 384x8x8.
+152x16x16, 368x8x8; the 400MF models 64x32x32, 64x32x32, 160x16x16, 384x8x8. Pre-ReLU
+stage maps (``preact_feature_names``; MTKD-RL has none, so as mdistiller's ResNets): the stem,
+then the last block's ``preact`` (an ``nn.Identity`` on ``bn3(...) + shortcut``) of each stage.
 
 Not the paper's ImageNet networks: the stem is 64 channels at stride 1 and the first stage
 keeps stride 1 (the paper: 32-channel stride-2 stem, every stage stride 2), so the "200MF" /
@@ -105,6 +107,8 @@ class Block(nn.Module):
                 nn.Conv2d(w_in, w_out, kernel_size=1, stride=stride, bias=False),
                 nn.BatchNorm2d(w_out),
             )
+        # the sum before the last ReLU, tappable by name (no state: the state dict is unchanged)
+        self.preact = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -113,7 +117,7 @@ class Block(nn.Module):
             out = self.se(out)
         out = self.bn3(self.conv3(out))
         out += self.shortcut(x)
-        return F.relu(out)
+        return F.relu(self.preact(out))
 
 
 class RegNet(nn.Module):
@@ -139,6 +143,11 @@ class RegNet(nn.Module):
         # MTKD-RL's is_feat f0..f3 (layer1 is not among them there either)
         self.feature_names = ["relu", "layer2", "layer3", "layer4"]
         self.pooled_feature_name = "flatten"
+        # the pre-ReLU maps of those stages, as mdistiller's ResNets give them (preact_feats,
+        # get_bn_before_relu: the last block's sum before its ReLU, and that block's last BN)
+        last = [f"layer{i}.{cfg['depths'][i - 1] - 1}" for i in (2, 3, 4)]
+        self.preact_feature_names = ["relu"] + [f"{b}.preact" for b in last]
+        self.preact_bn_names = [f"{b}.bn3" for b in last]
         # no init of its own: PyTorch's defaults, as MTKD-RL's RegNet
 
     def _make_layer(self, idx: int) -> nn.Sequential:

@@ -15,6 +15,8 @@ checkpoints load as they are and give the same logits:
 ``resnet8 .. resnet110`` use widths (16, 16, 32, 64); ``resnet8x4`` / ``resnet32x4`` use
 (32, 64, 128, 256), so their first stage already has a ``downsample`` (32 -> 64 channels).
 Stage features (the literature's f0..f3): stem, layer1, layer2, layer3 (each after its ReLU).
+Pre-ReLU stage maps (``preact_feature_names``, mdistiller's ``preact_feats``): the stem, then
+each stage's last block's ``preact`` (an ``nn.Identity`` on ``bn2(...) + shortcut``).
 """
 
 from __future__ import annotations
@@ -48,12 +50,15 @@ class BasicBlock(nn.Module):
             self.downsample = nn.Sequential(
                 nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
             )
+        # the sum before the last ReLU, tappable by name (no state: the state dict is unchanged)
+        self.preact = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         out += x if self.downsample is None else self.downsample(x)  # in place: no extra copy
-        return self.relu(out)
+        # not in place: a tap on ``preact`` keeps the pre-ReLU values (mdistiller's F.relu)
+        return torch.relu(self.preact(out))
 
 
 class CifarResNet(nn.Module):
@@ -80,6 +85,10 @@ class CifarResNet(nn.Module):
 
         self.feature_names = ["relu", "layer1", "layer2", "layer3"]
         self.pooled_feature_name = "flatten"
+        # mdistiller's preact_feats and get_bn_before_relu (models/cifar/resnet.py)
+        last = [f"layer{i}.{blocks - 1}" for i in (1, 2, 3)]
+        self.preact_feature_names = ["relu"] + [f"{b}.preact" for b in last]
+        self.preact_bn_names = [f"{b}.bn2" for b in last]
         init_resnet_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

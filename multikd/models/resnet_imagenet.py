@@ -12,7 +12,9 @@ trained with it. Parameter names, shapes and the forward pass match it:
 - global average pool, flatten, linear ``linear`` (2048 -> num_classes).
 
 Stage features (f0..f4): stem, layer1..layer4; on 32x32 inputs 64x32x32, 256x32x32,
-512x16x16, 1024x8x8, 2048x4x4.
+512x16x16, 1024x8x8, 2048x4x4. Pre-ReLU stage maps (``preact_feature_names``, mdistiller's
+``preact_feats``): the stem, then each stage's last block's ``preact`` (an ``nn.Identity`` on
+``bn3(...) + shortcut``).
 """
 
 from __future__ import annotations
@@ -44,13 +46,16 @@ class Bottleneck(nn.Module):
             self.shortcut = nn.Sequential(
                 nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
             )
+        # the sum before the last ReLU, tappable by name (no state: the state dict is unchanged)
+        self.preact = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         out += self.shortcut(x)  # in place: no extra copy
-        return self.relu(out)
+        # not in place: a tap on ``preact`` keeps the pre-ReLU values (mdistiller's F.relu)
+        return torch.relu(self.preact(out))
 
 
 class CifarResNetBottleneck(nn.Module):
@@ -78,6 +83,10 @@ class CifarResNetBottleneck(nn.Module):
 
         self.feature_names = ["relu", "layer1", "layer2", "layer3", "layer4"]
         self.pooled_feature_name = "flatten"
+        # mdistiller's preact_feats and get_bn_before_relu (models/cifar/resnetv2.py)
+        last = [f"layer{i}.{count - 1}" for i, count in enumerate(blocks, start=1)]
+        self.preact_feature_names = ["relu"] + [f"{b}.preact" for b in last]
+        self.preact_bn_names = [f"{b}.bn3" for b in last]
         init_resnet_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,9 @@ Parameter names, shapes and the forward pass match that implementation:
 - 4x4 average pool, flatten, linear.
 
 Stage features (f0..f3): stem ReLU output, then the output of each stage: 24x32x32,
-240x16x16, 480x8x8, 960x4x4 on a 32x32 input.
+240x16x16, 480x8x8, 960x4x4 on a 32x32 input. Pre-ReLU stage maps (``preact_feature_names``,
+mdistiller's ``preact_feats``): the stem, then each stage's last unit's ``preact`` (an
+``nn.Identity`` on the sum or concatenation before the ReLU).
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class Bottleneck(nn.Module):
         self.shortcut = nn.Sequential()
         if stride == 2:
             self.shortcut = nn.Sequential(nn.AvgPool2d(3, stride=2, padding=1))
+        # the value before the last ReLU, tappable by name (no state: the state dict is unchanged)
+        self.preact = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -69,7 +73,8 @@ class Bottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         shortcut = self.shortcut(x)
         out = torch.cat([out, shortcut], 1) if self.stride == 2 else out + shortcut
-        return self.relu(out)
+        # not in place: a tap on ``preact`` keeps the pre-ReLU values (mdistiller's F.relu)
+        return torch.relu(self.preact(out))
 
 
 class ShuffleNetV1(nn.Module):
@@ -103,6 +108,13 @@ class ShuffleNetV1(nn.Module):
 
         self.feature_names = ["relu", "layer1", "layer2", "layer3"]
         self.pooled_feature_name = "flatten"
+        # mdistiller's preact_feats (models/cifar/ShuffleNetv1.py): each stage's last unit
+        # before its ReLU. No BN precedes that ReLU alone (a sum or a concatenation does):
+        # mdistiller's get_bn_before_relu raises, so no OFD teacher (a student is fine)
+        self.preact_feature_names = ["relu"] + [
+            f"layer{i}.{n - 1}.preact" for i, n in enumerate(num_blocks, start=1)
+        ]
+        self.preact_bn_names = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

@@ -15,7 +15,10 @@ Parameter names, shapes and the forward pass match that implementation:
 - head: ``relu(bn2(conv2 1x1 -> 1024))``, 4x4 average pool, flatten, linear.
 
 Stage features (f0..f3): stem ReLU output, then each stage's output: 24x32x32, 116x16x16,
-232x8x8, 464x4x4 on a 32x32 input.
+232x8x8, 464x4x4 on a 32x32 input. Pre-ReLU stage maps (``preact_feature_names``,
+mdistiller's ``preact_feats``): the stem, then each stage's last block's ``preact``, the
+concatenation ``[x1, bn3(...)]`` before its ReLU and before the shuffle (so the stage output
+is ``shuffle(relu(preact))``).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, depthwise: bool 
 class BasicBlock(nn.Module):
     """Split in half; transform the second half; concatenate; shuffle."""
 
-    def __init__(self, channels: int, split_ratio: float = 0.5):
+    def __init__(self, channels: int, split_ratio: float = 0.5, keep_preact: bool = False):
         super().__init__()
         self.split = int(channels * split_ratio)
         c = channels - self.split
@@ -56,13 +59,21 @@ class BasicBlock(nn.Module):
         self.conv3, self.bn3 = _conv_bn(c, c, 1)
         self.relu = nn.ReLU(inplace=True)
         self.shuffle = ChannelShuffle(2)
+        self.keep_preact = keep_preact
+        if keep_preact:  # a stage's last block: [x1, bn3(...)] before the ReLU, tappable
+            self.preact = nn.Identity()  # (no state: the state dict is unchanged)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1, x2 = x[:, : self.split], x[:, self.split :]
         out = self.relu(self.bn1(self.conv1(x2)))
         out = self.bn2(self.conv2(out))
-        out = self.relu(self.bn3(self.conv3(out)))
-        return self.shuffle(torch.cat([x1, out], 1))
+        if not self.keep_preact:
+            out = self.relu(self.bn3(self.conv3(out)))
+            return self.shuffle(torch.cat([x1, out], 1))
+        pre = self.bn3(self.conv3(out))
+        self.preact(torch.cat([x1, pre], 1))  # mdistiller's preact, for a tap (one more cat)
+        # not in place: the tapped concatenation holds pre itself
+        return self.shuffle(torch.cat([x1, torch.relu(pre)], 1))
 
 
 class DownBlock(nn.Module):
@@ -105,7 +116,9 @@ class ShuffleNetV2(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         cin = 24
         for i, (cout, n) in enumerate(zip(widths[:3], num_blocks), start=1):
-            blocks = [DownBlock(cin, cout)] + [BasicBlock(cout) for _ in range(n)]
+            blocks = [DownBlock(cin, cout)] + [
+                BasicBlock(cout, keep_preact=j == n - 1) for j in range(n)
+            ]
             setattr(self, f"layer{i}", nn.Sequential(*blocks))
             cin = cout
         self.conv2, self.bn2 = _conv_bn(cin, widths[3], 1)
@@ -116,6 +129,13 @@ class ShuffleNetV2(nn.Module):
 
         self.feature_names = ["relu", "layer1", "layer2", "layer3"]
         self.pooled_feature_name = "flatten"
+        # mdistiller's preact_feats (models/cifar/ShuffleNetv2.py): each stage's last block's
+        # [x1, bn3(...)], before the ReLU and unshuffled. Half of it is not a BN's output:
+        # mdistiller's get_bn_before_relu raises, so no OFD teacher (a student is fine)
+        self.preact_feature_names = ["relu"] + [
+            f"layer{i}.{n}.preact" for i, n in enumerate(num_blocks, start=1)
+        ]
+        self.preact_bn_names = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

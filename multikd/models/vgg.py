@@ -12,7 +12,9 @@ the forward pass match it:
 
 The original strips each block's last ReLU and applies it functionally after the block; here
 the ReLU stays the block's last module (no parameters, so the state dict is unchanged) and a
-block's output is the literature's feature f_i: tapping ``block0..block4`` gives them.
+block's output is the literature's feature f_i: tapping ``block0..block4`` gives them. The
+pre-ReLU maps (``preact_feature_names``, mdistiller's ``preact_feats``) are the outputs of each
+block's last BN, whose ReLU is therefore not in place.
 
 Convs per block: vgg8 (1,1,1,1,1), vgg11 (1,1,2,2,2), vgg13 (2,2,2,2,2),
 vgg16 (2,2,3,3,3), vgg19 (2,2,4,4,4); widths 64, 128, 256, 512, 512.
@@ -42,7 +44,8 @@ def _block(cin: int, cout: int, convs: int) -> nn.Sequential:
         layers += [
             nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1),
             nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True),
+            # the last BN's output is the block's pre-ReLU map: not overwritten in place
+            nn.ReLU(inplace=i < convs - 1),
         ]
     return nn.Sequential(*layers)
 
@@ -69,6 +72,10 @@ class VGG(nn.Module):
 
         self.feature_names = [f"block{i}" for i in range(5)]
         self.pooled_feature_name = "flatten"
+        # mdistiller's preact_feats and get_bn_before_relu (models/cifar/vgg.py): each block's
+        # last BN, whose ReLU the original applies after the block
+        self.preact_bn_names = [f"block{i}.{3 * depths[i] - 2}" for i in range(1, 5)]
+        self.preact_feature_names = ["block0", *self.preact_bn_names]
         init_fan_out_normal(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

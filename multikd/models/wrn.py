@@ -14,6 +14,10 @@ shapes, the forward pass and the initialisation match it:
 - final ``bn1`` + ReLU, 8x8 average pool, flatten, linear ``fc``.
 
 Stage features (f0..f3): the stem conv, block1, block2, and block3 after the final BN+ReLU.
+Pre-ReLU stage maps (``preact_feature_names``, mdistiller's ``preact_feats``): the stem, then
+block1 and block2 through the BN that pre-activates them (``block2.layer.0.bn1``,
+``block3.layer.0.bn1``) and block3 through the final ``bn1``; the ReLUs after those BNs are
+not in place, so a tap keeps the pre-ReLU values.
 
 ``wrn_28_4`` is MTKD-RL's teacher (winycg/MTKD-RL ``models/wrn.py``, whose ``WideResNet`` is
 the same class as RepDistiller's, with dropout rate 0): 5.87M parameters, widths 64/128/256.
@@ -31,10 +35,12 @@ from multikd.models.registry import register_model
 class WideBasicBlock(nn.Module):
     """Pre-activation block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus identity or 1x1 shortcut."""
 
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(self, cin: int, cout: int, stride: int, keep_preact: bool = False):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin)
-        self.relu1 = nn.ReLU(inplace=True)
+        # keep_preact: bn1's output is a tapped pre-ReLU map (a stage's first block reads the
+        # previous stage's), so its ReLU must not overwrite it in place
+        self.relu1 = nn.ReLU(inplace=not keep_preact)
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.relu2 = nn.ReLU(inplace=True)
@@ -57,7 +63,8 @@ class NetworkBlock(nn.Module):
         super().__init__()
         self.layer = nn.Sequential(
             *[
-                WideBasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1)
+                WideBasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1,
+                               keep_preact=i == 0)
                 for i in range(blocks)
             ]
         )
@@ -88,7 +95,7 @@ class WideResNet(nn.Module):
         self.block2 = NetworkBlock(blocks, widths[1], widths[2], 2)
         self.block3 = NetworkBlock(blocks, widths[2], widths[3], 2)
         self.bn1 = nn.BatchNorm2d(widths[3])
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU()  # not in place: bn1's output is the last pre-ReLU map
         self.avgpool = nn.AvgPool2d(8)
         self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(widths[3], num_classes)
@@ -98,6 +105,11 @@ class WideResNet(nn.Module):
         # final bn1 + ReLU (values can be negative): loss.taps repdistiller uses these
         self.repdistiller_feature_names = ["conv1", "block1", "block2", "block3"]
         self.pooled_feature_name = "flatten"
+        # mdistiller's preact_feats (models/cifar/wrn.py): stage i's map through the BN that
+        # pre-activates it, the next stage's first bn1 or the final bn1, which are also its
+        # get_bn_before_relu
+        self.preact_bn_names = ["block2.layer.0.bn1", "block3.layer.0.bn1", "bn1"]
+        self.preact_feature_names = ["conv1", *self.preact_bn_names]
         init_fan_out_normal(self, linear_std=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
