@@ -46,7 +46,7 @@ REGISTRIES = {  # registry -> (its error type, its built-in names in registratio
     )),
     "logit-losses": (LOGIT_LOSS_REGISTRY, ConfigError, ("kd", "mse", "dkd", "dist")),
     "feature-losses": (FEATURE_LOSS_REGISTRY, ConfigError, (
-        "mse", "at", "nst", "pkt", "rkd", "sp", "reviewkd", "crd",
+        "mse", "at", "nst", "pkt", "rkd", "sp", "reviewkd", "crd", "ofd", "vid",
     )),
     "adapters": (ADAPTER_REGISTRY, ModelError, ("conv1x1", "embed", "convreg", "mmkd")),
 }

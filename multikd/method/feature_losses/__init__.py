@@ -13,7 +13,11 @@ loss may read; each loss lives in its own module, cited to its reference code:
 - ``sp`` (:mod:`.sp`): similarity-preserving (per batch);
 - ``rkd`` (:mod:`.rkd`): relational KD, distance and angle (per batch);
 - ``crd`` (:mod:`.crd`): contrastive representation distillation, embeddings and memory
-  banks with their NCE (per batch; needs the training set's labels and sample indices).
+  banks with their NCE (per batch; needs the training set's labels and sample indices);
+- ``vid`` (:mod:`.vid`): variational information distillation, a Gaussian likelihood under
+  per-stage regressors (per sample; the variance untrained, as mdistiller's);
+- ``ofd`` (:mod:`.ofd`): overhaul of feature distillation, partial L2 on pre-ReLU maps
+  with margins from the teacher's BN (per sample; reads ``preact_feature_names``).
 
 Importing this package registers them all.
 """
@@ -28,6 +32,7 @@ from multikd.method.feature_losses import at  # noqa: F401  (registers)
 from multikd.method.feature_losses import nst, pkt, rkd, sp  # noqa: F401  (register)
 from multikd.method.feature_losses import reviewkd  # noqa: F401  (registers)
 from multikd.method.feature_losses import crd  # noqa: F401  (registers)
+from multikd.method.feature_losses import ofd, vid  # noqa: F401  (register)
 
 __all__ = [
     "FEATURE_LOSS_REGISTRY", "READS", "FeatureBatch", "FeatureLoss", "FeatureSetup",
