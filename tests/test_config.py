@@ -179,9 +179,9 @@ def test_removed_runtime_batched_teachers_still_loads_with_a_note(tmp_path, capl
     (304deca100b3, from before the removal)."""
     import logging
 
-    from multikd.train import config as config_module
+    from multikd.train.config import legacy
 
-    monkeypatch.setattr(config_module, "_noted", set())
+    monkeypatch.setattr(legacy, "_noted", set())
     cfg = resolve(RunConfig(kind="distill", teachers=[TeacherConfig(arch="resnet8")]))
     assert config_hash(cfg) == "304deca100b3"
     data = cfg.to_dict()

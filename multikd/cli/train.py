@@ -39,7 +39,7 @@ _RESUME_KEEPS = {"runtime.device", "output.quiet"}
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by train-teacher and distill: sugar over config keys (see config.py)."""
+    """Options shared by train-teacher and distill: sugar over config keys (see train/config/)."""
     p.add_argument(
         "--config", metavar="FILE", help="YAML config file (keys not given keep defaults)"
     )
