@@ -101,8 +101,11 @@ def test_teacher_head_weights_and_learned_strategies_are_refused_with_the_reason
     with pytest.raises(ConfigError, match="teacher-head .* only hint losses"):
         _distiller(2, create_strategy("ca-mkd"), gamma=1.0, feature_loss="at",
                    feature_weights="teacher-head")
-    with pytest.raises(ConfigError, match="strategy 'mmkd' learns its weights"):
-        _distiller(2, create_strategy("mmkd"), gamma=1.0, feature_loss="at")
+    with pytest.raises(ConfigError, match="strategy 'mtkd-rl' reads the student's feature through"):
+        _distiller(2, create_strategy("mtkd-rl"), gamma=1.0, feature_loss="at")
+    with pytest.raises(ConfigError, match="would move feature loss 'crd''s own state"):
+        _distiller(2, create_strategy("mmkd"), gamma=1.0, feature_loss="crd",
+                   feature_params={"nce_k": 4})
     d, _, _ = _distiller(2, create_strategy("ca-mkd"), gamma=1.0, feature_loss="at")
     assert d.feature_weights == "strategy"  # CA-MKD's reference teacher-head has no adapter here
 
@@ -129,3 +132,43 @@ def test_lockstep_groups_runs_by_what_their_feature_loss_reads():
     at = build_config(sets=["loss.gamma=1", "loss.feature_loss=at"])
     mse = build_config(sets=["loss.gamma=1"])
     assert teacher_taps(at) != teacher_taps(mse)
+
+
+def _meta_gradients(name: str, gamma: float, perturb_modules: bool = False):
+    """MMKD's meta-gradients after one real step of a fixed student, teachers and batch."""
+    student, teachers = _models(2)
+    example = torch.zeros(2, 3, 32, 32, dtype=torch.float64)
+    torch.manual_seed(5)
+    mmkd = create_strategy("mmkd", hard_buffer=False)
+    d = MultiTeacherDistiller(student, TeacherEnsemble(teachers, example_input=example), mmkd,
+                              LossSpec(gamma=gamma, feature_loss=name), example_input=example,
+                              batch_size=6).double()
+    if perturb_modules:
+        with torch.no_grad():
+            for p in d.feature_modules.parameters():
+                p.mul_(1.5)
+    d.train()
+    opt = torch.optim.SGD(d.trainable_parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    x, y = _batch()
+    _, losses, _ = d(x, y)
+    opt.zero_grad()
+    losses["total"].backward()
+    opt.step()
+    before = [p.detach().clone() for p in d.trainable_parameters()]
+    grads = mmkd.meta_gradients(d, opt)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert all(torch.equal(a, b) for a, b in zip(before, d.trainable_parameters()))  # rolled back
+    return grads
+
+
+@pytest.mark.parametrize("name", ["at", "vid"])
+def test_mmkd_virtual_steps_evaluate_the_feature_modules(name):
+    """MMKD's virtual steps include the feature modules' loss (the meta-gradients change
+    with gamma) evaluated with the unrolled weights (VID's regressors, held by the
+    optimizer, change them too)."""
+    base = _meta_gradients(name, 1.0)
+    assert any(g.abs().sum() > 0 for g in base)
+    assert any(not torch.equal(a, b) for a, b in zip(base, _meta_gradients(name, 1000.0)))
+    if name == "vid":
+        moved = _meta_gradients(name, 1.0, perturb_modules=True)
+        assert any(not torch.equal(a, b) for a, b in zip(base, moved))

@@ -251,10 +251,6 @@ class MultiTeacherDistiller(nn.Module):
         if self.self_teacher.due(self.epoch):
             self.snapshot_self_teacher()
 
-    @property
-    def teacher_names(self) -> list[str]:
-        return self.ensemble.names
-
     def forward(self, x: torch.Tensor, y: torch.Tensor, teacher_out: EnsembleOutput | None = None,
                 index: torch.Tensor | None = None):
         """``(logits, losses, info)`` of one step (:class:`LearnerContract`); ``index``:
@@ -373,10 +369,15 @@ class MultiTeacherDistiller(nn.Module):
         <multikd.method.routing.strategy_ce>`)."""
         return strategy_ce(out, y, ids, self.class_maps, self.partial_labels, self.unlabeled_ce)
 
-    def per_teacher_feature_loss(self, adapted, teacher_features) -> torch.Tensor:
-        """``[K,B]``: the feature loss ``feature_loss`` (default ``mse``: ``mean_e
-        (a_k(f_s)_i - f_tk,i)^2``) against each teacher's feature (as its adapter compares
-        it, :meth:`FeatureAdapter.target`)."""
+    def per_teacher_feature_loss(self, adapted, teacher_features, maps=(), teacher_maps=None,
+                                 y=None, index=None) -> torch.Tensor:
+        """``[K,B]``: the feature loss against each teacher: a hint loss (default ``mse``:
+        ``mean_e (a_k(f_s)_i - f_tk,i)^2``) on the adapted student feature and each teacher's
+        (as its adapter compares it, :meth:`FeatureAdapter.target`), or each teacher's
+        feature module on the student's ``maps`` and its ``teacher_maps``."""
+        if not self.hint_loss:
+            return run_per_teacher(self._active(self.feature_modules), maps, teacher_maps,
+                                   FeatureBatch(y, index, self.epoch))
         targets = [a.target(f.detach()) for a, f in zip(self._active(self.adapters),
                                                           teacher_features)]
         return feature_loss_per_teacher(adapted, targets, self.feature_loss, self.feature_params)
@@ -395,12 +396,8 @@ class MultiTeacherDistiller(nn.Module):
         else:
             v, mass, scale = strategy_feature_weights(selection, self.feature_weights,
                                                       self.strategy.weight_mass(k))
-        if self.hint_loss:
-            per_feature = self.per_teacher_feature_loss(adapted, teacher_out.features)
-        else:
-            per_feature = run_per_teacher(self._active(self.feature_modules), maps,
-                                          teacher_out.stage_features,
-                                          FeatureBatch(y, index, self.epoch))
+        per_feature = self.per_teacher_feature_loss(adapted, teacher_out.features, maps,
+                                                    teacher_out.stage_features, y, index)
         feat = scaled(self._reduction_scale(mass, k) * scale,
                       weighted_teacher_mean(per_feature, v))
         return (feat if self.feature_grad else feat.detach()), per_feature
@@ -411,7 +408,7 @@ class MultiTeacherDistiller(nn.Module):
         features = teacher_out.features if self.use_features else None
         self.strategy.observe(StepRecord.detached(
             x, y, logits, teacher_out.logits, per_teacher, selection, student_feature, features,
-            per_feature, (self.alpha, self.beta, self.gamma)))
+            per_feature, (self.alpha, self.beta, self.gamma), teacher_out.stage_features))
 
     @property
     def updates_after_step(self) -> bool:

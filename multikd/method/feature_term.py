@@ -26,7 +26,9 @@ from torch import nn
 
 from multikd.errors import ConfigError, ModelError
 from multikd.method.ensemble import EnsembleOutput, TeacherEnsemble
-from multikd.method.feature_losses import FEATURE_LOSS_REGISTRY, FeatureSetup, is_hint, tap_names
+from multikd.method.feature_losses import (
+    FEATURE_LOSS_REGISTRY, FeatureSetup, is_hint, loss_info, tap_names,
+)
 from multikd.method.losses import upcast
 from multikd.method.strategies import Selection, Strategy
 
@@ -121,12 +123,18 @@ def feature_module_problems(strategy: Strategy, feature_loss: str, feature_weigh
             f"through that teacher's adapter, which only hint losses (mse) have; feature loss "
             f"{feature_loss!r} reads its own maps: set loss.feature_weights strategy or uniform"
         )
-    if strategy.learns:
+    if strategy.reads_adapted:
         raise ConfigError(
-            f"strategy {strategy.name!r} learns its weights from the student's feature through "
-            "each teacher's adapter and evaluates the hint loss in its own steps; feature loss "
-            f"{feature_loss!r} has no adapters: use loss.feature_loss mse with it, or a strategy "
-            "that does not learn (uniform, ce-filter, ca-mkd, ebkd, aekd, ...)"
+            f"strategy {strategy.name!r} reads the student's feature through each teacher's "
+            "adapter (its state: their cosine with the teacher's), adapters that only hint "
+            f"losses build and train; feature loss {feature_loss!r} has none: use "
+            "loss.feature_loss mse with it"
+        )
+    if strategy.learns and loss_info(feature_loss)["stateful"]:
+        raise ConfigError(
+            f"strategy {strategy.name!r} re-evaluates the feature loss in virtual steps, which "
+            f"would move feature loss {feature_loss!r}'s own state (its memory bank) outside "
+            "the real steps: use a feature loss without state (at, nst, vid, reviewkd...)"
         )
 
 

@@ -94,7 +94,8 @@ class FeatureLoss(nn.Module):
     Subclasses set ``reads`` (a key of :data:`READS`; ``teacher_reads`` where the teacher's
     side differs, e.g. ReviewKD's pre-ReLU targets), ``per_sample`` (False: ``forward``
     returns one value for the batch), ``needs_index`` (the batch's training-set indices)
-    and ``reference_gamma`` (the loss weight of its reference recipe, the γ to use), and
+    ``stateful`` (its forward changes its own state in training: CRD's memory bank) and
+    ``reference_gamma`` (the loss weight of its reference recipe, the γ to use), and
     implement :meth:`forward`. ``__init__(student_shapes, teacher_shapes, **params)``
     builds the modules; :meth:`build` is where a loss reads more of its :class:`FeatureSetup`.
     """
@@ -103,6 +104,7 @@ class FeatureLoss(nn.Module):
     teacher_reads: ClassVar[str | None] = None
     per_sample: ClassVar[bool] = True
     needs_index: ClassVar[bool] = False
+    stateful: ClassVar[bool] = False
     reference_gamma: ClassVar[float | None] = None
 
     def __init__(self, student_shapes: Sequence[Shape], teacher_shapes: Sequence[Shape]):
@@ -150,11 +152,11 @@ def register_feature_loss(name: str, description: str | None = None, *,
                         f"of {', '.join(r for r in READS if r != 'hint')}"
                     )
             info = dict(reads=target.reads, teacher_reads=teacher_reads,
-                        per_sample=target.per_sample,
+                        per_sample=target.per_sample, stateful=target.stateful,
                         needs_index=target.needs_index, reference_gamma=target.reference_gamma)
         else:
             info = dict(reads="hint", teacher_reads="hint", per_sample=True, needs_index=False,
-                        reference_gamma=None)
+                        stateful=False, reference_gamma=None)
         FEATURE_LOSS_REGISTRY.add(name, target, description, params=params, **info)
         return target
 

@@ -101,6 +101,7 @@ class CRD(FeatureLoss):
     reads = "pooled"
     per_sample = False
     needs_index = True
+    stateful = True
     reference_gamma = 0.8
 
     def __init__(self, student_shapes, teacher_shapes, train_labels: torch.Tensor | None,

@@ -93,6 +93,10 @@ class Strategy:
     needs_features = False
     """True for strategies that read the student's and the teachers' features from the
     :class:`StepContext` (they need ``loss.gamma`` > 0, which taps them)."""
+    reads_adapted = False
+    """True for strategies that read the student's feature through each teacher's hint
+    adapter (``StepContext.adapted``: MTKD-RL's agent state), which only hint feature losses
+    build and train."""
     needs_labels = ""
     """Why the strategy cannot run without any labelled sample (empty: it can; on
     unlabelled samples the distiller hands CE-based strategies a label-free stand-in for the

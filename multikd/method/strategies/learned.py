@@ -73,10 +73,13 @@ class StepRecord:
     alpha: float = 1.0
     beta: float = 1.0
     gamma: float = 0.0
+    teacher_maps: list[list[torch.Tensor]] | None = None
+    """Per teacher, the maps its feature module reads (a feature loss other than a hint)."""
 
     @classmethod
     def detached(cls, x, y, logits, teacher_logits, logit_loss, selection, student_feature,
-                 teacher_features, feature_loss, weights: tuple[float, float, float]):
+                 teacher_features, feature_loss, weights: tuple[float, float, float],
+                 teacher_maps=None):
         """The record of a step from the distiller's tensors, detached (no graph kept);
         ``weights`` = ``(alpha, beta, gamma)``."""
         def off(t):
@@ -91,6 +94,8 @@ class StepRecord:
                 teacher_features=None if teacher_features is None
                 else [f.detach() for f in teacher_features],
                 feature_loss=off(feature_loss), alpha=weights[0], beta=weights[1], gamma=weights[2],
+                teacher_maps=None if teacher_maps is None
+                else [[m.detach() for m in maps] for maps in teacher_maps],
             )
 
 

@@ -233,6 +233,8 @@ class MMKD(LearnedStrategy):
             "y": record.y.detach(),
             "t_logits": record.teacher_logits.detach(),
             "t_features": [f.detach() for f in record.teacher_features or []],
+            # a feature module's maps, flat: teacher k's stage s at k * stages + s
+            "t_maps": [m.detach() for maps in record.teacher_maps or [] for m in maps],
         }
         if not self.hard_buffer:
             self._last = batch
@@ -325,22 +327,26 @@ class MMKD(LearnedStrategy):
             grads = [torch.zeros_like(t) if g is None else g for t, g in zip(leaf, grads)]
             return leaf, loss, grads
 
-        def forward(theta):
-            return functional_call(path, ({**dict(zip(keys, theta)), **buffers},), (batch["x"],))
+        t_maps = _per_teacher(batch.get("t_maps") or [], learner.ensemble.num_teachers)
+
+        def forward(theta, maps=None):
+            return functional_call(path, ({**dict(zip(keys, theta)), **buffers},), (batch["x"],),
+                                   {"teacher_maps": maps, "y": batch["y"]})
 
         def matching(theta):
-            logits, feature, adapted = forward(theta)
+            logits, feature, adapted, module_loss = forward(theta, t_maps)
             w, v = self.weights_for(batch["t_logits"], logits, batch["t_features"] or None,
                                     feature)
             per_teacher = learner.per_teacher_logit_loss(logits, batch["t_logits"], batch["y"])
             loss = learner.beta * (w * per_teacher).sum(0).mean()
             if v is not None:
-                per_feature = learner.per_teacher_feature_loss(adapted, batch["t_features"])
+                per_feature = (module_loss if module_loss is not None else
+                               learner.per_teacher_feature_loss(adapted, batch["t_features"]))
                 loss = loss + learner.gamma * (v * per_feature).sum(0).mean()
             return loss
 
         def outer(theta):
-            logits, _, _ = forward(theta)
+            logits = forward(theta)[0]
             if self.spec.partial_labels:  # the current batch may hold unlabelled samples
                 return labeled_ce(logits, batch["y"])
             return F.cross_entropy(logits, batch["y"])
@@ -385,18 +391,34 @@ class MMKD(LearnedStrategy):
 
 
 class StudentPath(nn.Module):
-    """The student and its adapters as one module (shared, not copied), whose forward
-    gives ``(logits, tapped feature or None, adapted features)``: what MMKD's virtual steps
-    evaluate with :func:`torch.func.functional_call`."""
+    """The student, its adapters and its feature modules as one module (shared, not
+    copied), whose forward gives ``(logits, tapped feature or None, adapted features,
+    feature-module loss [K,B] or None)``: what MMKD's virtual steps evaluate with
+    :func:`torch.func.functional_call`. The feature modules' loss (against
+    ``teacher_maps``, labels ``y``) is computed inside, so it sees the virtual weights."""
 
     def __init__(self, learner):
         super().__init__()
         self.student = learner.student
         self.adapters = learner.adapters
+        self.feature_modules = learner.feature_modules
         self._learner = [learner]
 
-    def forward(self, x):
-        return self._learner[0].forward_student(x)
+    def forward(self, x, teacher_maps=None, y=None):
+        learner = self._learner[0]
+        logits, feature, adapted, maps = learner._student_pass(x)
+        module_loss = None
+        if teacher_maps is not None and not learner.hint_loss:
+            module_loss = learner.per_teacher_feature_loss(adapted, None, maps, teacher_maps, y)
+        return logits, feature, adapted, module_loss
+
+
+def _per_teacher(flat: list, k: int) -> list[list[torch.Tensor]] | None:
+    """The flat list of the teachers' maps (the buffer's ``t_maps``) as one list per teacher."""
+    if not flat:
+        return None
+    stages = len(flat) // k
+    return [flat[i * stages:(i + 1) * stages] for i in range(k)]
 
 
 def _gram(feature: torch.Tensor) -> torch.Tensor:
@@ -428,6 +450,7 @@ def _take(batch: dict, index) -> dict:
     return {
         "x": batch["x"][index], "y": batch["y"][index], "t_logits": batch["t_logits"][:, index],
         "t_features": [f[index] for f in batch["t_features"]],
+        "t_maps": [m[index] for m in batch.get("t_maps", [])],
     }
 
 
@@ -436,6 +459,7 @@ def _concat(a: dict, b: dict) -> dict:
         "x": torch.cat([a["x"], b["x"]]), "y": torch.cat([a["y"], b["y"]]),
         "t_logits": torch.cat([a["t_logits"], b["t_logits"]], dim=1),
         "t_features": [torch.cat([f, g]) for f, g in zip(a["t_features"], b["t_features"])],
+        "t_maps": [torch.cat([f, g]) for f, g in zip(a.get("t_maps", []), b.get("t_maps", []))],
     }
 
 
@@ -443,7 +467,8 @@ def _put(buf: dict, slots: torch.Tensor, batch: dict) -> None:
     buf["x"].index_copy_(0, slots, batch["x"])
     buf["y"].index_copy_(0, slots, batch["y"])
     buf["t_logits"].index_copy_(1, slots, batch["t_logits"])
-    for f, g in zip(buf["t_features"], batch["t_features"]):
+    for f, g in zip(buf["t_features"] + buf.get("t_maps", []),
+                    batch["t_features"] + batch.get("t_maps", [])):
         f.index_copy_(0, slots, g)
 
 
@@ -458,6 +483,7 @@ def _where(mask: torch.Tensor, a: dict, b: dict) -> dict:
         "x": pick(a["x"], b["x"]), "y": pick(a["y"], b["y"]),
         "t_logits": pick(a["t_logits"], b["t_logits"], dim=1),
         "t_features": [pick(f, g) for f, g in zip(a["t_features"], b["t_features"])],
+        "t_maps": [pick(f, g) for f, g in zip(a.get("t_maps", []), b.get("t_maps", []))],
     }
 
 
@@ -468,4 +494,5 @@ def _to(batch: dict | None, device) -> dict | None:
         "x": batch["x"].to(device), "y": batch["y"].to(device),
         "t_logits": batch["t_logits"].to(device),
         "t_features": [f.to(device) for f in batch["t_features"]],
+        "t_maps": [m.to(device) for m in batch.get("t_maps", [])],
     }

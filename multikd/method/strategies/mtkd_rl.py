@@ -118,6 +118,7 @@ class MTKDRL(LearnedStrategy):
 
     needs_student = True
     needs_features = True
+    reads_adapted = True
     reference = {
         "teacher_reduction": "sum",
         "feature_weights": "strategy",
