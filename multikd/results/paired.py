@@ -31,19 +31,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from multikd.results.runs import ROW_KEYS, ResultsError
+from multikd.results.table_format import _leading_keys, row_label, tex_escape, tex_table
 from multikd.results.tables import (
     ALONE,
     METRIC_COLUMNS,
-    ROW_KEYS,
-    ResultsError,
     _epochs_value,
-    _leading_keys,
     _ordered_methods,
     alone_runs_of_row,
     comparison_runs,
-    row_label,
-    tex_escape,
-    tex_table,
 )
 from multikd.train.runio import RunDir
 

@@ -26,12 +26,13 @@ Metrics (accuracies in %, as the engine writes them):
   epoch is selected on the test set itself;
 - ``val``: ``val_selected_test_acc``, test accuracy at the epoch of best validation accuracy
   (needs runs trained with a validation split).
+
+Collecting the runs lives in :mod:`multikd.results.runs` and the text formats (Markdown,
+CSV, LaTeX) in :mod:`multikd.results.table_format`; their names stay importable from here.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -40,9 +41,26 @@ from pathlib import Path
 import pandas as pd
 
 from multikd.errors import MultikdError
-from multikd.plugins import changes as plugin_changes
+from multikd.results.runs import (  # noqa: F401  (collecting, re-exported: tables' old home)
+    ROW_KEYS,
+    ResultsError,
+    check_one_experiment_per_cell,
+    collect_runs,
+    experiment_text,
+    read_metrics,
+)
+from multikd.results.table_format import (  # noqa: F401  (formatting, re-exported likewise)
+    FORMATS,
+    PUBLISHED_NOTE,
+    STATS,
+    format_table,
+    row_label,
+    tex_escape,
+    tex_table,
+    write_table,
+)
 from multikd.results.targets import EPOCHS, Comparison, Target, interval, read_targets
-from multikd.train.runio import CONFIG, METRICS, SUMMARY, atomic_write_text
+from multikd.train.runio import SUMMARY
 
 log = logging.getLogger(__name__)
 
@@ -52,180 +70,12 @@ CAPTIONS = {
     "best": "best-epoch test accuracy (%) — optimistic, selected on test",
     "val": "val-selected test accuracy (%)",
 }
-FORMATS = ("md", "csv", "tex")
-PUBLISHED_NOTE = (
-    "Published: each target of the suite against our runs of its cell on the target's own "
-    "metric (a best-epoch number against our best-epoch accuracy, whatever the table's "
-    "metric): ours mean ± sample std (n), Δ = ours − published, and whether the published "
-    "number lies inside, below or above our two-sided 95% Student-t interval of the mean.")
+
+
 ALONE = "student alone"
 FEAT_SUFFIX = " +feat"
 TEACHER_SUFFIX = " (teacher)"
 TEACHERS_FILE = "teachers.json"  # the teachers' verification records in a bench folder
-ROW_KEYS = ("dataset", "student", "teachers", "epochs")
-STATS = ("mean", "std", "n")
-
-# The engine's summary keys, with the spellings of the run-directory format note as fallbacks.
-_ALIASES = {
-    "student": ("student_arch", "student"),
-    "teacher_names": ("teacher_names", "teachers"),
-    "features": ("features_used", "features"),
-}
-
-
-class ResultsError(MultikdError):
-    """No usable runs, or a table that cannot be made from the runs found."""
-
-
-# --------------------------------------------------------------------------- collecting
-def collect_runs(root: str | Path | list) -> pd.DataFrame:
-    """One row per finished run under ``root`` (searched recursively), or under each of
-    several folders (a sweep whose jobs wrote into different ``--out`` folders).
-
-    Columns: every summary field, nested dicts flattened with dots (``versions.torch``),
-    ``path`` (the run folder), normalized ``student``, ``teacher_names`` (tuple),
-    ``features`` (bool) whichever spelling the summary used, and ``experiment`` (the run's
-    config.yaml without what may differ between runs of one table cell, see
-    :func:`experiment_text`; None without a config). Unfinished or unreadable runs are
-    skipped with a warning and listed in ``df.attrs["skipped"]`` as ``(path, reason)``.
-    A plugin file a run recorded that is missing or changed since (:mod:`multikd.plugins`)
-    is a warning, listed in ``df.attrs["plugin_changes"]`` as ``(message, runs)``.
-    """
-    roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
-    if not roots:
-        raise ResultsError("no runs folder given")
-    for folder in roots:
-        if not folder.exists():
-            raise ResultsError(
-                f"runs folder {folder} does not exist; pass the folder the runs were written to"
-            )
-        if not folder.is_dir():
-            raise ResultsError(
-                f"{folder} is not a folder; pass the folder the runs were written to"
-            )
-    summaries = sorted({p.resolve(): p for r in roots for p in r.rglob(SUMMARY)}.values())
-    records, skipped, changed = [], [], {}
-    for summary_path in summaries:
-        run = summary_path.parent
-        try:
-            summary = json.loads(summary_path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            skipped.append((str(run), f"unreadable {SUMMARY}: {err}"))
-            continue
-        if not isinstance(summary, dict) or summary.get("status") != "finished":
-            status = summary.get("status") if isinstance(summary, dict) else None
-            skipped.append((str(run), f"status is {status!r}, not 'finished'"))
-            continue
-        for message in plugin_changes(summary.pop("plugins", None)):
-            changed.setdefault(message, []).append(str(run))
-        records.append(_flatten(summary) | _normalized(summary)
-                       | {"path": str(run), "experiment": experiment_text(run)})
-    for message, runs in changed.items():
-        log.warning("%s: %d run(s) used the recorded version (e.g. %s); the table shows what "
-                    "they computed, not what the file does now", message, len(runs), runs[0])
-    for run, reason in skipped:
-        log.warning("skipping run %s: %s", run, reason)
-    if skipped:
-        log.warning("%d unfinished or unreadable run(s) left out of the results", len(skipped))
-    df = pd.DataFrame.from_records(records)
-    if records:
-        for key in ("kind", "dataset", "epochs", "seed"):
-            if key not in df:
-                df[key] = None
-    df.attrs["skipped"] = skipped
-    df.attrs["plugin_changes"] = [(message, runs) for message, runs in changed.items()]
-    df.attrs["root"] = ", ".join(map(str, roots))
-    df.attrs["roots"] = roots
-    return df
-
-
-# What may differ between the runs of one table cell: where they read, write and run, the
-# seed, and the teachers' checkpoint paths (the same teachers in another --out folder).
-_NOT_THE_EXPERIMENT = {
-    "output": None, "plugins": None,  # a plugin's file: checked by its hash instead
-    "runtime": ("seed", "device", "teacher_cache", "teacher_cache_budget"),
-    "data": ("data_root", "workers", "pipeline"),
-}
-
-
-def experiment_text(run_dir: Path) -> str | None:
-    """The run's config.yaml as canonical JSON without the keys of ``_NOT_THE_EXPERIMENT``
-    (None when the run has no readable config.yaml)."""
-    import yaml
-
-    try:
-        config = yaml.safe_load((Path(run_dir) / CONFIG).read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    if not isinstance(config, dict):
-        return None
-    params = (config.get("strategy") or {}).get("params") or {}
-    if "seed" in params and params["seed"] == (config.get("runtime") or {}).get("seed"):
-        params.pop("seed")  # a strategy seeded by its run (random): part of the seed
-    for section, keys in _NOT_THE_EXPERIMENT.items():
-        if keys is None:
-            config.pop(section, None)
-        elif isinstance(config.get(section), dict):
-            for key in keys:
-                config[section].pop(key, None)
-    for teacher in config.get("teachers") or ():
-        if isinstance(teacher, dict):
-            teacher.pop("checkpoint", None)
-    return json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def _differences(a: str, b: str) -> list[str]:
-    def flat(value, prefix=""):
-        if isinstance(value, dict):
-            return {k: v for key, sub in value.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
-        return {prefix.rstrip("."): value}
-
-    fa, fb = flat(json.loads(a)), flat(json.loads(b))
-    return [f"{k}: {fa.get(k)!r} vs {fb.get(k)!r}" for k in sorted(set(fa) | set(fb))
-            if fa.get(k) != fb.get(k)]
-
-
-def check_one_experiment_per_cell(runs: pd.DataFrame) -> None:
-    """Refuse a table cell (row, method) whose runs were made with different configs
-    beyond seed and location: averaging them would mix two experiments under one label."""
-    if "experiment" not in runs:
-        return
-    known = runs.dropna(subset=["experiment"])
-    for key, cell in known.groupby([*ROW_KEYS, "method"], sort=True):
-        kinds = cell.drop_duplicates("experiment")
-        if len(kinds) < 2:
-            continue
-        a, b = kinds.iloc[0], kinds.iloc[1]
-        diff = "; ".join(_differences(a["experiment"], b["experiment"])[:6])
-        raise ResultsError(
-            f"runs of different experiments under one label {key[-1]!r} in row "
-            f"{'|'.join(map(str, key[:-1]))}: {a['path']} and {b['path']} differ in {diff}. "
-            "Table them separately (pass only the folders of one experiment), or give one of "
-            "them another strategy label"
-        )
-
-
-def _flatten(summary: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in summary.items():
-        if isinstance(value, dict) and key != "teacher_test_acc" and key != "strategy_params":
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _normalized(summary: dict) -> dict:
-    out = {}
-    for name, keys in _ALIASES.items():
-        out[name] = next((summary[k] for k in keys if summary.get(k) is not None), None)
-    out["teacher_names"] = tuple(out["teacher_names"] or ())
-    out["features"] = bool(out["features"])
-    fraction = summary.get("labeled_fraction")
-    if isinstance(fraction, (int, float)) and fraction < 1 and summary.get("dataset"):
-        # another experiment: its own rows (and its own student-alone baseline)
-        out["dataset"] = f"{summary['dataset']}@labeled{fraction:g}"
-    return out
 
 
 # --------------------------------------------------------------------------- the table
@@ -630,253 +480,3 @@ def _teacher_accuracy(df: pd.DataFrame, distill_runs: pd.DataFrame, name: str, d
     teachers = df[(df["kind"] == "teacher") & (df["dataset"].map(key_text) == dataset)]
     match = teachers["path"].map(lambda p: Path(p).name == name) | (teachers["student"] == name)
     return _aggregate(pd.to_numeric(teachers.loc[match, "last_test_acc"], errors="coerce").dropna())
-
-
-# --------------------------------------------------------------------------- formatting
-def row_label(student: str, teachers: str) -> str:
-    """``resnet8x4 ← vgg13+resnet32x4+wrn_40_2`` (the student alone when no teachers)."""
-    return f"{student} ← {teachers}" if teachers else student
-
-
-def format_table(table: pd.DataFrame, fmt: str = "md") -> str:
-    """The table as Markdown, CSV or LaTeX text.
-
-    md/tex: a caption naming the metric, cells ``mean ± std (n)`` with 2 decimals (``—`` for
-    the std of a single run, empty when a method has no run), the best student mean of each
-    row in bold (ties at 2 decimals all bold; teacher columns are not compared).
-    csv: one line per row with ``metric``, the row keys, and ``<method> mean``, ``<method> std``,
-    ``<method> n`` columns at full precision (empty std when n=1).
-    """
-    if fmt not in FORMATS:
-        raise ResultsError(f"unknown table format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    if fmt == "csv":
-        return _format_csv(table)
-    rows = _text_rows(table, tex=(fmt == "tex"))
-    return _format_tex(table, rows) if fmt == "tex" else _format_md(table, rows)
-
-
-def _methods(table: pd.DataFrame) -> list[str]:
-    return list(dict.fromkeys(table.columns.get_level_values(0)))
-
-
-def _best_methods(table: pd.DataFrame, index) -> set[str]:
-    compared = table.attrs.get("methods", _methods(table))
-    means = {m: round(table.at[index, (m, "mean")], 2) for m in compared
-             if table.at[index, (m, "n")] > 0}
-    if not means:
-        return set()
-    top = max(means.values())
-    return {m for m, v in means.items() if v == top}
-
-
-def _cell(mean: float, std: float, n: int, tex: bool) -> str:
-    if n == 0:
-        return ""
-    pm, dash = (r"$\pm$", "---") if tex else ("±", "—")
-    spread = dash if math.isnan(std) else f"{std:.2f}"
-    return f"{mean:.2f} {pm} {spread} ({n})"
-
-
-def _leading_keys(table: pd.DataFrame) -> list[str]:
-    """Row keys shown as their own columns: dataset/epochs only when they vary."""
-    return [k for k in ("dataset", "epochs") if table.index.get_level_values(k).nunique() > 1]
-
-
-def _caption(table: pd.DataFrame) -> str:
-    parts = [table.attrs.get("caption", "test accuracy (%)")]
-    for key in ("dataset", "epochs"):
-        values = table.index.get_level_values(key).unique()
-        if len(values) == 1 and values[0] != "":
-            parts.append(f"{key} {values[0]}")
-    return "; ".join(parts) + "; mean ± sample std (n seeds)"
-
-
-def _text_rows(table: pd.DataFrame, tex: bool) -> list[list[str]]:
-    leading = _leading_keys(table)
-    out = []
-    for index in table.index:
-        keys = dict(zip(table.index.names, index))
-        row = [str(keys[k]) for k in leading] + [row_label(keys["student"], keys["teachers"])]
-        best = _best_methods(table, index)
-        for method in _methods(table):
-            text = _cell(table.at[index, (method, "mean")], table.at[index, (method, "std")],
-                         table.at[index, (method, "n")], tex)
-            if method in best:
-                text = rf"\textbf{{{text}}}" if tex else f"**{text}**"
-            row.append(text)
-        out.append(row)
-    return out
-
-
-def _cost_columns(table: pd.DataFrame) -> tuple[list[str], dict]:
-    """Header and per-row cells of the cost columns (none when no row has a cost)."""
-    costs = table.attrs.get("costs") or {}
-    if not any(c.student.cost or any(t.cost for t in c.teachers) for c in costs.values()):
-        return [], {}
-    header = ["student params · MACs", "teachers params · MACs (× student params)"]
-    speed = any(c.student.images_per_s for c in costs.values())
-    if speed:
-        header += ["student img/s", "teachers img/s"]
-    cells = {}
-    for index, c in costs.items():
-        cells[index] = [c.student_text(), c.teachers_text()] + (list(c.speed_text()) if speed else [])
-    return header, cells
-
-
-def _format_md(table: pd.DataFrame, rows: list[list[str]]) -> str:
-    cost_header, cost_cells = _cost_columns(table)
-    if cost_header:
-        rows = [row + cost_cells.get(index, [""] * len(cost_header))
-                for row, index in zip(rows, table.index)]
-    n_methods = len(_methods(table)) + len(cost_header)
-    header = _leading_keys(table) + ["student ← teachers"] + _methods(table) + cost_header
-    published = table.attrs.get("published") or {}
-    if published:
-        rows = [row + ["<br>".join(c.text() for c in published.get(index, ()))]
-                for row, index in zip(rows, table.index)]
-        header += ["published"]
-    lines = [
-        f"**{_caption(table)}**",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join([":--"] * (len(header) - n_methods - bool(published))
-                       + ["--:"] * n_methods + [":--"] * bool(published)) + "|",
-    ]
-    lines += ["| " + " | ".join(cell.replace("|", r"\|") for cell in row) + " |" for row in rows]
-    lines += ["", "Best student method of each row in bold; — : one run, std undefined."]
-    if cost_header:
-        lines[-1] += _cost_note(table)
-    for note in table.attrs.get("teacher_notes") or ():
-        lines += ["", f"Teacher {note}, where it was trained and verified."]
-    if published:
-        lines += ["", PUBLISHED_NOTE]
-    return "\n".join(lines) + "\n"
-
-
-def _cost_note(table: pd.DataFrame) -> str:
-    note = (" Sizes: parameters and multiply-accumulates per 32x32 image (convolutions and "
-            "linear layers, torch.utils.flop_counter).")
-    speed = table.attrs.get("speed")
-    if speed:
-        note += f" Inference images/s: {speed}."
-    return note
-
-
-_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
-                "←": r"$\leftarrow$", "±": r"$\pm$", "—": "---", "·": r"$\cdot$",
-                "×": r"$\times$"}
-
-
-def tex_escape(text: str) -> str:
-    """``text`` with LaTeX special characters escaped (``wrn_40_2`` → ``wrn\\_40\\_2``)."""
-    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in text)
-
-
-def _format_tex(table: pd.DataFrame, rows: list[list[str]]) -> str:
-    cost_header, cost_cells = _cost_columns(table)
-    n_methods = len(_methods(table))
-    leading = _leading_keys(table)
-    n_text = len(leading) + 1
-    header = [tex_escape(h) for h in leading + ["student ← teachers"] + _methods(table)
-              + cost_header]
-    published = table.attrs.get("published") or {}
-    extra = ["published"] if published else []
-    header += extra
-    body = [
-        " & ".join([tex_escape(c) for c in row[:n_text]] + row[n_text:]
-                   + [tex_escape(c) for c in cost_cells.get(index, [""] * len(cost_header))]
-                   + [tex_escape("; ".join(c.text() for c in published.get(index, ())))
-                      for _ in extra])
-        for row, index in zip(rows, table.index)
-    ]
-    colspec = "l" * n_text + "r" * n_methods + "l" * (len(cost_header) + len(extra))
-    return tex_table(_caption(table), colspec, " & ".join(header), body)
-
-
-def tex_table(caption: str, colspec: str, header: str, body: list[str]) -> str:
-    """A booktabs table: ``header`` and each line of ``body`` are one LaTeX row (cells
-    already escaped and joined by ``&``, without the closing ``\\\\``)."""
-    lines = [
-        "% needs \\usepackage{booktabs}",
-        r"\begin{table}[t]",
-        r"\centering",
-        rf"\caption{{{tex_escape(caption)}}}",
-        r"\begin{tabular}{" + colspec + "}",
-        r"\toprule",
-        header + r" \\",
-        r"\midrule",
-        *(row + r" \\" for row in body),
-        r"\bottomrule",
-        r"\end{tabular}",
-        r"\end{table}",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _format_csv(table: pd.DataFrame) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    methods = _methods(table)
-    costs = table.attrs.get("costs") or {}
-    names = list(dict.fromkeys(t.name for c in costs.values() for t in c.teachers))
-    cost_header = []
-    if costs:
-        cost_header = ["student params", "student macs"] + [
-            f"{n} (teacher) {what}" for n in names for what in ("params", "macs")]
-        if any(c.student.images_per_s for c in costs.values()):
-            cost_header += ["student images_per_s"] + [f"{n} (teacher) images_per_s" for n in names]
-    published = table.attrs.get("published") or {}
-    extra = ["published"] if published else []
-    writer.writerow(["metric", *ROW_KEYS, *(f"{m} {s}" for m in methods for s in STATS),
-                     *cost_header, *extra])
-    for index in table.index:
-        row = [table.attrs.get("caption", ""), *index]
-        for method in methods:
-            n = int(table.at[index, (method, "n")])
-            mean, std = table.at[index, (method, "mean")], table.at[index, (method, "std")]
-            row += [
-                "" if n == 0 else repr(float(mean)),
-                "" if math.isnan(std) else repr(float(std)),
-                n,
-            ]
-        if cost_header:
-            row += _cost_csv_cells(costs.get(index), names, len(cost_header))
-        if extra:
-            row.append(" | ".join(c.text() for c in published.get(index, ())))
-        writer.writerow(row)
-    return out.getvalue()
-
-
-def _cost_csv_cells(cost, names: list[str], width: int) -> list:
-    if cost is None:
-        return [""] * width
-    teachers = {t.name: t for t in cost.teachers}
-    cells = [cost.student.cost.params if cost.student.cost else "",
-             cost.student.cost.macs if cost.student.cost else ""]
-    for name in names:
-        c = teachers.get(name)
-        cells += [c.cost.params, c.cost.macs] if c is not None and c.cost else ["", ""]
-    if len(cells) < width:
-        cells.append(f"{cost.student.images_per_s:.1f}" if cost.student.images_per_s else "")
-        for name in names:
-            c = teachers.get(name)
-            cells.append(f"{c.images_per_s:.1f}" if c is not None and c.images_per_s else "")
-    return cells
-
-
-def write_table(table: pd.DataFrame, path: str | Path, fmt: str = "md") -> Path:
-    """Write :func:`format_table` text to ``path`` atomically; the path."""
-    path = Path(path)
-    atomic_write_text(path, format_table(table, fmt))
-    return path
-
-
-def read_metrics(run_path: str | Path) -> pd.DataFrame | None:
-    """A run's ``metrics.csv`` (one row per epoch), or None with a warning if unreadable."""
-    path = Path(run_path) / METRICS
-    try:
-        return pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        log.warning("cannot read %s (%s); run left out of the plots", path, err)
-        return None
