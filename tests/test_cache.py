@@ -145,7 +145,8 @@ def test_a_flushed_cache_is_warm_for_the_next_process(tmp_path, teachers, train)
     for served, ref in _epoch(later, train, 0):
         assert torch.equal(served.logits, ref.logits)
     assert later.ensemble.samples == 0
-    assert later.cache.filled_fraction() == pytest.approx(1 / data.NUM_VIEWS)
+    filled = np.logical_and.reduce([t.filled for t in later.cache.tables])  # every teacher's
+    assert filled.mean() == pytest.approx(1 / data.NUM_VIEWS)
 
 
 def test_keys_change_with_any_teacher_weight_image_dtype_or_compute(teachers, train):
