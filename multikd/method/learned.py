@@ -7,5 +7,4 @@ from multikd.method.strategies.learned import (  # noqa: F401
     LearnedStrategy,
     StepRecord,
     StrategySpec,
-    device_of,
 )

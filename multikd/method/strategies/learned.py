@@ -222,7 +222,3 @@ class LearnedStrategy(Strategy):
         self.optimizer.load_state_dict(state["optimizer"])
         self._generator.set_state(state["generator"].to(device="cpu", dtype=torch.uint8))
         self.load_extra_state(state["extra"])
-
-
-def device_of(module: nn.Module) -> torch.device:
-    return next(iter(module.parameters())).device
