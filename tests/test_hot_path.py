@@ -28,6 +28,7 @@ from multikd.errors import TrainingError
 from multikd.train.hostsync import HostSyncDetector
 from multikd.train.meters import EpochMeter
 from multikd.models import create_model
+from multikd.method.feature_losses import FEATURE_LOSS_REGISTRY
 from multikd.method.strategies import list_strategies
 
 SYNTH = {"num_classes": 10, "num_superclasses": 2, "train_size": 32, "test_size": 8, "seed": 0}
@@ -170,7 +171,8 @@ def _random_teachers(root, prefix: str, outputs: int, seed: int) -> list[str]:
 
 
 def _config(root, checkpoints, name, kind="distill", strategy="uniform", gamma=0.0,
-            amp=False, classes=None, merge="restricted") -> RunConfig:
+            amp=False, classes=None, merge="restricted", feature_loss="mse",
+            feature_params=None) -> RunConfig:
     teachers = [TeacherConfig(arch="resnet8", checkpoint=c, name=f"t{k}",
                               classes=None if classes is None else classes[k])
                 for k, c in enumerate(checkpoints)] if kind == "distill" else []
@@ -180,7 +182,8 @@ def _config(root, checkpoints, name, kind="distill", strategy="uniform", gamma=0
         model=ModelConfig(arch="resnet8"),
         teachers=teachers,
         strategy=StrategyConfig(name=strategy, params=PARAMS.get(strategy, {})),
-        loss=LossConfig(gamma=gamma, label_merge=merge),
+        loss=LossConfig(gamma=gamma, label_merge=merge, feature_loss=feature_loss,
+                        feature_params=dict(feature_params or {})),
         optim=OptimConfig(batch_size=8, epochs=1),
         runtime=RuntimeConfig(device="cpu", seed=0, amp=amp, channels_last=amp),
         output=OutputConfig(run_dir=str(root / "runs" / name), quiet=True,
@@ -202,8 +205,9 @@ def _epoch_syncs(setup, name, **kw) -> dict[int, list]:
     found = {}
     for step, batch in enumerate(run.train_loader):
         x, y = engine.to_device(batch[0], batch[1], run.device, run.cfg.runtime.channels_last)
+        index = run.batch_index(batch)  # CRD's memory bank reads the samples' indices
         with HostSyncDetector(include_cpu=True) as watch:
-            running = run.train_step(step, x, y)
+            running = run.train_step(step, x, y, index=index)
         found[step] = watch.syncs
         assert (running is not None) == (step == LOG_INTERVAL - 1)
     assert len(found) == 4
@@ -235,6 +239,18 @@ def test_distill_steps_read_nothing_but_the_log(setup, strategy):
 ])
 def test_feature_amp_and_plain_steps_read_nothing_but_the_log(setup, name, kw):
     _assert_hot_path(_epoch_syncs(setup, name, **kw))
+
+
+@pytest.mark.parametrize("feature_loss", [n for n in FEATURE_LOSS_REGISTRY if n != "mse"])
+def test_feature_module_steps_read_nothing_but_the_log(setup, feature_loss):
+    """Every feature loss of the zoo (AT ... ReviewKD, CRD's sampling and memory update
+    included) runs without a host read."""
+    params = {"nce_k": 8, "feat_dim": 8} if feature_loss == "crd" else {}
+    kw = dict(strategy="ce-filter", gamma=0.5, feature_loss=feature_loss, feature_params=params)
+    root, checkpoints, splits = setup
+    if feature_loss == "crd":  # its data yields each sample's index
+        splits = build_data(_config(root, checkpoints, "crd_data", **kw), seed=0)
+    _assert_hot_path(_epoch_syncs((root, checkpoints, splits), f"fm_{feature_loss}", **kw))
 
 
 @pytest.mark.parametrize("strategy, merge", [("ca-mkd", "restricted"), ("uniform", "concat")])

@@ -482,6 +482,12 @@ class TrainingRun:
         that reads it (``needs_index``: CRD's memory bank); None otherwise."""
         if not self.parts.module.needs_index:
             return None
+        if len(batch) < 3:
+            raise ConfigError(
+                "the feature loss reads each training sample's index, but the data yields "
+                "(image, label) only: build it with return_index (multikd.train.build.build_data "
+                "does for this config)"
+            )
         return batch[2].to(self.device, non_blocking=True)
 
     def train_step(
