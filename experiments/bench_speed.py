@@ -22,6 +22,13 @@ them (A B A B ...) ``--reps`` times, and reports the median time of each and the
 - the learned strategies: one epoch of ``mtkd-rl`` and of ``mmkd`` (their own networks'
       updates included) against ``uniform``, all with the feature term (gamma 5): the
       price of the policy and of the meta step, as a ratio.
+- the feature losses: a training step with each registered feature loss (its weight the
+      reference gamma, its default parameters: CRD with nce_k 16384 and memory banks of
+      ``--feature-n`` rows) against the same step with KD alone (gamma 0), all runs on the
+      same batches, models and teachers, ``--reps`` rounds in which each loss's step runs
+      right after a KD step (KD, loss 1, KD, loss 2, ...): each loss's cost as a ratio to
+      the KD steps timed next to it. Its own sizes
+      (``--feature-*``): ``--feature-teachers`` x ``--feature-teacher`` -> ``--feature-student``.
 - the data: one epoch of training batches brought to the device by the batched pipeline
       (whole-batch augmentation on the device) against the per-sample DataLoader
       (``--workers`` processes), after checking that both give the same batches.
@@ -40,6 +47,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import itertools
 import logging
 import os
 import platform
@@ -50,6 +59,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -67,7 +77,8 @@ from multikd.atomic import atomic_write_text
 log = logging.getLogger("bench_speed")
 
 MEASURES = {"lockstep": "bench_lockstep", "step": "bench_step", "cache": "bench_cache",
-            "pipeline": "bench_pipeline", "learned": "bench_learned"}
+            "pipeline": "bench_pipeline", "learned": "bench_learned",
+            "features": "bench_features"}
 """``--only`` names of the measures, in the order they run."""
 STRATEGIES = ("uniform", "ce-filter", "ca-mkd", "ebkd", "best", "correct-only")
 NUM_TEACHERS = 3
@@ -94,6 +105,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="images per batch of the data-pipeline measure (default 128, as on CIFAR)")
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader workers of the per-sample pipeline (default 0)")
+    p.add_argument("--feature-student", default="resnet8x4",
+                   help="student of the feature-loss measure (default resnet8x4)")
+    p.add_argument("--feature-teacher", default="resnet8x4",
+                   help="teacher architecture of the feature-loss measure (default resnet8x4)")
+    p.add_argument("--feature-teachers", type=int, default=2,
+                   help="teachers of the feature-loss measure (default 2)")
+    p.add_argument("--feature-batch-size", type=int, default=64,
+                   help="images per batch of the feature-loss measure (default 64)")
+    p.add_argument("--feature-steps", type=int, default=1,
+                   help="training steps per timing of the feature-loss measure (default 1)")
+    p.add_argument("--feature-n", type=int, default=50000,
+                   help="training-set size of the feature-loss measure, CRD's memory-bank rows "
+                        "(default 50000, as CIFAR-100)")
     p.add_argument("--only", nargs="+", choices=sorted(MEASURES), default=None,
                    help="run only these measures (default: all)")
     p.add_argument("--out", default="results/speed.md", help="report file (markdown)")
@@ -250,6 +274,121 @@ def bench_learned(bench: Bench) -> list[dict]:
         rows.append(compared(f"{strategy} / uniform, logits + features (cost per step)",
                              (strategy, t_learned), ("uniform", t_uniform), "reported",
                              note="extra cost of the strategy's own networks and updates"))
+    return rows
+
+
+# --------------------------------------------------------------------------- feature losses
+def paired_rounds(timer: Timer, reference, fns: dict,
+                  reps: int) -> dict[str, tuple[list[float], list[float]]]:
+    """``name -> (seconds of the reference, seconds of fns[name])``, ``reps`` of each: after
+    one untimed warm-up of every callable, ``reps`` rounds in which each callable of
+    ``fns`` runs right after a run of ``reference`` (R A R B R C ... R A R B ...), so each
+    is compared with the reference timed next to it (a shared machine's load drifts over
+    a round)."""
+    reference()
+    for fn in fns.values():
+        fn()
+    times = {name: ([], []) for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            times[name][0].append(timer(reference))
+            times[name][1].append(timer(fn))
+    return times
+
+
+def feature_splits(bench: Bench, cfg: RunConfig):
+    """The data of the feature-loss measure: ``--feature-n`` training images (the synthetic
+    set's first ``steps x batch`` images repeated, with their labels: CRD's memory banks and
+    class lists have N rows, as on CIFAR-100, without drawing N synthetic images), each
+    batch yielding its samples' indices."""
+    a = bench.args
+    small = build_data(cfg, seed=0)
+    base = small.train
+    pick = np.resize(np.arange(len(base)), a.feature_n)
+    pixels = base.images.permute(0, 2, 3, 1).numpy()[pick]
+    train = data.ImageDataset(pixels, base.labels.numpy()[pick], small.mean, small.std,
+                              augment=base.augment, seed=base.seed, return_index=True)
+    return dataclasses.replace(small, train=train)
+
+
+def bench_features(bench: Bench) -> list[dict]:
+    """Every registered feature loss's cost per training step (the engine's ``train_step``:
+    the teachers' pass, the student's and the loss modules' forward and backward, the SGD
+    step) against KD alone, on the same batches, each timed next to a KD step."""
+    from multikd.method.feature_losses import FEATURE_LOSS_REGISTRY, loss_info
+
+    a, root = bench.args, bench.root / "features"
+    checkpoints = []
+    for k in range(a.feature_teachers):
+        torch.manual_seed(2000 + k)
+        path = root / f"teacher{k}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": create_model(a.feature_teacher, num_classes=100).state_dict()}, path)
+        checkpoints.append(str(path))
+
+    def config(loss: str | None) -> RunConfig:
+        cfg = RunConfig(
+            kind="distill",
+            data=DataConfig(dataset="synthetic", pipeline=a.pipeline, workers=a.workers,
+                            synthetic={**bench.synthetic, "test_size": a.feature_batch_size,
+                                       "train_size": a.feature_steps * a.feature_batch_size}),
+            model=ModelConfig(arch=a.feature_student),
+            teachers=[TeacherConfig(arch=a.feature_teacher, checkpoint=c, name=f"t{k}")
+                      for k, c in enumerate(checkpoints)],
+            strategy=StrategyConfig(name="uniform"),
+            # a small lr: the same batches again and again must not diverge (time is the same)
+            optim=OptimConfig(batch_size=a.feature_batch_size, epochs=1, lr=1e-3),
+            runtime=RuntimeConfig(device=a.device, seed=0, amp=a.amp,
+                                  channels_last=a.channels_last, compile=a.compile),
+            output=OutputConfig(run_dir=str(root / "runs" / (loss or "kd")), quiet=True),
+        )
+        if loss is not None:
+            cfg.loss.feature_loss = loss
+            cfg.loss.gamma = float(loss_info(loss)["reference_gamma"] or 1.0)
+        return resolve(cfg)
+
+    names = FEATURE_LOSS_REGISTRY.names()
+    splits = feature_splits(bench, config("crd" if "crd" in names else None))
+    runs, skipped = {}, []
+    for name in (None, *names):
+        try:
+            run = engine.prepare_run(config(name), splits=splits, teacher_acc={})
+        except Exception as e:  # noqa: BLE001 - a loss that cannot run here is reported
+            skipped.append(f"{name}: {type(e).__name__}: {e}")
+            continue
+        run.splits.train.set_epoch(1)
+        run.train_loader.sampler.set_epoch(1)
+        run.begin_epoch(1)
+        runs[name or "KD alone"] = run
+    lead = runs["KD alone"]
+    batches = []
+    for batch in itertools.islice(lead.train_loader, a.feature_steps):
+        x, y = engine.to_device(batch[0], batch[1], bench.device, a.channels_last)
+        batches.append((x, y, batch))
+
+    def steps(run):
+        def go():
+            for step, (x, y, batch) in enumerate(batches):
+                run.train_step(step, x, y, None, run.batch_index(batch))
+        return go
+
+    kd = steps(runs.pop("KD alone"))
+    times = paired_rounds(bench.timer, kd, {name: steps(run) for name, run in runs.items()},
+                          a.reps)
+    sizes = (f"{a.feature_teachers} x {a.feature_teacher} -> {a.feature_student}, "
+             f"{a.feature_steps} step(s) of {a.feature_batch_size} images per timing, "
+             f"N = {a.feature_n} training samples")
+    rows = []
+    for name, (t_kd, t) in times.items():
+        gamma = runs[name].cfg.loss.gamma
+        params = dict(getattr(runs[name].parts.module, "feature_params", {}))
+        note = f"gamma {gamma:g}" + (f", params {params}" if params else "")
+        rows.append(compared(f"feature loss {name} / KD alone (cost per step)", (name, t),
+                             ("KD alone", t_kd), "reported", note=note))
+    rows[0]["note"] += (f"; every feature-loss row: {sizes}, strategy uniform, KD alone "
+                        "timed right before the loss in each round")
+    if skipped:
+        rows[-1]["note"] += "; not measured: " + "; ".join(skipped)
     return rows
 
 

@@ -147,9 +147,15 @@ def train_lockstep(configs: list[RunConfig]) -> list[str]:
 
 def _train_pending(pending: list[RunConfig]) -> list[str]:
     from multikd.train import engine
+    from multikd.train.build import build_data, needs_index
 
     members: list[_Member] = []
-    splits = teacher_acc = first_ensemble = None
+    teacher_acc = first_ensemble = None
+    # One data split for the group, yielding each sample's index when a member's feature
+    # loss reads it (CRD): the images and labels are the same either way, and a member
+    # prepared first without it must not hand the others batches without indices.
+    reader = next((c for c in pending if needs_index(c)), None)
+    splits = None if reader is None else build_data(reader, reader.runtime.seed)
     for cfg in pending:
         resuming = RunDir(cfg.output.run_dir).state() == "unfinished"
         distills = cfg.kind == "distill"
