@@ -62,6 +62,29 @@ def test_expansion_covers_the_matrix(tmp_path):
         assert len(keys) == 1
 
 
+def test_a_strategy_runs_on_its_own_teacher_sets(tmp_path):
+    """``teacher_sets`` keeps a column to some sets: one suite holds single-teacher rows and
+    a multi-teacher cross without crossing each with the other's sets."""
+    raw = _suite(
+        teacher_sets={"pair": ["big", "small"], "one": ["big"]},
+        pairs=[{"teachers": "pair", "students": ["resnet8"]},
+               {"teachers": "one", "students": ["resnet8"]}],
+        strategies=["uniform", {"name": "best", "teacher_sets": ["pair"], "variants": ["logits"]}],
+        seeds=[0],
+        targets=[{"teachers": "pair", "student": "resnet8", "label": "best", "top1": 50.0,
+                  "epoch": "best", "source": "here"}],
+    )
+    plan = expand(parse_suite(raw), tmp_path)
+    cells = {(r.teacher_set, r.label) for r in plan.runs}
+    assert cells == {("pair", "student"), ("pair", "uniform"), ("pair", "uniform+feat"),
+                     ("pair", "best"), ("one", "student"), ("one", "uniform"),
+                     ("one", "uniform+feat")}
+    raw["targets"][0]["teachers"] = "one"  # a column that set does not run
+    with pytest.raises(ConfigError, match=r"label 'best' is not a column of this suite for "
+                                          r"set 'one'.*student, uniform, uniform\+feat$"):
+        parse_suite(raw)
+
+
 def test_teachers_are_trained_or_published(tmp_path):
     suite = parse_suite(_suite())
     plan = expand(suite, tmp_path)
@@ -113,6 +136,10 @@ def test_overrides_reach_every_run(tmp_path):
         ({"teachers": {"b/g": {"arch": "resnet8"}}}, r"teacher id 'b/g'"),
         ({"strategies": ["uniform", "nonsense"]}, r"strategy 'nonsense'.*unknown strategy"),
         ({"strategies": [{"name": "fixed"}]}, r"strategy 'fixed'.*needs weights"),
+        ({"strategies": [{"name": "uniform", "teacher_sets": ["trio"]}]},
+         r"strategies\[0\].teacher_sets must be .*pair"),
+        ({"strategies": [{"name": "uniform", "teacher_sets": "pair"}]},
+         r"teacher_sets must be a non-empty list"),
     ],
 )
 def test_bad_suites_say_what_is_wrong(tmp_path, changes, message):

@@ -46,7 +46,8 @@ _SUITE_KEYS = {
     "classes}",
     "teacher_sets": "set name -> list of teacher ids",
     "pairs": "list of {teachers: SET, students: [ARCH, ...]}",
-    "strategies": "list of strategy names or {name, params, label, loss, variants}",
+    "strategies": "list of strategy names or {name, params, label, loss, variants, "
+    "teacher_sets}",
     "variants": f"subset of {list(VARIANTS)} (default: both)",
     "baseline": "also train each student alone (default: true)",
     "seeds": "list of seeds (default: [0])",
@@ -67,7 +68,7 @@ _TEACHER_KEYS = ("arch", "seed", "published", "expected_acc", "recipe", "synthet
                  "from_epoch", "classes")
 SELF = "self"
 """``arch: self`` (with ``from_epoch: E``): the student itself, a frozen snapshot from epoch E."""
-_STRATEGY_KEYS = ("name", "params", "label", "loss", "variants")
+_STRATEGY_KEYS = ("name", "params", "label", "loss", "variants", "teacher_sets")
 _RESERVED = ("kind", "model", "teachers", "strategy", "runtime.seed", "output.run_dir")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
@@ -96,14 +97,21 @@ class TeacherSpec:
 @dataclass
 class StrategySpec:
     """One strategy entry: its column ``label``, registered ``name`` and ``params``, loss
-    keys of its own runs (``loss``, over the recipe's and the features'), and the
-    ``variants`` it runs in (None: the suite's)."""
+    keys of its own runs (``loss``, over the recipe's and the features'), the
+    ``variants`` it runs in (None: the suite's) and the ``teacher_sets`` it runs on
+    (None: every set; a suite of single-teacher rows and a multi-teacher cross runs each
+    column on its own sets only)."""
 
     label: str
     name: str
     params: dict = field(default_factory=dict)
     loss: dict = field(default_factory=dict)
     variants: list[str] | None = None
+    teacher_sets: list[str] | None = None
+
+    def runs_on(self, teacher_set: str) -> bool:
+        """Whether this strategy's runs distil from ``teacher_set``."""
+        return self.teacher_sets is None or teacher_set in self.teacher_sets
 
 
 @dataclass
@@ -235,7 +243,7 @@ def parse_suite(raw: dict, source: str = "suite") -> Suite:
     _check_teacher_domains(data, teachers, where)
     sets = _teacher_sets(raw["teacher_sets"], teachers, where)
     pairs = _pairs(raw["pairs"], sets, where)
-    strategies = _strategies(raw["strategies"], where)
+    strategies = _strategies(raw["strategies"], sets, where)
     variants = raw.get("variants", list(VARIANTS))
     if not isinstance(variants, list) or not variants or any(v not in VARIANTS for v in variants):
         raise ConfigError(
@@ -531,7 +539,7 @@ def _pairs(raw, sets: dict, where: str) -> list[tuple[str, list[str]]]:
     return pairs
 
 
-def _strategies(raw, where: str) -> list[StrategySpec]:
+def _strategies(raw, sets: dict, where: str) -> list[StrategySpec]:
     if not isinstance(raw, list):
         raise ConfigError(
             f"{where}: 'strategies' must be a list of names or {{name, params, label}}"
@@ -564,7 +572,16 @@ def _strategies(raw, where: str) -> list[StrategySpec]:
             raise ConfigError(
                 f"{at}.variants must be a non-empty list from {list(VARIANTS)}, got {variants!r}"
             )
-        specs.append(StrategySpec(label, str(entry["name"]), dict(params), dict(loss), variants))
+        only = entry.get("teacher_sets")
+        if only is not None and (
+            not isinstance(only, list) or not only or any(name not in sets for name in only)
+        ):
+            raise ConfigError(
+                f"{at}.teacher_sets must be a non-empty list of set names from 'teacher_sets' "
+                f"({', '.join(sets)}), got {only!r}"
+            )
+        specs.append(StrategySpec(label, str(entry["name"]), dict(params), dict(loss), variants,
+                                  None if only is None else list(only)))
     labels = [s.label for s in specs]
     dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
     if dupes:
@@ -579,8 +596,6 @@ def _targets(raw, sets: dict, pairs: list, strategies: list[StrategySpec],
     """The ``targets:`` entries, each naming a teacher set, a student of that set's pairs and
     a column label that the suite runs (:mod:`multikd.results.targets`)."""
     targets = parse_targets(raw, where)
-    labels = (["student"] if baseline else []) + [
-        run_label(s, v) for s in strategies for v in (s.variants or variants)]
     for i, target in enumerate(targets):
         at = f"{where}: targets[{i}]"
         if target.teachers not in sets:
@@ -590,9 +605,13 @@ def _targets(raw, sets: dict, pairs: list, strategies: list[StrategySpec],
         if _arch(target.student, at) not in students:
             raise ConfigError(f"{at}: student {target.student!r} is not distilled from set "
                               f"{target.teachers!r}; its students: {', '.join(students)}")
+        labels = (["student"] if baseline else []) + [
+            run_label(s, v) for s in strategies if s.runs_on(target.teachers)
+            for v in (s.variants or variants)]
         if target.label not in labels:
-            raise ConfigError(f"{at}: label {target.label!r} is not a column of this suite; "
-                              f"its labels: {', '.join(labels)}")
+            raise ConfigError(f"{at}: label {target.label!r} is not a column of this suite "
+                              f"for set {target.teachers!r}; its labels there: "
+                              f"{', '.join(labels)}")
     return targets
 
 
@@ -701,6 +720,7 @@ def expand(
                     for student in students
                     for strategy, variant in _labels(suite)
                     if strategy is not None or fraction != 0  # no label: no student alone
+                    if strategy is None or strategy.runs_on(set_name)
                 ]
                 trained = [t for t in ids if t in jobs]
                 groups.append(LockstepGroup(folder, seed, trained, runs))
