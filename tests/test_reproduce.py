@@ -56,9 +56,9 @@ def server(monkeypatch, cifar_tarball):  # noqa: F811
 
 
 def test_names_are_the_suites_with_targets(tmp_path, capsys):
-    assert set(reproduce.reproducible()) == {"single-teacher", "mtkd-rl"}
+    assert set(reproduce.reproducible()) == {"feature-zoo", "single-teacher", "mtkd-rl"}
     assert main(["reproduce", "ca-mkd", "--out", str(tmp_path)]) == 2
-    assert "mtkd-rl, single-teacher" in capsys.readouterr().err
+    assert "feature-zoo, mtkd-rl, single-teacher" in capsys.readouterr().err
     plain = tmp_path / "plain.yaml"
     plain.write_text(yaml.safe_dump({k: v for k, v in SUITE.items() if k != "targets"}))
     assert main(["reproduce", str(plain), "--out", str(tmp_path / "o")]) == 2
