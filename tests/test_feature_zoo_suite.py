@@ -5,12 +5,16 @@ parameters, and sits at its reference γ with the recipe its row claims), every 
 builds on the maps its student and teachers give (the taps resolve and the shapes pair up),
 and every target cites a source whose number is the cell of the published table it names
 (``tests/reference/published_tables.md``, verbatim copies). Nothing is trained.
+
+The README: every registered feature loss is a row of its feature-loss table, with the
+registry's reference γ, weighting granularity, reads and parameters.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import re
 from pathlib import Path
 
 import pytest
@@ -272,3 +276,47 @@ def test_published_teachers_expect_the_tables_accuracy():
     for spec in suite.teachers.values():
         cell = row[(spec.arch.lower(), students[spec.arch])]["Teacher <br> Student"]
         assert spec.expected_acc == float(cell.split("<br>")[0])
+
+
+# --------------------------------------------------------------------------- README
+def _readme_rows() -> dict[str, list[str]]:
+    text = (REPO / "README.md").read_text()
+    lines = text[text.index("## Strategies"):].splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("| feature loss |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0].strip("`")] = dict(zip(header, cells))
+    return rows
+
+
+def _builtin_feature_losses() -> list[str]:
+    """The feature losses multikd ships (a test's or a plugin's registered ones left out)."""
+    return [name for name in FEATURE_LOSS_REGISTRY.names()
+            if FEATURE_LOSS_REGISTRY[name].__module__.startswith("multikd.method.feature_losses")]
+
+
+def test_the_readme_lists_every_feature_loss_with_the_registrys_facts():
+    rows = _readme_rows()
+    names = _builtin_feature_losses()
+    assert len(names) >= 10 and sorted(rows) == sorted(names)
+    for name in names:
+        entry, row = FEATURE_LOSS_REGISTRY.entry(name), rows[name]
+        gamma = entry.info["reference_gamma"]
+        cell = row["reference γ"]
+        if gamma is None:
+            assert cell.startswith("—"), (name, cell)
+        else:
+            assert float(cell.split()[0]) == gamma, (name, cell)
+        granularity = "per sample" if entry.info["per_sample"] else "per batch"
+        assert row["weighting"] == granularity, name
+        params = entry.params_text()
+        assert row["parameters (defaults)"] == (f"`{params}`" if params else "none"), name
+        reads, t_reads = entry.info["reads"], entry.info.get("teacher_reads") or entry.info["reads"]
+        assert re.match(rf"`{re.escape(reads)}`", row["reads"]), name
+        if t_reads != reads:
+            assert f"teacher: `{t_reads}`" in row["reads"], name
+        assert "mdistiller/distillers/" in row["reference"], name
