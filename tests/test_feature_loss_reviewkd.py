@@ -225,9 +225,23 @@ def test_registered_with_its_reference_weight_and_parameters():
     assert entry.info["reference_gamma"] == 5.0
 
 
-def test_refuses_unequal_map_counts_non_square_maps_and_no_warmup():
-    with pytest.raises(ConfigError, match="as many stages"):
-        ReviewKD([(4, 4, 4), (4,)], [(4, 8, 8), (4, 4, 4), (4,)])
+def test_unequal_map_counts_pair_the_deepest_levels():
+    """A teacher with one stage more: its shallowest stage is left out, the pooled vectors
+    pair; the loss equals the one on the teacher's deepest maps only."""
+    torch.manual_seed(0)
+    loss = ReviewKD([(4, 4, 4), (4,)], [(4, 8, 8), (4, 4, 4), (4,)]).double().eval()
+    g = torch.Generator().manual_seed(1)
+    s = [torch.randn(2, 4, 4, 4, generator=g, dtype=torch.float64),
+         torch.randn(2, 4, generator=g, dtype=torch.float64)]
+    t = [torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64),
+         torch.randn(2, 4, 4, 4, generator=g, dtype=torch.float64),
+         torch.randn(2, 4, generator=g, dtype=torch.float64)]
+    batch = FeatureBatch(torch.zeros(2, dtype=torch.long), epoch=30)
+    assert loss.levels == 2 and loss.out_channels == [4, 4]
+    assert torch.equal(loss(s, t, batch), loss(s, t[1:], batch))
+
+
+def test_refuses_non_square_maps_and_no_warmup():
     with pytest.raises(ConfigError, match="square"):
         ReviewKD([(4, 4, 2), (4,)], [(4, 4, 4), (4,)])
     with pytest.raises(ConfigError, match="warmup_epochs"):

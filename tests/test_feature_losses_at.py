@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from multikd.errors import ConfigError
 from multikd.method.feature_losses import (
     FEATURE_LOSS_REGISTRY, FeatureBatch, FeatureSetup, run_per_teacher, tap_names,
 )
@@ -77,6 +76,14 @@ def test_at_is_registered_with_its_reference_weight_and_reads_every_stage_but_th
     assert tap_names(model, "stages", "student") == model.feature_names[1:]
 
 
-def test_at_refuses_models_with_different_stage_counts():
-    with pytest.raises(ConfigError, match="student has 2 stages after its stem and a teacher has 3"):
-        AttentionTransfer.build(FeatureSetup(None, None, [(4, 8, 8)] * 2, [(4, 8, 8)] * 3))
+def test_at_pairs_the_first_stages_as_the_references_zip():
+    """A teacher with one stage more (vgg13 beside resnet8x4): mdistiller's ``zip`` pairs the
+    first stages and leaves the teacher's last unread."""
+    student, teacher = _maps(2)
+    extra = teacher + [torch.randn(5, 9, 2, 2, dtype=torch.float64)]
+    loss = AttentionTransfer.build(FeatureSetup(None, None, [s.shape[1:] for s in student],
+                                                [t.shape[1:] for t in extra]))
+    batch = FeatureBatch(torch.zeros(5, dtype=torch.long))
+    torch.testing.assert_close(loss(student, extra, batch).mean(),
+                               _reference_at(student, extra, 2.0), **REF64)
+    torch.testing.assert_close(loss(student, extra, batch), loss(student, teacher, batch), **REF64)

@@ -13,7 +13,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from multikd.errors import ConfigError
 from multikd.method.feature_losses import (
     FEATURE_LOSS_REGISTRY, FeatureBatch, FeatureSetup, run_per_teacher,
 )
@@ -284,6 +283,10 @@ def test_registered_with_params_reads_granularity_and_reference_weight(
     assert entry.description.endswith(f"({granularity}; reference γ={gamma:g})")
 
 
-def test_nst_refuses_models_with_different_stage_counts():
-    with pytest.raises(ConfigError, match="student has 2 stages after its stem and a teacher has 3"):
-        NeuronSelectivityTransfer.build(FeatureSetup(None, None, [(4, 8, 8)] * 2, [(4, 8, 8)] * 3))
+def test_nst_pairs_the_first_stages_as_the_references_zip():
+    nst = NeuronSelectivityTransfer.build(FeatureSetup(None, None, [(4, 8, 8)] * 2, [(4, 8, 8)] * 3))
+    g = torch.Generator().manual_seed(4)
+    s = [torch.randn(3, 4, 8, 8, generator=g, dtype=torch.float64) for _ in range(2)]
+    t = [torch.randn(3, 4, 8, 8, generator=g, dtype=torch.float64) for _ in range(3)]
+    batch = FeatureBatch(torch.zeros(3, dtype=torch.long))
+    assert torch.equal(nst(s, t, batch), nst(s, t[:2], batch))

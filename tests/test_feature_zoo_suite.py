@@ -17,11 +17,9 @@ import functools
 import re
 from pathlib import Path
 
-import pytest
 import torch
 
 from multikd.bench.suite import expand, load_suite
-from multikd.errors import ConfigError
 from multikd.method.feature_losses import (
     FEATURE_LOSS_REGISTRY,
     FeatureSetup,
@@ -39,6 +37,8 @@ SUITE = REPO / "experiments" / "cifar100" / "feature-zoo.yaml"
 TABLES = REPO / "tests" / "reference" / "published_tables.md"
 SINGLE = ("r32x4", "vgg13")           # the single-teacher sets
 CROSS = "hetero"                      # the gu2023 pool
+STRATEGIES = ("uniform", "ca-mkd", "ce-filter")
+CROSS_LOSSES = ("-at+feat", "-crd+feat", "-reviewkd+feat")
 FEATURE_ROWS = ("fitnet", "at", "nst", "pkt", "sp", "rkd", "vid", "crd", "ofd", "reviewkd")
 NO_TARGET = {"ofd+feat", "reviewkd+feat"}  # no number in RepDistiller's, ReviewKD's or
 #                                            mdistiller's README (the suite's header)
@@ -64,8 +64,8 @@ def test_the_matrix_is_the_single_teacher_rows_and_the_cross():
         *{("vgg13", "vgg8", label) for label in rows | {"dkd-beta6"}},
         *{(CROSS, student, label)
           for student in ("vgg8", "resnet8x4", "wrn_16_2", "MobileNetV2")
-          for label in ("student", "uniform", "uniform-crd+feat", "ca-mkd", "ca-mkd-crd+feat",
-                        "ce-filter", "ce-filter-crd+feat")},
+          for label in ("student", *(f"{strategy}{loss}" for strategy in STRATEGIES
+                                     for loss in ("", *CROSS_LOSSES)))},
     }
     assert len(_plan().runs) == 3 * len(cells)  # seeds 0, 1, 2
 
@@ -101,8 +101,7 @@ def test_single_teacher_rows_are_mdistillers_recipe_at_each_reference_gamma():
             FEATURE_LOSS_REGISTRY.check_params(loss.feature_loss, dict(loss.feature_params))
 
 
-def test_the_cross_is_kd_and_kd_plus_crd_per_strategy():
-    crd_gamma = loss_info("crd")["reference_gamma"]
+def test_the_cross_is_kd_and_kd_plus_each_feature_module_per_strategy():
     for run in _runs(CROSS):
         cfg = run.config
         assert cfg.optim.lr == (0.01 if run.student == "MobileNetV2" else 0.05)
@@ -111,12 +110,15 @@ def test_the_cross_is_kd_and_kd_plus_crd_per_strategy():
         assert [t.name for t in cfg.teachers] == ["vgg13", "resnet32x4", "wrn_40_2"]
         cfg.loss.check()
         assert (cfg.loss.alpha, cfg.loss.beta, cfg.loss.temperature) == (1.0, 1.0, 4.0)
-        strategy = run.label.removesuffix("-crd+feat")
+        feature = next((s for s in CROSS_LOSSES if run.label.endswith(s)), None)
+        strategy = run.label.removesuffix(feature or "")
         assert cfg.strategy.name == strategy
         if strategy == "ce-filter":  # gu2023.yaml's parameters
             assert cfg.strategy.params == {"margin": 0.0, "tau": 1.0, "granularity": "batch"}
-        if run.label.endswith("-crd+feat"):
-            assert (cfg.loss.feature_loss, cfg.loss.gamma) == ("crd", crd_gamma)
+        if feature is not None:
+            name = feature[1:].removesuffix("+feat")
+            assert (cfg.loss.feature_loss, cfg.loss.gamma) == (
+                name, loss_info(name)["reference_gamma"])
             assert cfg.loss.feature_weights == "strategy"  # ca-mkd's teacher-head resolved
             feature_module_problems(create_strategy(cfg.strategy.name, **cfg.strategy.params),
                                     cfg.loss.feature_loss, cfg.loss.feature_weights)
@@ -179,7 +181,8 @@ def test_every_feature_cell_builds_on_its_models_taps():
             modules = _modules(loss.feature_loss, dict(loss.feature_params), run.student, teachers)
             assert len(modules) == len(teachers)
             built.add(key)
-    assert len(built) == 2 * 9 + 4  # nine feature modules per pair; CRD for each cross student
+    assert len(built) == 2 * 9 + 3 * 4  # nine feature modules per pair; AT, CRD and ReviewKD
+    # for each cross student
 
 
 def test_one_cross_cell_builds_end_to_end():
@@ -197,15 +200,15 @@ def test_one_cross_cell_builds_end_to_end():
     assert len(modules) == 3 and all(m.n_data == TRAIN_SIZE for m in modules)
 
 
-@pytest.mark.parametrize("name", ["at", "reviewkd"])
-def test_at_and_reviewkd_are_refused_on_the_gu2023_pool(name):
-    """Why the cross has no KD + AT and KD + ReviewKD: vgg13 has one stage more than
-    resnet32x4 and wrn_40_2, so every student is refused by one teacher or another. When this
-    fails, those losses pair such models: add the two rows to the cross."""
-    teachers = load_suite(SUITE).teacher_sets[CROSS]
-    for student in ("vgg8", "resnet8x4", "wrn_16_2", "MobileNetV2"):
-        with pytest.raises(ConfigError, match="as many stages"):
-            _modules(name, {}, student, [load_suite(SUITE).teachers[t].arch for t in teachers])
+def test_at_and_reviewkd_pair_the_pools_different_stage_counts():
+    """vgg13 has one stage more than resnet32x4 and wrn_40_2: AT reads the first stages of
+    each (mdistiller's zip), ReviewKD the deepest levels (the pooled vectors paired)."""
+    suite = load_suite(SUITE)
+    archs = [suite.teachers[t].arch for t in suite.teacher_sets[CROSS]]
+    at = _modules("at", {}, "resnet8x4", archs)
+    review = _modules("reviewkd", {}, "resnet8x4", archs)
+    assert [len(m.teacher_shapes) for m in at] == [4, 3, 3]
+    assert [m.levels for m in review] == [4, 4, 4]  # resnet8x4: 3 stages + the pooled vector
 
 
 # --------------------------------------------------------------------------- the targets

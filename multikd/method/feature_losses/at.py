@@ -8,8 +8,10 @@ stem (``feats[1:]``), after average-pooling the larger map to the smaller's size
     l_i  = sum_s mean_hw (a(f_s,s)_i - a(f_t,s)_i)^2
 
 The reference takes the mean over the batch and the pixels at once; per sample it is the
-mean over the pixels, whose batch mean is the reference's value. Reference weight: γ = 1000
-(mdistiller ``CFG.AT.LOSS.FEAT_WEIGHT``), ``p = 2``.
+mean over the pixels, whose batch mean is the reference's value. Stages are paired as the
+reference's ``zip`` pairs them: the first ``min(n_student, n_teacher)`` stages of each, in
+order (a vgg13 teacher has one stage more than a resnet8x4 student; its last is not read).
+Reference weight: γ = 1000 (mdistiller ``CFG.AT.LOSS.FEAT_WEIGHT``), ``p = 2``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def attention_map(f: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def check_same_stage_count(name: str, student_shapes, teacher_shapes) -> None:
-    """A loss that pairs the student's stages with a teacher's needs as many of each."""
+    """A loss that pairs every stage of the student with one of a teacher's needs as many
+    of each (``at`` and ``nst`` pair the first stages instead, as the reference's ``zip``)."""
     if len(student_shapes) != len(teacher_shapes):
         raise ConfigError(
             f"feature loss {name!r} pairs stage s of the student with stage s of each "
@@ -51,7 +54,6 @@ class AttentionTransfer(FeatureLoss):
 
     def __init__(self, student_shapes, teacher_shapes, p: float = 2.0):
         super().__init__(student_shapes, teacher_shapes)
-        check_same_stage_count("at", self.student_shapes, self.teacher_shapes)
         self.p = float(p)
 
     def forward(self, student, teacher, batch: FeatureBatch) -> torch.Tensor:

@@ -12,8 +12,9 @@ with the squared polynomial kernel ``k(a, b) = (a . b)^2`` over every pair of ch
 (the teacher-teacher term detached, as the reference does). The reference takes each
 kernel's mean over the batch and the channel pairs at once; per sample it is the mean over
 the channel pairs, whose batch mean is the reference's value, and sample i's value reads
-sample i's maps only. Reference weight: γ = 50 (mdistiller ``CFG.NST.LOSS.FEAT_WEIGHT``).
-Granularity: per sample.
+sample i's maps only. Stages are paired as the reference's ``zip`` pairs them: the first
+``min(n_student, n_teacher)`` of each. Reference weight: γ = 50 (mdistiller
+``CFG.NST.LOSS.FEAT_WEIGHT``). Granularity: per sample.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from multikd.method.feature_losses.at import check_same_stage_count
 from multikd.method.feature_losses.base import (
     FeatureBatch, FeatureLoss, pool_to_smaller, register_feature_loss,
 )
@@ -47,7 +47,6 @@ class NeuronSelectivityTransfer(FeatureLoss):
 
     def __init__(self, student_shapes, teacher_shapes):
         super().__init__(student_shapes, teacher_shapes)
-        check_same_stage_count("nst", self.student_shapes, self.teacher_shapes)
 
     def forward(self, student, teacher, batch: FeatureBatch) -> torch.Tensor:
         total = None

@@ -51,7 +51,10 @@ As the reference, the targets are the teacher's maps *before* their last ReLU
 the zoo's ``preact_feature_names``) and the student's maps after it (``STU_PREACT =
 False``: ``reads = "stages+pooled"``).
 
-**Departures.** (1) Per sample: the reference's ``F.mse_loss(reduction="mean")`` is a
+**Departures.** (0) Models with different stage counts (a vgg13 teacher beside a resnet8x4
+student: four stages and three) keep the deepest levels of each, so the pooled vectors pair
+and the extra shallow stage is not read; the reference has no such pair (its lists are
+configured per pair, of equal length). (1) Per sample: the reference's ``F.mse_loss(reduction="mean")`` is a
 mean over the batch and C, H, W; here each sample's mean over C, H, W, whose batch mean is the reference's value
 (every sample has as many elements). The ABFs run in float32 (autocast off) for
 half-precision input, as every loss computes.
@@ -177,12 +180,10 @@ class ReviewKD(FeatureLoss):
         super().__init__(student_shapes, teacher_shapes)
         s = [_as_map_shape(x, "student", i) for i, x in enumerate(self.student_shapes)]
         t = [_as_map_shape(x, "teacher", i) for i, x in enumerate(self.teacher_shapes)]
-        if len(s) != len(t):
-            raise ConfigError(
-                f"feature loss 'reviewkd' pairs the student's maps with a teacher's level by "
-                f"level (stages after the stem, then the pooled vector), but the student "
-                f"gives {len(s)} and a teacher {len(t)}; pick models with as many stages"
-            )
+        # models of different stage counts: the deepest levels of each, the pooled vectors
+        # paired (the reference configures one list per pair; it has no such pair)
+        self.levels = min(len(s), len(t))
+        s, t = s[len(s) - self.levels:], t[len(t) - self.levels:]
         if not warmup_epochs > 0:
             raise ConfigError(f"reviewkd: warmup_epochs must be > 0, got {warmup_epochs}")
         self.warmup_epochs = float(warmup_epochs)
@@ -214,8 +215,8 @@ class ReviewKD(FeatureLoss):
         return min(epoch / self.warmup_epochs, 1.0)
 
     def forward(self, student, teacher, batch: FeatureBatch) -> torch.Tensor:
-        student = [_as_map(upcast(f)) for f in student]
-        teacher = [_as_map(upcast(f)) for f in teacher]
+        student = [_as_map(upcast(f)) for f in student[len(student) - self.levels:]]
+        teacher = [_as_map(upcast(f)) for f in teacher[len(teacher) - self.levels:]]
         with torch.autocast(student[0].device.type, enabled=False):
             results = self.review(student)
             return self.warmup(batch.epoch) * hcl_per_sample(results, teacher)
