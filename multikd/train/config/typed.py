@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from typing import Any, Union
@@ -23,7 +24,11 @@ from multikd.errors import ConfigError
 from multikd.train.config.legacy import REMOVED_KEYS, note_removed
 
 
+@functools.lru_cache(maxsize=None)
 def _hints(cls) -> dict[str, Any]:
+    """The field types of dataclass ``cls`` (read only: the dict is shared). Cached:
+    ``get_type_hints`` evaluates every annotation string again on each call, and a suite's
+    expansion sets tens of thousands of values."""
     return typing.get_type_hints(cls)
 
 
