@@ -228,11 +228,67 @@ def make_plan(
     teachers_dir: str | Path | None = None,
     sets: list[str] = (),
 ) -> Plan:
-    """The expanded suite (``data_root`` becomes a ``data.data_root`` override)."""
+    """The expanded suite (``data_root`` becomes a ``data.data_root`` override).
+
+    A teacher cache (``runtime.teacher_cache`` in the suite's recipe or a ``--set``) goes to
+    the runs it can serve, one directory for the whole suite (:func:`share_teacher_cache`).
+    """
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
     sets = ([f"data.data_root={data_root}"] if data_root else []) + list(sets)
-    return expand(suite, Path(out), teachers_dir=teachers_dir, sets=sets)
+    suite, cache, expanded = _without_teacher_cache(suite, sets)
+    plan = expand(suite, Path(out), teachers_dir=teachers_dir, sets=expanded)
+    plan.sets = sets
+    if cache:
+        share_teacher_cache(plan, cache)
+    return plan
+
+
+def _without_teacher_cache(suite: Suite, sets: list[str]) -> tuple[Suite, str, list[str]]:
+    """``(suite, directory, sets)`` with ``runtime.teacher_cache`` taken out of the recipe
+    and the overrides (the last ``--set`` wins over the recipe): expanding it into a run
+    with features would be an error, so :func:`share_teacher_cache` places it after."""
+    from multikd.train.config import parse_assignment
+
+    runtime = dict(suite.recipe.get("runtime") or {})
+    cache = str(runtime.pop("teacher_cache", "") or "")
+    if "teacher_cache" in (suite.recipe.get("runtime") or {}):
+        suite = dataclasses.replace(suite, recipe={**suite.recipe, "runtime": runtime})
+    rest = []
+    for text in sets:
+        key, value = parse_assignment(text)
+        if key == "runtime.teacher_cache":
+            cache = value
+        else:
+            rest.append(text)
+    return suite, cache, rest
+
+
+def share_teacher_cache(plan: Plan, directory: str) -> None:
+    """Give the teacher cache ``directory`` to every run of ``plan`` it can serve.
+
+    The cache stores teacher logits, so it serves a shared teacher pass only when no run of
+    it reads features or has a self-teacher: per (teacher set, seed) lockstep group, each
+    part of :func:`~multikd.train.lockstep.split_by_taps` (one teacher pass) whose runs all
+    distil logits only (or train the student alone) gets it, every run of that part (the
+    stream's keys must agree); the others run their teachers live, as without a cache (with
+    ``--no-lockstep`` too, so a run keeps its config whichever way it is trained). The
+    teachers' own training runs get it as a ``--set`` gives it (they have no teachers: it
+    does nothing there). One directory for the suite: its tables are keyed by the teachers'
+    weights and images, so every seed, strategy and labelled fraction of a teacher set
+    shares them (:mod:`multikd.train.cache_worth` gives the expected saving).
+    """
+    from multikd.train.cache_worth import cacheable, plan_units, saved_passes
+    from multikd.train.lockstep import split_by_taps
+
+    for job in plan.teachers.values():
+        job.config.runtime.teacher_cache = directory
+    for group in plan.groups:
+        for part in split_by_taps([run.config for run in group.runs]):
+            if cacheable(part):
+                for config in part:
+                    config.runtime.teacher_cache = directory
+    log.info("teacher cache %s: %s", directory, saved_passes(plan_units(plan)).text())
 
 
 def _note(report: BenchReport, config: RunConfig, state_before: str) -> None:
