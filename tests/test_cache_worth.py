@@ -1,6 +1,6 @@
-"""The teacher cache's worth (multikd.train.cache_worth): the closed-form hit rate equals an
-exact enumeration of every outcome, matches the real view hash over a long schedule, and
-a suite's saved teacher passes follow from it."""
+"""The teacher cache's worth (multikd.train.cache_worth, multikd.bench.cache_worth): the
+closed-form hit rate equals an exact enumeration of every outcome, matches the real view
+hash over a long schedule, and a suite's saved teacher passes follow from it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from fractions import Fraction
 
 import pytest
 
+from multikd.bench import cache_worth as plans
 from multikd.bench.runner import make_plan
 from multikd.bench.suite import parse_suite
 from multikd.train import cache_worth as worth
@@ -70,11 +71,11 @@ def _suite(variants, seeds=(0, 1, 2)) -> dict:
 
 def test_suite_worth_of_a_logits_only_suite(tmp_path):
     plan = make_plan(parse_suite(_suite(["logits"])), tmp_path)
-    lockstep = worth.saved_passes(worth.plan_units(plan))
+    lockstep = worth.saved_passes(plans.plan_units(plan))
     # one lockstep group (one teacher pass per batch) per seed, all logits only
     assert lockstep.passes == lockstep.cacheable == 3 * 240
     assert lockstep.saved == pytest.approx(720 * worth.expected_hit_rate(240, seeds=3))
-    alone = worth.saved_passes(worth.run_units(plan))  # 2 strategies x 3 seeds, each alone
+    alone = worth.saved_passes(plans.run_units(plan))  # 2 strategies x 3 seeds, each alone
     assert alone.passes == 6 * 240
     assert alone.saved == pytest.approx(
         1440 * worth.expected_hit_rate(240, seeds=3, runs_per_seed=2))
@@ -82,8 +83,8 @@ def test_suite_worth_of_a_logits_only_suite(tmp_path):
 
 def test_suite_worth_with_features_in_every_group(tmp_path):
     plan = make_plan(parse_suite(_suite(["logits", "logits+feat"])), tmp_path)
-    lockstep = worth.saved_passes(worth.plan_units(plan))
+    lockstep = worth.saved_passes(plans.plan_units(plan))
     # the logits runs join the feature runs' teacher pass: nothing a logit cache can serve
     assert lockstep.passes == 3 * 240 and lockstep.cacheable == 0 and lockstep.saved == 0
-    alone = worth.saved_passes(worth.run_units(plan))
+    alone = worth.saved_passes(plans.run_units(plan))
     assert alone.passes == 12 * 240 and alone.cacheable == 6 * 240

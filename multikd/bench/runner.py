@@ -276,9 +276,10 @@ def share_teacher_cache(plan: Plan, directory: str) -> None:
     teachers' own training runs get it as a ``--set`` gives it (they have no teachers: it
     does nothing there). One directory for the suite: its tables are keyed by the teachers'
     weights and images, so every seed, strategy and labelled fraction of a teacher set
-    shares them (:mod:`multikd.train.cache_worth` gives the expected saving).
+    shares them (:mod:`multikd.bench.cache_worth` gives the expected saving).
     """
-    from multikd.train.cache_worth import cacheable, plan_units, saved_passes
+    from multikd.bench.cache_worth import cacheable, plan_units
+    from multikd.train.cache_worth import saved_passes
     from multikd.train.lockstep import split_by_taps
 
     for job in plan.teachers.values():
