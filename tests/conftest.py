@@ -18,6 +18,15 @@ def fake_cifar100_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def separate(tmp_path_factory):
+    """tests/test_bench_lockstep.py's SUITE, every run trained alone: the reference that the
+    lockstep, worker, shard and cluster tests (two modules) compare with, trained once."""
+    from tests.test_bench_lockstep import train_separately
+
+    return train_separately(tmp_path_factory.mktemp("separate"))
+
+
+@pytest.fixture(scope="session")
 def fake_cifar10_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifar10")
     data.write_fake_cifar(root, dataset="cifar10", train=250, test=100, seed=4)

@@ -11,9 +11,21 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from multikd.cli import main
+
+HEAVY_ARCHS = frozenset({"ResNet50", "resnet110", "resnet32x4", "vgg11", "vgg13", "vgg16",
+                         "vgg19", "wrn_28_4", "RegNetX_400MF", "RegNetY_400MF"})
+"""The zoo's largest models: building and running each takes a good part of a second."""
+
+
+def zoo_params(archs) -> list:
+    """``archs`` as pytest parameters, those of HEAVY_ARCHS marked slow (and zoo): the fast
+    tests check the rest of the zoo, the full suite and .ci/run's AVX2 pass every one."""
+    heavy = [pytest.mark.slow, pytest.mark.zoo]
+    return [pytest.param(a, marks=heavy) if a in HEAVY_ARCHS else a for a in archs]
 
 
 def synthetic_args(train_size: int, test_size: int) -> list[str]:

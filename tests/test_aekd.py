@@ -123,6 +123,7 @@ def test_errors_and_context():
         create_strategy("aekd").select(ce, t, y, context=StepContext(s, 4.0, 1))
 
 
+@pytest.mark.slow
 def test_select_reads_nothing_on_the_host():
     ce, t, s, y = _batch()
     strategy = create_strategy("aekd")

@@ -26,7 +26,7 @@ from multikd.results.outputs import write_results
 from multikd.train.config import RunConfig
 from multikd.train.runlock import hold_runs
 
-from tests.test_bench_lockstep import SUITE, _assert_same_runs, separate  # noqa: F401
+from tests.test_bench_lockstep import SUITE, _assert_same_runs
 
 SMOKE = preset_path("smoke")
 
@@ -204,6 +204,7 @@ def test_a_preempted_job_is_requeued_with_the_same_call(tmp_path):
     assert again.function is task and again.args == ("teacher", plan, config)
 
 
+@pytest.mark.slow  # reads the twelve trained runs of `separate`
 def test_table_of_several_out_folders_equals_the_one_folder_table(separate, tmp_path, capsys):
     import shutil
 
@@ -235,8 +236,11 @@ def test_preempted_submitit_job_is_requeued_and_resumes_to_the_same_metrics(tmp_
     from multikd.train import engine
     from tests.test_bench_lockstep import _metrics
 
-    suite = dict(SUITE, teachers={"t_a": {"arch": "resnet8", "seed": 1,
-                                          "recipe": {"optim": {"epochs": 8}}}},
+    # 96 training images (twice SUITE's): the 8 epochs must outlast the wait for the first
+    # checkpoint and the signal
+    data = {**SUITE["data"], "synthetic": {**SUITE["data"]["synthetic"], "train_size": 96}}
+    suite = dict(SUITE, data=data, teachers={"t_a": {"arch": "resnet8", "seed": 1,
+                                                     "recipe": {"optim": {"epochs": 8}}}},
                  teacher_sets={"duo": ["t_a"]})
     plan = make_plan(parse_suite(suite), tmp_path / "out")
     config = teacher_units(plan)[0].config

@@ -91,6 +91,7 @@ def _other_domain_suite(**synthetic) -> dict:
     return suite
 
 
+@pytest.mark.slow  # a training run
 def test_a_teacher_from_another_synthetic_world_trains_there_and_is_scored_here(tmp_path):
     plan = expand(parse_suite(_other_domain_suite(seed=7)), tmp_path)
     job = plan.teachers["other"]

@@ -12,7 +12,7 @@ from run_helpers import synthetic_args
 from multikd.cli import main
 from multikd.models import create_model
 
-DATA = synthetic_args(train_size=96, test_size=48)
+DATA = synthetic_args(train_size=64, test_size=32)
 
 
 def _summary(run):
@@ -21,11 +21,11 @@ def _summary(run):
 
 def test_three_generations_each_taught_by_the_last(tmp_path):
     gen0, gen1, gen2 = (tmp_path / f"gen{i}" for i in range(3))
-    assert main(["train-teacher", "--kind", "student", "--arch", "resnet8", "--epochs", "2",
+    assert main(["train-teacher", "--kind", "student", "--arch", "resnet8", "--epochs", "1",
                  "--out", str(gen0), *DATA]) == 0
     for teacher, student in ((gen0, gen1), (gen1, gen2)):
         assert main(["distill", "--student", "resnet8", "--teachers-from", str(teacher),
-                     "--strategy", "uniform", "--epochs", "2", "--out", str(student),
+                     "--strategy", "uniform", "--epochs", "1", "--out", str(student),
                      *DATA]) == 0
     for teacher, student in ((gen0, gen1), (gen1, gen2)):
         summary = _summary(student)

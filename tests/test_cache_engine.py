@@ -9,7 +9,7 @@ from multikd.cli import main
 from multikd.train.config import RunConfig, TeacherConfig, config_hash, resolve, set_value
 from multikd.method.ensemble import TeacherEnsemble
 
-DATA = synthetic_args(train_size=96, test_size=32)
+DATA = synthetic_args(train_size=64, test_size=32)
 TIMING = {"epoch_time_s", "images_per_s"}
 
 
@@ -65,6 +65,7 @@ def test_warm_cache_runs_no_teacher_on_training_batches(runs):
     assert calls == 0
 
 
+@pytest.mark.slow
 def test_fp16_cache_is_the_same_cold_or_warm_and_close_to_live(runs, teachers, tmp_path):
     root, _ = runs
     for name in ("a", "b"):
@@ -103,6 +104,7 @@ def test_cache_folder_and_budget_do_not_change_the_experiments_hash():
     assert config_hash(fp32) != h
 
 
+@pytest.mark.slow
 def test_lockstep_group_is_served_by_one_warm_cache(runs, tmp_path):
     from multikd.train.config import load_config
     from multikd.train.lockstep import train_lockstep

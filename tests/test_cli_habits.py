@@ -75,6 +75,7 @@ def test_synthetic_sizes_are_checked_with_the_rest_of_the_command_line(capsys):
     assert "--synthetic" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # makes and evaluates the 2,500 images of --synthetic tiny
 def test_eval_and_data_info_default_to_the_synthetic_dataset_as_training_does(tmp_path, capsys):
     assert cli.main(["data", "info", "--synthetic", "tiny"]) == 0
     out = capsys.readouterr().out
@@ -87,16 +88,21 @@ def test_eval_and_data_info_default_to_the_synthetic_dataset_as_training_does(tm
 
 
 # --------------------------------------------------------------------------- habits
-def test_models_alone_lists_the_zoo_and_data_alone_shows_its_own_help(capsys):
+@pytest.mark.slow  # builds and measures every model of the zoo, seconds
+def test_models_alone_lists_the_zoo(capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("name") and "resnet32x4" in out and "the usual order" not in out
+
+
+def test_data_alone_shows_its_own_help(capsys):
     assert cli.main(["data"]) == 2
     out = capsys.readouterr().out
     assert "usage: multikd data" in out and "synth-cifar" in out
     assert "the usual order" not in out
 
 
+@pytest.mark.slow
 def test_a_reader_that_leaves_early_ends_the_command_quietly():
     read, write = os.pipe()
     os.close(read)  # like `| head` that has already exited: every write finds no reader

@@ -66,7 +66,7 @@ def _run(path: Path, kind: str, seed: int, acc: float, teachers=()) -> None:
     (path / "summary.json").write_text(json.dumps(summary))
 
 
-def test_every_row_shows_student_and_teacher_sizes_and_the_ratio(tmp_path, capsys):
+def test_every_row_shows_student_and_teacher_sizes_and_the_ratio(tmp_path):
     teachers = [("big", "resnet32x4"), ("small", "resnet8")]
     _run(tmp_path / "set/resnet8/student_s0", "student", 0, 60.0)
     _run(tmp_path / "set/resnet8/uniform_s0", "distill", 0, 63.0, teachers)
@@ -81,6 +81,12 @@ def test_every_row_shows_student_and_teacher_sizes_and_the_ratio(tmp_path, capsy
                         f"{model_cost('resnet32x4').macs},83892,{model_cost('resnet8').macs}")
     assert "MACs" not in format_table(strategy_table(collect_runs(tmp_path), cost=False), "md")
 
+
+@pytest.mark.slow  # times the models' inference
+def test_table_cost_measures_the_images_per_second(tmp_path, capsys):
+    teachers = [("big", "resnet32x4"), ("small", "resnet8")]
+    _run(tmp_path / "set/resnet8/student_s0", "student", 0, 60.0)
+    _run(tmp_path / "set/resnet8/uniform_s0", "distill", 0, 63.0, teachers)
     assert cli.main(["table", str(tmp_path), "--cost", "--cost-batch", "8", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "student img/s" in out and "Inference images/s: cpu, batch 8" in out
@@ -89,6 +95,7 @@ def test_every_row_shows_student_and_teacher_sizes_and_the_ratio(tmp_path, capsy
     assert "big " in cells[-2] and "small " in cells[-2]
 
 
+@pytest.mark.slow  # builds and measures every model of the zoo, seconds
 def test_models_list_shows_macs(capsys):
     assert cli.main(["models", "list"]) == 0
     out = capsys.readouterr().out

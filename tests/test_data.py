@@ -94,6 +94,10 @@ def test_cli_missing_dataset_exit_code_and_no_traceback(tmp_path, capsys):
     assert main(["data", "info", "--dataset", "cifar100", "--data-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("multikd: error: cifar100 not found") and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_cli_missing_dataset_exit_code_in_a_fresh_process(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "multikd", "data", "info", "--dataset", "cifar100",
          "--data-root", str(tmp_path)],

@@ -120,6 +120,7 @@ def test_pipeline_is_validated_and_not_hashed():
         resolve(RunConfig.from_dict({"kind": "teacher", "data": {"pipeline": "gpu"}}))
 
 
+@pytest.mark.slow
 def test_training_is_the_same_under_both_pipelines(tmp_path):
     runs = {}
     for pipeline in ("batched", "per-sample"):

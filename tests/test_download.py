@@ -300,6 +300,7 @@ def release(monkeypatch, server):
     return rel
 
 
+@pytest.mark.slow
 def test_teachers_download_lays_out_checks_and_measures(release, server, tmp_path, capsys,
                                                         fake_cifar100_root):
     out = tmp_path / "teachers"
@@ -325,6 +326,7 @@ def test_teachers_download_lays_out_checks_and_measures(release, server, tmp_pat
     assert len(server.requests) == count
 
 
+@pytest.mark.slow
 def test_teachers_are_compared_with_the_published_accuracy_on_official_data(
         release, tmp_path, fake_cifar100_root, monkeypatch):
     out = bench_published.download_teachers(tmp_path / "t", progress=False)

@@ -136,6 +136,7 @@ def test_resume_takes_no_other_settings(teacher_run, capsys):
     assert "not a multikd run directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two training runs
 def test_overwrite_replaces_a_finished_run(tmp_path):
     run_dir = tmp_path / "r"
     assert train_teacher(run_dir, "--epochs", "1") == 0
@@ -143,6 +144,7 @@ def test_overwrite_replaces_a_finished_run(tmp_path):
     assert float(read_metrics(run_dir)[0]["lr"]) == 0.1
 
 
+@pytest.mark.slow  # a training run
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     """A loss that turns NaN at epoch 2, step 4 (6 steps per epoch) stops the run there."""
     calls = {"n": 0}

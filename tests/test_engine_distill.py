@@ -10,7 +10,7 @@ from run_helpers import read_metrics, synthetic_args, train_two_teachers
 from multikd.cli import main
 from multikd.train.config import load_config
 
-SYNTH = {"num_classes": 10, "num_superclasses": 2, "train_size": 128, "test_size": 64, "seed": 0}
+SYNTH = {"num_classes": 10, "num_superclasses": 2, "train_size": 64, "test_size": 32, "seed": 0}
 DATA = synthetic_args(train_size=SYNTH["train_size"], test_size=SYNTH["test_size"])
 
 

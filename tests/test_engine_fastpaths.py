@@ -20,7 +20,7 @@ def distill(out, *flags) -> list[dict]:
     """A 1-epoch resnet8 <- two random resnet8 teachers run; its metrics.csv rows."""
     args = ["distill", "--student", "resnet8", "--teacher", "resnet8", "--teacher", "resnet8",
             "--strategy", "ca-mkd", "--epochs", "1", "--out", str(out),
-            *synthetic_args(96, 64), *flags]
+            *synthetic_args(64, 32), *flags]
     assert main(args) == 0
     return [{k: v for k, v in row.items() if k not in TIMING} for row in read_metrics(out)]
 
@@ -41,6 +41,7 @@ def eager_compile(monkeypatch):
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 def test_compiled_run_equals_the_eager_run_and_saves_plain_keys(tmp_path, eager_compile):
     plain = distill(tmp_path / "plain")
     compiled = distill(tmp_path / "compiled", "--compile")
@@ -50,6 +51,7 @@ def test_compiled_run_equals_the_eager_run_and_saves_plain_keys(tmp_path, eager_
     assert not any(k.startswith("_orig_mod.") for k in state["model"])
 
 
+@pytest.mark.slow  # three runs; tests/test_hot_path.py steps AMP + channels_last in the fast tests
 def test_channels_last_and_amp_train_to_finite_close_numbers(tmp_path):
     plain = distill(tmp_path / "plain")[0]
     nhwc = distill(tmp_path / "nhwc", "--channels-last")[0]

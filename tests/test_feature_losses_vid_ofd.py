@@ -27,6 +27,7 @@ from multikd.method.feature_losses.ofd import OverhaulFeatureDistillation, bn_ma
 from multikd.method.feature_losses.vid import VariationalInformationDistillation
 from multikd.models import create_model, list_models
 from multikd.models.mobilenetv2 import MobileNetV2
+from run_helpers import zoo_params
 from multikd.models.resnet_imagenet import CifarResNetBottleneck
 from multikd.models.shufflenetv2 import ShuffleNetV2
 from multikd.models.taps import FeatureTap
@@ -447,7 +448,7 @@ def test_registry_describes_vid_and_ofd():
 ZOO = list_models()
 
 
-@pytest.mark.parametrize("arch", ZOO)
+@pytest.mark.parametrize("arch", zoo_params(ZOO))
 def test_every_zoo_model_lists_its_preact_maps_and_bns(arch):
     """Every tap runs and has the shape of its stage's map; every listed BN is a BatchNorm of
     that stage's channels. (On the CPU: the meta device's normal_ would import dynamo.)"""

@@ -162,6 +162,7 @@ def _meta_gradients(name: str, gamma: float, perturb_modules: bool = False):
 
 
 @pytest.mark.parametrize("name", ["at", "vid"])
+@pytest.mark.slow  # MMKD's virtual steps through the modules: seconds each
 def test_mmkd_virtual_steps_evaluate_the_feature_modules(name):
     """MMKD's virtual steps include the feature modules' loss (the meta-gradients change
     with gamma) evaluated with the unrolled weights (VID's regressors, held by the

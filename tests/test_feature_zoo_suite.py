@@ -17,6 +17,7 @@ import functools
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from multikd.bench.suite import expand, load_suite
@@ -166,6 +167,7 @@ def _hint_taps(run) -> list[tuple[int, ...]]:
     return out
 
 
+@pytest.mark.slow  # builds every cell's models; test_one_cross_cell_builds_end_to_end is fast
 def test_every_feature_cell_builds_on_its_models_taps():
     built = set()
     for run in _runs():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from multikd.models import create_model, list_models
+from run_helpers import zoo_params
 from multikd.models.taps import FeatureTap
 
 ARCHS = list_models()
@@ -25,7 +26,7 @@ def test_registry_lists_the_zoo():
     assert len(ARCHS) >= 20 and WRN_ARCHS
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", zoo_params(ARCHS))
 def test_forward_head_is_the_rest_of_forward(arch):
     model, x = _model_and_input(arch)
     assert model.head_reads_last_stage

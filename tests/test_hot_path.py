@@ -34,6 +34,10 @@ from multikd.method.strategies import list_strategies
 SYNTH = {"num_classes": 10, "num_superclasses": 2, "train_size": 32, "test_size": 8, "seed": 0}
 LOG_INTERVAL = 3  # 4 steps of 8: step 0 warms up, 1 and 3 are plain steps, 2 is a log step
 PARAMS = {"fixed": {"weights": [0.6, 0.4]}}
+# a fixed average, per-sample CE screening, CA-MKD's weights and a learned agent; the maps of
+# a stage, a variational loss and CRD's sampled memory
+FAST_STRATEGIES = {"uniform", "ce-filter", "ca-mkd", "mtkd-rl"}
+FAST_FEATURE_LOSSES = {"at", "vid", "crd"}
 
 
 # --------------------------------------------------------------------------- the detector
@@ -223,7 +227,9 @@ def _assert_hot_path(found: dict[int, list]) -> None:
     assert len(reads) == 1 and reads[0].startswith("Tensor.tolist at multikd/train/meters.py"), reads
 
 
-@pytest.mark.parametrize("strategy", list_strategies())
+@pytest.mark.parametrize("strategy", [  # the fast tests keep four kinds, the full suite all
+    s if s in FAST_STRATEGIES else pytest.param(s, marks=pytest.mark.slow)
+    for s in list_strategies()])
 def test_distill_steps_read_nothing_but_the_log(setup, strategy):
     from multikd.method.strategies import STRATEGIES
 
@@ -233,7 +239,8 @@ def test_distill_steps_read_nothing_but_the_log(setup, strategy):
 
 @pytest.mark.parametrize("name, kw", [
     ("features", {"strategy": "ce-filter", "gamma": 0.5}),
-    ("mmkd_features", {"strategy": "mmkd", "gamma": 0.5}),  # Gram network + meta step
+    pytest.param("mmkd_features", {"strategy": "mmkd", "gamma": 0.5},  # Gram net + meta step
+                 marks=pytest.mark.slow),
     ("amp_channels_last", {"strategy": "ca-mkd", "amp": True}),
     ("teacher", {"kind": "teacher"}),
 ])
@@ -241,7 +248,9 @@ def test_feature_amp_and_plain_steps_read_nothing_but_the_log(setup, name, kw):
     _assert_hot_path(_epoch_syncs(setup, name, **kw))
 
 
-@pytest.mark.parametrize("feature_loss", [n for n in FEATURE_LOSS_REGISTRY if n != "mse"])
+@pytest.mark.parametrize("feature_loss", [  # the fast tests keep three, the full suite all
+    n if n in FAST_FEATURE_LOSSES else pytest.param(n, marks=pytest.mark.slow)
+    for n in FEATURE_LOSS_REGISTRY if n != "mse"])
 def test_feature_module_steps_read_nothing_but_the_log(setup, feature_loss):
     """Every feature loss of the zoo (AT ... ReviewKD, CRD's sampling and memory update
     included) runs without a host read."""

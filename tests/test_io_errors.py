@@ -112,6 +112,7 @@ def _full_disk_from_the_second_save(monkeypatch):
     monkeypatch.setattr(torch, "save", save)
 
 
+@pytest.mark.slow  # a training run
 def test_a_full_disk_during_training_then_a_damaged_checkpoint(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     _full_disk_from_the_second_save(monkeypatch)

@@ -250,6 +250,7 @@ def test_two_half_label_teachers_teach_every_class_without_a_label(tmp_path, cap
     assert "use one or the other" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_suite_of_partial_teachers_runs_and_tables(tmp_path):
     suite = tiny_suite(
         "merge", 2,

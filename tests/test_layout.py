@@ -206,12 +206,19 @@ def _home(module: str) -> str:
     return part if part in ALLOWED else "top-level"
 
 
+@pytest.fixture(scope="module")
+def package_cycles():
+    """The package's import graph and its cycles, read once for every part."""
+    graph = _import_graph()
+    return graph, _cycles(graph)
+
+
 @pytest.mark.parametrize("part", [*sorted(ALLOWED), "top-level"])
-def test_no_import_cycle(part):
+def test_no_import_cycle(part, package_cycles):
     """Not even through function-level imports: a cycle works only while every import in it
     stays where it is, and breaks on the first harmless-looking move."""
-    graph = _import_graph()
-    found = [c for c in _cycles(graph) if any(_home(m) == part for m in c)]
+    graph, cycles = package_cycles
+    found = [c for c in cycles if any(_home(m) == part for m in c)]
     assert not found, "\n".join(_describe(c, graph) for c in found)
 
 

@@ -23,6 +23,7 @@ def test_tags_group_the_row():
     }
 
 
+@pytest.mark.slow
 def test_distill_run_writes_tensorboard_events(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -269,7 +269,7 @@ def test_hard_buffer_fills_exactly_then_swaps_in_misclassified_samples():
     assert meta["y"].shape[0] == B and meta["t_logits"].shape == (K, B, C)
 
 
-@pytest.mark.parametrize("name", ["mmkd", "mtkd-rl"])
+@pytest.mark.parametrize("name", [pytest.param("mmkd", marks=pytest.mark.slow), "mtkd-rl"])
 def test_teachers_receive_no_gradient_and_stay_frozen(name):
     torch.manual_seed(0)
     teachers = [create_model("resnet8", num_classes=C) for _ in range(K)]
@@ -295,6 +295,7 @@ def test_teachers_receive_no_gradient_and_stay_frozen(name):
             assert torch.equal(value, state[key]), key
 
 
+@pytest.mark.slow
 def test_meta_step_updates_batchnorm_statistics_once_as_the_reference():
     """MMKD's reference restores the student by load_state_dict, then runs the first virtual
     objective once more in train mode: the weights are rolled back, the BatchNorm running

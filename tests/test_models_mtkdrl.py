@@ -27,6 +27,7 @@ from multikd.models import canonical_name, create_model
 from multikd.models.checkpoint import load_checkpoint
 from multikd.models.cost import model_cost
 from multikd.models.taps import FeatureTap
+from run_helpers import zoo_params
 from tolerances import ref64
 
 # ---------------------------------------------------------------------------------------
@@ -406,7 +407,7 @@ def test_params_equal_closed_form_count(ref_name):
     assert model_cost(name, 100).params == closed_form
 
 
-@pytest.mark.parametrize("ref_name", ARCHS)
+@pytest.mark.parametrize("ref_name", zoo_params(ARCHS))
 def test_state_dict_layout_weights_and_logits_match_reference(ref_name):
     name, build_ref = REFERENCE[ref_name]
     torch.manual_seed(0)

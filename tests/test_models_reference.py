@@ -16,6 +16,7 @@ from multikd.errors import ModelError
 from multikd.models.taps import FeatureTap
 from multikd.models import canonical_name, create_model, list_models
 from multikd.models.meta import describe_architecture
+from run_helpers import zoo_params
 from zoo_reference import (
     golden_fill,
     golden_input,
@@ -41,7 +42,7 @@ def test_unknown_model_suggests_registered_names():
         canonical_name("mobilenetv3")
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", zoo_params(ARCHS))
 def test_architecture_matches_reference(arch):
     facts = zoo_facts()[arch]
     model = create_model(arch).double().eval()
@@ -66,17 +67,18 @@ def test_architecture_matches_reference(arch):
         torch.testing.assert_close(last_linear(model)(pooled), logits, rtol=1e-12, atol=1e-12)
 
 
-def test_meta_description_matches_reference():
-    for arch in ARCHS:
-        facts = zoo_facts()[arch]
-        got = describe_architecture(arch)
-        assert got["params"] == facts["params"], arch
-        assert [list(s) for s in got["stage_feature_shapes"]] == facts["stage_feature_shapes"], arch
-        assert got["pooled_feature_dim"] == facts["pooled_feature_dim"], arch
+@pytest.mark.parametrize("arch", zoo_params(ARCHS))
+def test_meta_description_matches_reference(arch):
+    facts = zoo_facts()[arch]
+    got = describe_architecture(arch)
+    assert got["params"] == facts["params"], arch
+    assert [list(s) for s in got["stage_feature_shapes"]] == facts["stage_feature_shapes"], arch
+    assert got["pooled_feature_dim"] == facts["pooled_feature_dim"], arch
 
 
 @pytest.mark.parametrize(
-    "arch,size", [("resnet8x4", 32), ("wrn_16_2", 32), ("vgg8", 32), ("ResNet50", 8)]
+    "arch,size", [("resnet8x4", 32), ("wrn_16_2", 32), ("vgg8", 32),
+                  pytest.param("ResNet50", 8, marks=pytest.mark.slow)]
 )
 def test_tapped_features_train_the_model(arch, size):
     """Taps keep autograd intact (no in-place op overwrites a tapped output) in train mode."""

@@ -70,11 +70,16 @@ def test_unknown_zoo_name_lists_valid_ones():
 
 # --- timm bridge -------------------------------------------------------------------------
 
-timm = pytest.importorskip("timm")
+@pytest.fixture
+def timm():
+    """timm itself (the tests below are skipped without it). Imported here, not when the
+    module is collected: importing timm takes seconds, which every run of the suite paid;
+    the tests that use it are marked slow for the same reason."""
+    return pytest.importorskip("timm")
 
 
 @pytest.fixture
-def no_network(monkeypatch):
+def no_network(timm, monkeypatch):
     """Any attempt to open a connection or fetch weights fails the test."""
 
     def refuse(*_args, **_kwargs):
@@ -87,7 +92,8 @@ def no_network(monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv3_small_100"])
-def test_timm_taps_equal_timms_own_features(no_network, name):
+@pytest.mark.slow
+def test_timm_taps_equal_timms_own_features(timm, no_network, name):
     model = create_model(f"timm:{name}", num_classes=7).eval()
     assert model.arch_name == f"timm:{name}"
     twin = timm.create_model(name, pretrained=False, features_only=True).eval()
@@ -106,7 +112,8 @@ def test_timm_taps_equal_timms_own_features(no_network, name):
     torch.testing.assert_close(model.get_classifier()(pooled), logits)
 
 
-def test_timm_state_dict_unchanged_and_taps_train(no_network):
+@pytest.mark.slow
+def test_timm_state_dict_unchanged_and_taps_train(timm, no_network):
     model = create_model("timm:resnet18", num_classes=5).train()
     plain = timm.create_model("resnet18", pretrained=False, num_classes=5)
     assert list(model.state_dict()) == list(plain.state_dict())
@@ -119,7 +126,8 @@ def test_timm_state_dict_unchanged_and_taps_train(no_network):
     assert model(x).shape == (2, 5)
 
 
-def test_timm_non_hookable_stages_are_located(no_network):
+@pytest.mark.slow
+def test_timm_non_hookable_stages_are_located(timm, no_network):
     model = create_model("timm:hrnet_w18_small", num_classes=3).eval()
     modules = dict(model.named_modules())
     assert "stem" not in modules and "stage1" not in modules
@@ -135,24 +143,28 @@ def test_timm_non_hookable_stages_are_located(no_network):
         torch.testing.assert_close(got, want)
 
 
-def test_timm_refuses_pretrained_and_features_only():
+@pytest.mark.slow
+def test_timm_refuses_pretrained_and_features_only(timm):
     with pytest.raises(ModelError, match="never downloads"):
         create_model("timm:resnet18", pretrained=True)
     with pytest.raises(ModelError, match="features_only"):
         create_model("timm:resnet18", features_only=True)
 
 
-def test_timm_unknown_name_suggests_close_matches():
+@pytest.mark.slow
+def test_timm_unknown_name_suggests_close_matches(timm):
     with pytest.raises(ModelError, match="timm:resnet18") as err:
         create_model("timm:resnt18")
     assert "unknown timm architecture" in str(err.value)
 
 
-def test_timm_bad_option_is_a_model_error():
+@pytest.mark.slow
+def test_timm_bad_option_is_a_model_error(timm):
     with pytest.raises(ModelError, match="no_such_option"):
         create_model("timm:resnet18", no_such_option=1)
 
 
+@pytest.mark.slow
 def test_timm_channels_last_stages_are_tapped_channels_first(no_network):
     from multikd.method.distiller import MultiTeacherDistiller
     from multikd.method.ensemble import TeacherEnsemble

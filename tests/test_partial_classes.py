@@ -41,6 +41,7 @@ def test_datasets_keep_the_classes_relabelled_in_order():
         build_datasets("synthetic", synthetic=SYNTH, classes=[3, 10])
 
 
+@pytest.mark.slow  # a training run
 def test_train_teacher_on_half_the_classes(tmp_path, capsys):
     out = tmp_path / "half"
     assert main(["train-teacher", "--arch", "resnet8", "--classes", "0-4", "--epochs", "1",

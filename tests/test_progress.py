@@ -70,6 +70,7 @@ def test_the_epoch_bar_counts_every_batch_between_log_steps(tmp_path, monkeypatc
     assert not any(bar.disable for bar in bars)
 
 
+@pytest.mark.slow  # a training run
 def test_the_bar_is_off_with_quiet_and_without_a_terminal(tmp_path, monkeypatch):
     assert all(bar.disable for bar in _train_with_bar(tmp_path / "q", monkeypatch, True, True))
     assert all(bar.disable for bar in _train_with_bar(tmp_path / "p", monkeypatch, False, False))
@@ -95,12 +96,12 @@ def test_plan_progress_counts_runs_and_spreads_the_time_over_the_epochs_left():
     assert [duration_text(s) for s in (59, 61, 5400)] == ["59 s", "1 min", "1.5 h"]
 
 
-def test_run_units_reports_each_unit_as_it_ends():
-    for jobs in (1, 2):
-        seen = []
-        units = [(math.factorial, (n,)) for n in (3, 4, 5)]
-        results = run_units(units, jobs, 1, lambda i, result: seen.append((i, result)))
-        assert results == [6, 24, 120] and sorted(seen) == [(0, 6), (1, 24), (2, 120)]
+@pytest.mark.parametrize("jobs", [1, pytest.param(2, marks=pytest.mark.slow)])  # 2: spawns
+def test_run_units_reports_each_unit_as_it_ends(jobs):
+    seen = []
+    units = [(math.factorial, (n,)) for n in (3, 4, 5)]
+    results = run_units(units, jobs, 1, lambda i, result: seen.append((i, result)))
+    assert results == [6, 24, 120] and sorted(seen) == [(0, 6), (1, 24), (2, 120)]
 
 
 def _suite():
@@ -113,6 +114,7 @@ def _suite():
     )
 
 
+@pytest.mark.slow  # a bench run
 def test_bench_logs_runs_done_of_the_plan_with_an_eta(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="multikd")
     run_bench(parse_suite(_suite()), tmp_path / "out", results=False)

@@ -53,6 +53,7 @@ def _chromium():
                  if shutil.which(n)), None)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed")
 def test_a_headless_browser_renders_the_report(bench_out, tmp_path):
     assert cli.main(["report", str(bench_out), "--quiet"]) == 0

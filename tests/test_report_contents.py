@@ -21,11 +21,11 @@ from multikd.bench.suite import parse_suite
 WEAK = "weak: 40.00% here; 91.40% on its own domain (synthetic seed 1)"
 
 
-@pytest.fixture
-def bench_out(tmp_path):
+@pytest.fixture(scope="module")
+def bench_out(tmp_path_factory):
     """Hand-made runs of test_results (teachers strong and weak), as bench leaves them, with
     ``weak`` recorded as a teacher trained and verified on another synthetic world."""
-    root = tmp_path / "out"
+    root = tmp_path_factory.mktemp("report") / "out"
     for (kind, strategy, features, seed), accs in RUNS.items():
         name = f"{strategy or 'student'}{'+feat' if features else ''}_s{seed}"
         _write_run(root / "runs" / "trio" / "resnet8" / name,
@@ -39,8 +39,13 @@ def bench_out(tmp_path):
     return root
 
 
-def test_results_end_with_a_report_of_every_table(bench_out):
-    written = write_results(bench_out, bench_out)
+@pytest.fixture(scope="module")
+def written(bench_out):
+    """What write_results wrote into ``bench_out`` (once: the tests below only read it)."""
+    return write_results(bench_out, bench_out)
+
+
+def test_results_end_with_a_report_of_every_table(bench_out, written):
     assert written[-1] == bench_out / "report.html"
     page = written[-1].read_text()
     assert "Paired differences to the student alone" in page and "+5.62 [" in page
@@ -51,8 +56,7 @@ def test_results_end_with_a_report_of_every_table(bench_out):
     assert "<td>80.00</td>" in page  # a teacher of the students' own domain: as before
 
 
-def test_the_table_names_a_teacher_of_another_domain(bench_out):
-    write_results(bench_out, bench_out)
+def test_the_table_names_a_teacher_of_another_domain(bench_out, written):
     for name in ("table_last.md", "table_best.md"):
         text = (bench_out / name).read_text()
         assert f"Teacher {WEAK}, where it was trained and verified." in text, name
@@ -61,8 +65,7 @@ def test_the_table_names_a_teacher_of_another_domain(bench_out):
 
 @pytest.mark.parametrize("name, vs", [("table_paired_last", "student"),
                                       ("table_paired_vs_uniform_last", "uniform")])
-def test_paired_csv_holds_plain_numbers(bench_out, name, vs):
-    write_results(bench_out, bench_out)
+def test_paired_csv_holds_plain_numbers(bench_out, written, name, vs):
     text = (bench_out / f"{name}.csv").read_text()
     assert "np." not in text
     read = pd.read_csv(io.StringIO(text))
@@ -101,6 +104,7 @@ def _two_rows(root):
     return root
 
 
+@pytest.mark.slow
 def test_bench_itself_writes_the_report_and_both_paired_tables(tmp_path):
     suite = tiny_suite(
         "report", 1, seeds=[0, 1],

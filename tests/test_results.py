@@ -238,6 +238,7 @@ def test_write_table_atomic_and_rejects_unknowns(runs_dir, tmp_path):
         load_table(runs_dir, "median")
 
 
+@pytest.mark.slow
 def test_plots_written_as_png(runs_dir, tmp_path):
     from multikd.results.plots import plot_runs
 
@@ -274,6 +275,7 @@ def test_cli_table_errors_clearly(tmp_path, capsys, make):
         assert "1 unfinished" in err
 
 
+@pytest.mark.slow
 def test_cli_plot(runs_dir, tmp_path, capsys):
     assert cli.main(["plot", str(runs_dir), "--out", str(tmp_path / "p")]) == 0
     printed = capsys.readouterr().out.split()

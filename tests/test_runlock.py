@@ -4,11 +4,9 @@ free and resumable, failures are recorded for --status."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 
 import pytest
@@ -17,20 +15,34 @@ from multikd.train import engine
 from multikd.train.config import RunConfig
 from multikd.train.runlock import FAILED, LOCK, RunBusy, failure, hold_runs, lock_holder
 
-HOLD = textwrap.dedent("""
-    import sys, time
-    from multikd.train.runlock import hold_runs
-    with hold_runs([sys.argv[1]]):
-        print("held", flush=True)
+
+def _hold(run_dir, conn) -> None:
+    with hold_runs([run_dir]):
+        conn.send("held")
         time.sleep(60)
-""")
+
+
+class _Holder:
+    """Another process that holds the run's lock until it is killed. Forked, not started
+    afresh: it only locks a file, and a new interpreter would spend seconds importing torch."""
+
+    def __init__(self, run_dir):
+        parent, child = multiprocessing.Pipe()
+        self._process = multiprocessing.get_context("fork").Process(
+            target=_hold, args=(str(run_dir), child), daemon=True)
+        self._process.start()
+        self.pid = self._process.pid
+        assert parent.poll(60) and parent.recv() == "held"
+
+    def kill(self) -> None:
+        self._process.kill()
+
+    def wait(self) -> None:
+        self._process.join()
 
 
 def _holder_process(run_dir):
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE,
-                            text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
+    return _Holder(run_dir)
 
 
 def test_a_second_writer_is_refused_with_the_holder_named(tmp_path):

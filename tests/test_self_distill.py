@@ -42,6 +42,7 @@ _epoch = train_epoch
 
 
 @pytest.mark.parametrize("gamma", [0.0, 1.0])
+@pytest.mark.slow  # trains; the tests below check the config, the CLI and lockstep
 def test_the_snapshot_is_the_student_at_the_start_of_its_epoch_and_stays_frozen(tmp_path, gamma):
     cfg = _config(tmp_path, "run", [TeacherConfig(arch="resnet14", name="other"),
                                     TeacherConfig(self_from_epoch=2)], gamma=gamma,
@@ -62,6 +63,7 @@ def test_the_snapshot_is_the_student_at_the_start_of_its_epoch_and_stays_frozen(
     assert all(p.grad is None for p in snapshot.parameters())
 
 
+@pytest.mark.slow
 def test_alone_it_is_plain_ce_until_its_epoch(tmp_path):
     assert main(["distill", "--student", "resnet8", "--teacher", "self@2", "--strategy",
                  "uniform", "--epochs", "3", "--out", str(tmp_path / "s"), *DATA]) == 0
@@ -70,6 +72,7 @@ def test_alone_it_is_plain_ce_until_its_epoch(tmp_path):
     assert (m["loss_kd"].iloc[1:] > 0).all() and (m["w_self"].iloc[1:] == 1.0).all()
 
 
+@pytest.mark.slow
 def test_resume_across_the_snapshot_equals_the_uninterrupted_run(tmp_path, monkeypatch):
     teachers = [TeacherConfig(arch="resnet14", name="other"), TeacherConfig(self_from_epoch=2)]
     engine.train(_config(tmp_path, "straight", teachers, epochs=4))
@@ -117,6 +120,7 @@ def test_bad_input_names_the_key(tmp_path, capsys):
         assert message in err and "Traceback" not in err, err
 
 
+@pytest.mark.slow
 def test_a_suite_with_a_self_teacher_runs_and_tables(tmp_path):
     suite = tiny_suite(
         "self", 3,

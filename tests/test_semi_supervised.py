@@ -85,15 +85,16 @@ def test_unlabelled_teacher_ce_rules_by_hand():
                                **REF64)
 
 
-def _run(tmp_path, name, splits, **overrides):
-    """One distill run on ``splits`` through the engine; its metrics without timings."""
+def _run(tmp_path, name, splits, synthetic=SYNTH, **overrides):
+    """One distill run on ``splits`` (made from ``synthetic``) through the engine; its
+    metrics without timings."""
     from multikd.train.config import DataConfig, LossConfig, ModelConfig, OptimConfig
     from multikd.train.config import OutputConfig, RunConfig, RuntimeConfig, StrategyConfig
     from multikd.train.config import TeacherConfig
 
     cfg = resolve(RunConfig(
         kind="distill",
-        data=DataConfig(dataset="synthetic", synthetic=dict(SYNTH), labeled_fraction=0.25),
+        data=DataConfig(dataset="synthetic", synthetic=dict(synthetic), labeled_fraction=0.25),
         model=ModelConfig(arch="resnet8"),
         teachers=[TeacherConfig(arch="resnet8", name="a"), TeacherConfig(arch="resnet14", name="b")],
         strategy=StrategyConfig(name=overrides.get("strategy", "ca-mkd")),
@@ -108,7 +109,7 @@ def _run(tmp_path, name, splits, **overrides):
     return pd.DataFrame(run.rows).drop(columns=["epoch_time_s", "images_per_s"])
 
 
-@pytest.mark.parametrize("strategy", ["ca-mkd", "mtkd-rl"])
+@pytest.mark.parametrize("strategy", ["ca-mkd", pytest.param("mtkd-rl", marks=pytest.mark.slow)])
 def test_unlabelled_labels_are_never_read(tmp_path, strategy):
     """Two training sets that differ only in the labels of the images outside the labelled
     subset (the real ones against random garbage): the runs are equal bit for bit, since
@@ -117,7 +118,8 @@ def test_unlabelled_labels_are_never_read(tmp_path, strategy):
 
     from multikd.data.datasets import ImageDataset
 
-    clean = build_datasets("synthetic", synthetic=SYNTH, seed=0)
+    synth = dict(SYNTH, train_size=64)  # 2 batches an epoch, 16 images labelled
+    clean = build_datasets("synthetic", synthetic=synth, seed=0)
     keep = labeled_subset(clean.train.labels.numpy(), 0.25, seed=0)
     garbage = clean.train.labels.numpy().copy()
     others = np.setdiff1d(np.arange(len(garbage)), keep)
@@ -130,8 +132,8 @@ def test_unlabelled_labels_are_never_read(tmp_path, strategy):
                              clean.mean, clean.std, augment=True, seed=0)
         return replace(clean, train=train)
 
-    a = _run(tmp_path, "clean", splits_with(clean.train.labels.numpy()), strategy=strategy)
-    b = _run(tmp_path, "garbage", splits_with(garbage), strategy=strategy)
+    a = _run(tmp_path, "clean", splits_with(clean.train.labels.numpy()), synth, strategy=strategy)
+    b = _run(tmp_path, "garbage", splits_with(garbage), synth, strategy=strategy)
     pd.testing.assert_frame_equal(a, b, check_exact=True)
     assert a["train_acc"].notna().all()
 
@@ -144,6 +146,7 @@ def teacher(tmp_path_factory) -> Path:
     return out / "checkpoint.pt"
 
 
+@pytest.mark.slow
 def test_a_student_learns_from_the_teacher_without_any_label(teacher, tmp_path):
     assert main(["distill", "--student", "resnet8", "--teacher", f"resnet8={teacher}",
                  "--strategy", "ce-filter", "--epochs", "4", "--set", "data.labeled_fraction=0",

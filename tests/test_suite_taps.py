@@ -18,6 +18,7 @@ its reference code hands to the feature loss (``feat[-2]`` of the reference mode
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -50,13 +51,30 @@ def _stage(model, stage: int, taps: str) -> str:
     return (names or model.feature_names)[stage]
 
 
+@lru_cache(maxsize=None)
+def _model(arch: str):
+    """One instance per architecture (in eval mode): the suites name a few architectures in
+    hundreds of runs, and the taps only read module names and run it without gradients."""
+    return create_model(arch, num_classes=100).eval()
+
+
+@lru_cache(maxsize=None)
 def _shape(arch: str, module: str) -> tuple[int, ...]:
-    model = create_model(arch, num_classes=100).eval()
+    model = _model(arch)
     with torch.no_grad(), FeatureTap(model, [module]) as tap:
         _, feats = tap(torch.randn(1, 3, 32, 32))
     return tuple(feats[module].shape[1:])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _drop_the_models():
+    """The cached models go with this module: they would slow every later garbage collection."""
+    yield
+    for cached in (_model, _shape, _feature_runs):
+        cached.cache_clear()
+
+
+@lru_cache(maxsize=None)
 def _feature_runs(name: str):
     plan = expand(load_suite(SUITES / f"{name}.yaml"), "/tmp/unused")
     return plan, [r for r in plan.runs if r.config.kind == "distill" and r.config.loss.gamma > 0]
@@ -66,11 +84,11 @@ def _taps(run) -> list[tuple[str, str]]:
     """(arch, module) of the student, then of each teacher, as the distiller resolves them."""
     loss = run.config.loss
     stage = -1 if loss.feature_stage is None else loss.feature_stage
-    student = create_model(run.student, num_classes=100)
+    student = _model(run.student)
     taps = [(run.student, loss.student_feature or _stage(student, stage, loss.taps))]
     given = loss.teacher_features or [None] * len(run.config.teachers)
     for teacher, module in zip(run.config.teachers, given):
-        model = create_model(teacher.arch, num_classes=100)
+        model = _model(teacher.arch)
         taps.append((teacher.arch, module or _stage(model, stage, loss.taps)))
     return taps
 
@@ -79,15 +97,13 @@ def _taps(run) -> list[tuple[str, str]]:
 def test_reference_suites_tap_the_reference_maps(name):
     _, runs = _feature_runs(name)
     assert runs
-    shapes = {}
     for run in runs:
         expected = HINT_MAPS if run.config.strategy.name == "fitnet-mkd" else REFERENCE_MAPS[name]
         for arch, module in _taps(run):
-            if (arch, module) not in shapes:
-                shapes[(arch, module)] = _shape(arch, module)
-            assert shapes[(arch, module)] == expected[arch], (run.label, arch, module)
+            assert _shape(arch, module) == expected[arch], (run.label, arch, module)
 
 
+@pytest.mark.slow  # every shipped suite's models; the three reference suites are checked above
 def test_every_suite_taps_modules_that_run():
     for path in sorted(SUITES.glob("*.yaml")):
         plan, runs = _feature_runs(path.stem)
