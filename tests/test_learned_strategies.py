@@ -77,6 +77,9 @@ def _suite(strategies, variants=("logits+feat",), epochs=2) -> dict:
         teacher_sets={"duo": ["t_a", "t_b"]},
         pairs=[{"teachers": "duo", "students": ["resnet8"]}],
         strategies=strategies, variants=list(variants), baseline=False,
+        # 48 training images (3 batches): the lockstep runs are compared with the separate ones
+        data={"dataset": "synthetic", "synthetic": {
+            "num_classes": 4, "num_superclasses": 2, "train_size": 48, "test_size": 32, "seed": 3}},
     )
 
 
