@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from multikd.method.teacher_runner import TeacherRunner
-from multikd.models.taps import FeatureTap
 from multikd.method.label_spaces import ClassMaps, span
 from multikd.method.losses import upcast
 from multikd.errors import DataError, ModelError
@@ -117,7 +116,6 @@ class TeacherEnsemble(nn.Module):
         )
         self.feature_names: list[str | None] = [None] * len(teachers)
         self.loss_tap_names: list[list[str]] | None = None
-        self._loss_taps: list[FeatureTap] = []
         classes = [None] * len(teachers) if classes is None else list(classes)
         if len(classes) != len(teachers):
             raise ModelError(
@@ -164,59 +162,23 @@ class TeacherEnsemble(nn.Module):
                 f"got {len(feature_names)} teacher feature names for {self.num_teachers} "
                 f"teachers ({', '.join(self.names)}); give one per teacher (None to skip one)"
             )
+        self.runner.set_feature_names(feature_names, self.loss_tap_names)
         self.feature_names = feature_names
-        self._install_taps()
 
     def set_loss_taps(self, names: Sequence[Sequence[str]] | None) -> None:
         """Also tap modules ``names[k]`` of teacher k, handed out in order as
         ``EnsembleOutput.stage_features[k]`` (the maps a feature module reads); None: none."""
-        if names is not None:
-            names = [list(n) for n in names]
-            if len(names) != self.num_teachers:
-                raise ModelError(
-                    f"got {len(names)} lists of teacher taps for {self.num_teachers} teachers "
-                    f"({', '.join(self.names)}); give one per teacher"
-                )
-        self.loss_tap_names = names
-        self._install_taps()
-
-    def _install_taps(self) -> None:
-        """The runner taps the one feature per teacher; with loss taps, each teacher gets one
-        tap of its feature and its loss maps instead (and runs in a loop)."""
-        for tap in self._loss_taps:
-            tap.remove()
-        self._loss_taps = []
-        if self.loss_tap_names is None:
-            self.runner.set_feature_names(self.feature_names)
-            return
-        self.runner.set_feature_names(None)
-        self._loss_taps = [
-            FeatureTap(teacher, ([] if name is None else [name]) + maps)
-            for teacher, name, maps in zip(self.teachers, self.feature_names, self.loss_tap_names)
-        ]
+        self.runner.set_feature_names(self.feature_names, names)
+        self.loss_tap_names = self.runner.loss_tap_names
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, features: bool = True) -> EnsembleOutput:
         """All teachers on ``x [B,...]``, scored against ``y [B]``; ``features=False``
         returns no features (all None)."""
         with torch.no_grad():
-            if self._loss_taps and features:
-                logits, feats, stages = self._run_tapped(x)
-                return EnsembleOutput.from_logits(logits, y, feats, stages)
-            logits, feats = self._run_teachers(x)
-            return EnsembleOutput.from_logits(logits, y, feats if features else None)
-
-    def _run_tapped(self, x: torch.Tensor):
-        """Logits ``[K,B,C]``, each teacher's feature and its loss maps, in a loop."""
-        if any(t.training for t in self.teachers):
-            raise ModelError("teachers must be in eval mode; TeacherEnsemble keeps them so")
-        logits, feats, stages = [], [], []
-        for tap, name, maps in zip(self._loss_taps, self.feature_names, self.loss_tap_names):
-            out, tapped = tap(x)
-            logits.append(out)
-            feats.append(None if name is None else tapped[name])
-            stages.append([tapped[m] for m in maps])
-        logits = self.class_maps.scatter(logits) if self.class_maps.partial else torch.stack(logits)
-        return logits, feats, stages
+            logits, feats, stages = self._run_teachers(x)
+            if not features:
+                return EnsembleOutput.from_logits(logits, y)
+            return EnsembleOutput.from_logits(logits, y, feats, stages)
 
     def check_output(self, out: EnsembleOutput, batch_size: int) -> None:
         """A :class:`ModelError` unless ``out`` (e.g. a teacher pass shared by another run)
@@ -231,19 +193,18 @@ class TeacherEnsemble(nn.Module):
 
     def loss_tap_shapes(self, example_input: torch.Tensor | None = None) -> list[list[tuple[int, ...]]]:
         """Per teacher, the per-sample shape of each loss map (:meth:`set_loss_taps`)."""
-        if not self._loss_taps:
+        if self.loss_tap_names is None:
             return [[] for _ in self.teachers]
         with torch.no_grad():
-            _, _, stages = self._run_tapped(self._example(example_input))
+            _, _, stages = self._run_teachers(self._example(example_input))
         return [[tuple(m.shape[1:]) for m in maps] for maps in stages]
 
-    def _run_teachers(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """Logits ``[K,B,C]`` and tapped features of every teacher;
-        partial teachers' logits scattered into the C classes."""
-        if not self.class_maps.partial:
-            return self.runner(x)
-        logits, feats = self.runner.run(x)
-        return self.class_maps.scatter(logits), feats
+    def _run_teachers(self, x: torch.Tensor):
+        """Logits ``[K,B,C]``, tapped features and loss maps (None without loss taps) of
+        every teacher; partial teachers' logits scattered into the C classes."""
+        logits, feats, stages = self.runner.run(x)
+        logits = self.class_maps.scatter(logits) if self.class_maps.partial else torch.stack(logits)
+        return logits, feats, stages
 
     def feature_shapes(
         self, example_input: torch.Tensor | None = None
@@ -251,11 +212,7 @@ class TeacherEnsemble(nn.Module):
         """Per-sample shape of each teacher's tapped feature (None where untapped), from
         one dry forward pass on ``example_input`` (default: the ensemble's example)."""
         with torch.no_grad():
-            example = self._example(example_input)
-            if self._loss_taps:
-                _, feats, _ = self._run_tapped(example)
-            else:
-                _, feats = self._run_teachers(example)
+            _, feats, _ = self._run_teachers(self._example(example_input))
         return [None if f is None else tuple(f.shape[1:]) for f in feats]
 
     def evaluate(self, loader, device: torch.device | str | None = None) -> dict[str, float]:
@@ -286,7 +243,7 @@ class TeacherEnsemble(nn.Module):
             for x, y in loader:
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
-                logits, _ = self._run_teachers(x)
+                logits = self._run_teachers(x)[0]
                 known = self.class_maps.knows(y)  # all True for teachers of every class
                 correct += ((logits.argmax(-1) == y.unsqueeze(0)) & known).sum(1)
                 seen += known.sum(1)
