@@ -19,7 +19,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from multikd.errors import ConfigError
 from multikd.method.feature_losses.base import (
     FeatureBatch, FeatureLoss, pool_to_smaller, register_feature_loss,
 )
@@ -29,17 +28,6 @@ from multikd.method.precision import upcast
 def attention_map(f: torch.Tensor, p: float) -> torch.Tensor:
     """``[B, H*W]``: the channel mean of ``f ** p``, L2-normalised per sample."""
     return F.normalize(f.pow(p).mean(1).reshape(f.shape[0], -1))
-
-
-def check_same_stage_count(name: str, student_shapes, teacher_shapes) -> None:
-    """A loss that pairs every stage of the student with one of a teacher's needs as many
-    of each (``at`` and ``nst`` pair the first stages instead, as the reference's ``zip``)."""
-    if len(student_shapes) != len(teacher_shapes):
-        raise ConfigError(
-            f"feature loss {name!r} pairs stage s of the student with stage s of each "
-            f"teacher, but the student has {len(student_shapes)} stages after its stem and a "
-            f"teacher has {len(teacher_shapes)}; pick models with as many stages"
-        )
 
 
 @register_feature_loss(

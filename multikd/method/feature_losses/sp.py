@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from multikd.method.feature_losses.at import check_same_stage_count
 from multikd.method.feature_losses.base import FeatureBatch, FeatureLoss, register_feature_loss
 from multikd.method.precision import upcast
 
@@ -37,10 +36,6 @@ class SimilarityPreserving(FeatureLoss):
     reads = "last"
     per_sample = False
     reference_gamma = 3000.0
-
-    def __init__(self, student_shapes, teacher_shapes):
-        super().__init__(student_shapes, teacher_shapes)
-        check_same_stage_count("sp", self.student_shapes, self.teacher_shapes)
 
     def forward(self, student, teacher, batch: FeatureBatch) -> torch.Tensor:
         total = None
